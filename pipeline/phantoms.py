@@ -147,6 +147,7 @@ def write_dicom_series(p: Phantom, out_dir: str, seed: int) -> None:
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.FrameOfReferenceUID = study_uid
         ds.Modality = p.modality
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.Manufacturer = "medtfx-phantom"
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
         ds.ImageOrientationPatient = [float(f"{v:.8f}") for v in iop]

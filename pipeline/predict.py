@@ -9,7 +9,9 @@ Per input:
      on the canonical grid it was sent on;
   4. undo the canonical reorientation (pure axis permutation/flip, no resampling) and write
      <output>/<name>.nii.gz with the input's own shape and affine, plus <output>/<name>.seg.dcm
-     (DICOM SEG, highdicom) when the input was a DICOM series.
+     (DICOM SEG, highdicom) when the input was DICOM: classic series, enhanced multi-frame
+     files and Siemens mosaics alike (a SEG the sources cannot support is a warning, not a
+     failure: the NIfTI mask is still written).
 Inputs fail independently: each gets an ok/failed record with the reason (predict_report.json);
 the command exits non-zero if any failed. gRPC calls are retried on transient status codes
 (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) with exponential backoff.
@@ -20,6 +22,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -69,21 +72,23 @@ def native_affine(canonical_affine: np.ndarray, canonical_shape: Sequence[int],
     return np.asarray(canonical_affine, dtype=np.float64) @ inv_ornt_aff(transform, tuple(canonical_shape))
 
 
-def dicom_slice_geometry(paths: Sequence[str]) -> Optional[Tuple[np.ndarray, np.ndarray, List[str]]]:
-    """(direction (3, 3) RAS columns of the (column, row, slice) grid, first slice position (3,)
-    RAS mm, files in slice order) of a classic one-frame-per-file series, with slices sorted
-    along the normal as the reader sorts them; None for multi-frame files (enhanced, mosaic)."""
-    headers = [dicom_reader.read_header(p) for p in paths]
-    if any(int(getattr(h, "NumberOfFrames", 1) or 1) > 1 or "ImageOrientationPatient" not in h
-           or "ImagePositionPatient" not in h for h in headers):
-        return None
-    iop = np.asarray(headers[0].ImageOrientationPatient, dtype=np.float64)
-    normal = dicom_reader.slice_normal(iop)
-    positions = np.array([np.asarray(h.ImagePositionPatient, dtype=np.float64) for h in headers])
-    order = np.argsort(positions @ normal, kind="stable")
-    lps_to_ras = dicom_reader.LPS_TO_RAS[:3, :3]
-    direction = lps_to_ras @ np.column_stack([iop[:3], iop[3:], normal])
-    return direction, lps_to_ras @ positions[order[0]], [paths[i] for i in order]
+def dicom_native_grid(paths: Sequence[str]) -> Tuple[np.ndarray, List[dicom_reader.Frame]]:
+    """(affine (4, 4) voxel (column, row, slice) -> RAS mm, the frame at each slice) of the one
+    3D stack in `paths`, slices sorted along the normal exactly as the reader stacks them.
+
+    Works for every layout the reader accepts: classic one-file-per-slice series, enhanced
+    multi-frame files (frames carry their index in the file) and Siemens mosaics (frames carry
+    their tile number). Raises CaseError naming the defect."""
+    where = os.path.dirname(paths[0]) if paths else "?"
+    stacks, rejected, infos = dicom_reader.scan_files(list(paths))
+    if rejected:
+        raise CaseError(rejected[0][1])
+    if len(stacks) != 1:
+        raise PredictError(f"{where}: the files hold {len(stacks)} image stacks ("
+                           + "; ".join(dicom_reader.describe(k) for k in stacks) + "); expected one")
+    frames = next(iter(stacks.values()))
+    layout = dicom_reader.stack_layout(frames, where, infos[frames[0].path].meta.get("gantry_tilt", 0.0))
+    return dicom_reader.LPS_TO_RAS @ layout.affine_lps, [row[0] for row in layout.grid]
 
 
 # --------------------------------------------------------------------------------------------
@@ -93,7 +98,7 @@ def dicom_slice_geometry(paths: Sequence[str]) -> Optional[Tuple[np.ndarray, np.
 @dataclasses.dataclass
 class PredictInput:
     """One input, read. volume: canonical; native_affine/native_shape: the input's own grid;
-    dicom_files: the series' files in slice order (classic DICOM series only: SEG sources)."""
+    dicom_frames: for DICOM, the source frame at each slice of that grid (the SEG's sources)."""
 
     path: str
     name: str
@@ -101,7 +106,7 @@ class PredictInput:
     volume: Volume
     native_affine: np.ndarray
     native_shape: Tuple[int, int, int]
-    dicom_files: List[str] = dataclasses.field(default_factory=list)
+    dicom_frames: List[dicom_reader.Frame] = dataclasses.field(default_factory=list)
 
 
 def input_name(path: str) -> str:
@@ -117,28 +122,21 @@ def read_input(path: str, modality: str = "") -> PredictInput:
     """Reads a NIfTI file or a folder holding one DICOM series. Raises PredictError/CaseError
     naming `path`.
 
-    The input's own grid: a NIfTI file's header affine and shape; for DICOM the series'
-    (column, row, slice) grid with slices in position order (multi-frame files: the canonical
-    grid, and no DICOM SEG)."""
-    dicom_files: List[str] = []
+    The input's own grid: a NIfTI file's header affine and shape; for DICOM the stack's
+    (column, row, slice) grid with slices in position order, whatever the file layout."""
+    dicom_frames: List[dicom_reader.Frame] = []
     if os.path.isdir(path):
         series, rejected = dicom_reader.scan_tree(path)
         if len(series) != 1:
             detail = "; ".join(f"{os.path.basename(p)}: {r}" for p, r in rejected[:3])
-            raise PredictError(f"{path}: expected one DICOM image series, found {len(series)}"
-                               + (f" ({detail})" if detail else ""))
+            stacks = "; ".join(dicom_reader.describe(k) for k in series)
+            raise PredictError(f"{path}: expected one DICOM image stack, found {len(series)}"
+                               + (f" ({stacks})" if stacks else "") + (f" ({detail})" if detail else ""))
         files = list(next(iter(series.values())))
         volume = dicom_reader.read_series(files)
         _check_3d(path, volume.array)
-        geometry = dicom_slice_geometry(files)
-        if geometry is None:
-            affine, shape = volume.affine, volume.array.shape
-        else:
-            direction, first_position, dicom_files = geometry
-            affine = native_affine(volume.affine, volume.array.shape, direction)
-            shape = from_canonical(volume.array, affine).shape
-            if np.max(np.abs(affine[:3, 3] - first_position)) > 1e-2:
-                raise PredictError(f"{path}: slice positions disagree with the volume's geometry")
+        affine, dicom_frames = dicom_native_grid(files)
+        shape = from_canonical(volume.array, affine).shape
         kind = "dicom"
     elif os.path.isfile(path) and path.endswith((".nii", ".nii.gz")):
         import nibabel as nib
@@ -160,7 +158,7 @@ def read_input(path: str, modality: str = "") -> PredictInput:
     if not affines_match(canonical_affine, volume.affine, 1e-3, volume.array.shape):
         raise PredictError(f"{path}: could not relate the canonical grid to the input's own grid")
     return PredictInput(path, input_name(path), kind, volume, affine,
-                        tuple(int(v) for v in shape), dicom_files)
+                        tuple(int(v) for v in shape), dicom_frames)
 
 
 def _check_3d(path: str, array: np.ndarray) -> None:
@@ -348,19 +346,81 @@ def _with_type2_defaults(ds):
     return ds
 
 
-def write_dicom_seg(path: str, mask: np.ndarray, dicom_files: Sequence[str], num_classes: int,
-                    label_names: Optional[Dict[int, str]] = None) -> int:
-    """DICOM SEG (binary, one segment per foreground class) referencing the source series.
+# Geometry highdicom reads from a multi-frame source's shared functional groups only.
+_SHARED_GEOMETRY = ("PixelMeasuresSequence", "PlaneOrientationSequence")
 
-    mask: (columns, rows, slices) uint8 on the series' own grid, slices in `dicom_files` order.
-    Returns the number of frames written (empty frames are omitted).
+
+def _with_shared_geometry(ds):
+    """The in-memory multi-frame source with pixel measures and orientation in its shared
+    functional groups (files untouched). Some scanners (Siemens XA) put them per frame, which
+    the standard allows; the reader has checked they are the same on every frame of the stack."""
+    import copy
+
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame or "SharedFunctionalGroupsSequence" not in ds:
+        return ds
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    for keyword in _SHARED_GEOMETRY:
+        if keyword not in shared and keyword in per_frame[0]:
+            setattr(shared, keyword, copy.deepcopy(per_frame[0][keyword].value))
+    return ds
+
+
+def _frame_aligned_pixels(mask: np.ndarray, frames: Sequence[dicom_reader.Frame], sources) -> Optional[np.ndarray]:
+    """(source frames, rows, columns) uint8: `mask` (columns, rows, slices) laid out frame by
+    frame like the source, so every SEG frame references the source frame it segments; None
+    when the stack is not the whole of its source (mosaic tiles, several stacks in one file).
+
+    Classic series: one source file per slice, in `frames` (slice) order. One multi-frame file
+    whose frames are exactly the stack: slice z goes to the file's frame frames[z].index."""
+    planes = np.transpose(mask, (2, 1, 0)).astype(np.uint8)  # (slices, rows, columns)
+    if any(f.tile >= 0 for f in frames):
+        return None
+    frame_counts = [int(getattr(ds, "NumberOfFrames", 1) or 1) for ds in sources]
+    if len(sources) == len(frames) and all(n == 1 for n in frame_counts):
+        return np.ascontiguousarray(planes)
+    if len(sources) == 1 and sorted(f.index for f in frames) == list(range(frame_counts[0])):
+        aligned = np.empty_like(planes)
+        aligned[[f.index for f in frames]] = planes
+        return aligned
+    return None
+
+
+def _seg_volume(mask: np.ndarray, affine_ras: np.ndarray, frame_of_reference_uid: str):
+    """`mask` (columns, rows, slices) on the grid `affine_ras` as a highdicom Volume, whose
+    axes are (slice, row, column) and whose affine maps them to LPS mm."""
+    import highdicom as hd
+
+    affine_lps = dicom_reader.LPS_TO_RAS @ np.asarray(affine_ras, dtype=np.float64)  # the flip is its own inverse
+    return hd.Volume(np.ascontiguousarray(np.transpose(mask, (2, 1, 0)).astype(np.uint8)),
+                     affine_lps[:, [2, 1, 0, 3]], coordinate_system="PATIENT",
+                     frame_of_reference_uid=frame_of_reference_uid)
+
+
+def write_dicom_seg(path: str, mask: np.ndarray, frames: Sequence[dicom_reader.Frame],
+                    affine_ras: np.ndarray, num_classes: int,
+                    label_names: Optional[Dict[int, str]] = None) -> int:
+    """DICOM SEG (binary, one segment per foreground class) referencing the source images.
+
+    mask: (columns, rows, slices) uint8 on the stack's own grid (`affine_ras`, voxel -> RAS mm);
+    frames: the source frame of each slice (:func:`dicom_native_grid`). When the stack is the
+    whole of its source (classic series, or one enhanced multi-frame file) the SEG's frames
+    reference their source frames one to one; otherwise (Siemens mosaic tiles, one stack of a
+    multi-stack file) the SEG carries its own plane geometry, the same grid, and references the
+    source instance. Returns the number of frames written (empty frames are omitted).
     """
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
 
-    sources = [_with_type2_defaults(pydicom.dcmread(p)) for p in dicom_files]
-    pixel_array = np.ascontiguousarray(np.transpose(mask, (2, 1, 0)).astype(np.uint8))  # (frames, rows, cols)
+    paths = list(dict.fromkeys(f.path for f in frames))
+    # Headers only (gzip allowed, as the reader reads them): a SEG needs no source pixels.
+    sources = [_with_shared_geometry(_with_type2_defaults(dicom_reader.read_header(p))) for p in paths]
+    pixel_array = _frame_aligned_pixels(mask, frames, sources)
+    if pixel_array is None:
+        pixel_array = _seg_volume(mask, affine_ras, sources[0].FrameOfReferenceUID)
+        any_label = bool(pixel_array.array.any())
+    else:
+        any_label = bool(pixel_array.any())
     algorithm = hd.AlgorithmIdentificationSequence(name="medtfx", version="0.1.0",
                                                    family=codes.cid7162.ArtificialIntelligence)
     names = label_names or {}
@@ -369,13 +429,16 @@ def write_dicom_seg(path: str, mask: np.ndarray, dicom_files: Sequence[str], num
         segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Tissue,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm) for k in range(1, max(2, int(num_classes)))]
-    seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixel_array,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="medtfx", manufacturer_model_name="medtfx-seg", software_versions="0.1.0",
-        device_serial_number="0", series_description="medtfx segmentation",
-        omit_empty_frames=bool(pixel_array.any()))  # all-empty: keep frames so the SEG is valid
+    with warnings.catch_warnings():
+        # highdicom warns about odd person names by quoting them: a patient name in the log.
+        warnings.filterwarnings("ignore", message=".*person name.*")
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=pixel_array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
+            manufacturer="medtfx", manufacturer_model_name="medtfx-seg", software_versions="0.1.0",
+            device_serial_number="0", series_description="medtfx segmentation",
+            omit_empty_frames=any_label)  # all-empty: keep frames so the SEG is valid
     seg.save_as(path)
     return int(seg.NumberOfFrames)
 
@@ -407,10 +470,15 @@ def predict_one(model, path: str, output_dir: str, name: str, modality: str = ""
     record = {"input": path, "status": "ok", "reason": "", "kind": item.kind,
               "shape": list(native.shape), "wire_dtype": array.dtype.name,
               "labels_present": sorted(int(v) for v in np.unique(native) if v)}
-    if item.dicom_files:
-        outputs["dicom_seg"] = os.path.join(output_dir, f"{name}.seg.dcm")
+    if item.dicom_frames:
+        seg_path = os.path.join(output_dir, f"{name}.seg.dcm")
         classes = num_classes or int(native.max()) + 1
-        record["seg_frames"] = write_dicom_seg(outputs["dicom_seg"], native, item.dicom_files, classes)
+        try:
+            record["seg_frames"] = write_dicom_seg(seg_path, native, item.dicom_frames,
+                                                   item.native_affine, classes)
+            outputs["dicom_seg"] = seg_path
+        except Exception as exc:  # the mask is written; a SEG the sources cannot support is a warning
+            record["warnings"] = [f"{path}: DICOM SEG not written: {type(exc).__name__}: {exc}"]
     record["outputs"] = outputs
     record["seconds"] = round(time.time() - start, 3)
     return record
@@ -447,6 +515,8 @@ def predict_inputs(model, inputs: Sequence[str], output_dir: str, modality: str 
         records.append(record)
         if record["status"] == "ok":
             log(f"ok      {path} -> {', '.join(record['outputs'].values())}")
+            for warning in record.get("warnings", []):
+                log(f"WARNING {warning}")
         else:
             log(f"FAILED  {record['reason']}")
     with open(os.path.join(output_dir, REPORT_FILE), "w") as fh:

@@ -9,6 +9,7 @@ import pytest
 from components.image_example_gen.nifti_reader import write_nifti
 from components.image_example_gen.volume import to_canonical
 from pipeline import predict
+from tests.seg_checks import assert_seg_matches_mask_in_world
 from tests.serving_double import exported_test_model, serving_double_for
 
 
@@ -128,12 +129,81 @@ def test_dicom_series_gives_nifti_and_a_readable_dicom_seg(model, in_process, ph
                           for label in range(1, model["num_classes"]))
     assert int(seg.NumberOfFrames) == expected_frames == record["seg_frames"]
     # Frames map back onto the source slices: the SEG read by source instance is the mask.
-    _, _, ordered = predict.dicom_slice_geometry(
+    _, frames = predict.dicom_native_grid(
         [os.path.join(series, f) for f in os.listdir(series) if f.endswith(".dcm")])
-    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in ordered]
+    uids = [pydicom.dcmread(f.path, stop_before_pixels=True).SOPInstanceUID for f in frames]
     rebuilt = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True,
                                                 skip_overlap_checks=True)
     np.testing.assert_array_equal(rebuilt, np.transpose(mask, (2, 1, 0)))
+    assert_seg_matches_mask_in_world(seg, mask, mask_img.affine)
+
+
+def _enhanced_copy(series_dir, out_dir, seed=0):
+    """The classic phantom series as one Legacy Converted Enhanced multi-frame file (highdicom),
+    its frames in shuffled order so frame number and slice position disagree."""
+    import highdicom as hd
+    import pydicom
+
+    datasets = [predict._with_type2_defaults(pydicom.dcmread(os.path.join(series_dir, f)))
+                for f in sorted(os.listdir(series_dir))
+                if f.endswith(".dcm")]
+    np.random.default_rng(seed).shuffle(datasets)
+    convert = {"CT": hd.legacy.LegacyConvertedEnhancedCTImage,
+               "MR": hd.legacy.LegacyConvertedEnhancedMRImage}[datasets[0].Modality]
+    image = convert(legacy_datasets=datasets, series_instance_uid=hd.UID(), series_number=2,
+                    sop_instance_uid=hd.UID(), instance_number=1)
+    os.makedirs(out_dir)
+    image.save_as(os.path.join(out_dir, "enhanced.dcm"))
+    return os.path.join(out_dir, "enhanced.dcm")
+
+
+def test_enhanced_multiframe_input_gets_the_same_mask_and_a_frame_referencing_seg(
+        model, in_process, phantom_dir, tmp_path):
+    import highdicom as hd
+    import nibabel as nib
+    import pydicom
+
+    series = os.path.join(phantom_dir, "dicom", sorted(os.listdir(os.path.join(phantom_dir, "dicom")))[0])
+    enhanced = _enhanced_copy(series, str(tmp_path / "enhanced_in" / "case"))
+    classic_record, enhanced_record = predict.predict_inputs(
+        in_process, [series, os.path.dirname(enhanced)], str(tmp_path / "out"), log=lambda m: None)
+    assert enhanced_record["status"] == "ok" and not enhanced_record.get("warnings"), enhanced_record
+    classic_img = nib.load(classic_record["outputs"]["nifti"])
+    enhanced_img = nib.load(enhanced_record["outputs"]["nifti"])
+    # Same pixels, same geometry, another file layout: the same mask on the same grid.
+    np.testing.assert_allclose(enhanced_img.affine, classic_img.affine, atol=1e-4)
+    mask = np.asarray(enhanced_img.dataobj)
+    np.testing.assert_array_equal(mask, np.asarray(classic_img.dataobj))
+    assert mask.any()
+    seg = hd.seg.segread(enhanced_record["outputs"]["dicom_seg"])
+    source = pydicom.dcmread(enhanced, stop_before_pixels=True)
+    _, frames = predict.dicom_native_grid([enhanced])
+    assert sorted(f.index for f in frames) == list(range(int(source.NumberOfFrames)))
+    assert [f.index for f in frames] != sorted(f.index for f in frames)  # the shuffle took effect
+    # Read by source frame number (1-based), in slice order: the mask, slice by slice.
+    rebuilt = seg.get_pixels_by_source_frame(
+        source_sop_instance_uid=source.SOPInstanceUID,
+        source_frame_numbers=[f.index + 1 for f in frames], combine_segments=True,
+        skip_overlap_checks=True)
+    np.testing.assert_array_equal(rebuilt, np.transpose(mask, (2, 1, 0)))
+    assert_seg_matches_mask_in_world(seg, mask, enhanced_img.affine)
+
+
+def test_a_seg_the_sources_cannot_support_is_a_warning_and_the_mask_is_still_written(
+        model, in_process, phantom_dir, tmp_path, monkeypatch):
+    series = os.path.join(phantom_dir, "dicom", sorted(os.listdir(os.path.join(phantom_dir, "dicom")))[0])
+
+    def refuse(*args, **kwargs):
+        raise ValueError("Source images must have a shared orientation.")
+
+    monkeypatch.setattr(predict, "write_dicom_seg", refuse)
+    messages = []
+    (record,) = predict.predict_inputs(in_process, [series], str(tmp_path), log=messages.append)
+    assert record["status"] == "ok" and os.path.isfile(record["outputs"]["nifti"])
+    assert "dicom_seg" not in record["outputs"]
+    assert record["warnings"] == [f"{series}: DICOM SEG not written: ValueError: Source images must "
+                                  "have a shared orientation."]
+    assert any(m.startswith("WARNING") and series in m for m in messages)
 
 
 def test_bad_inputs_fail_alone_with_reasons_naming_the_file(served, model, in_process, nifti_inputs, tmp_path):
@@ -216,3 +286,31 @@ def test_grpc_client_retries_transient_failures_with_backoff(served, model, nift
                                        log=lambda m: None)
     client.close()
     assert record["status"] == "failed" and "NOT_FOUND" in record["reason"]
+
+
+def test_no_patient_name_reaches_warnings_or_the_log(in_process, phantom_dir, tmp_path, capsys):
+    """highdicom warns about single-component person names by quoting them; predict must not
+    let a patient's name out that way (nor any other)."""
+    import warnings
+
+    import pydicom
+
+    source = os.path.join(phantom_dir, "dicom", sorted(os.listdir(os.path.join(phantom_dir, "dicom")))[0])
+    series = tmp_path / "series"
+    series.mkdir()
+    for name in os.listdir(source):
+        if name.endswith(".dcm"):
+            ds = pydicom.dcmread(os.path.join(source, name))
+            ds.PatientName = "SMITHERSON"  # one component: the form highdicom complains about
+            ds.save_as(str(series / name))
+    messages = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (record,) = predict.predict_inputs(in_process, [str(series)], str(tmp_path / "out"),
+                                           log=messages.append)
+    assert record["status"] == "ok" and "dicom_seg" in record["outputs"], record
+    out, err = capsys.readouterr()
+    text = "\n".join([str(w.message) for w in caught] + messages + [out, err])
+    assert "SMITHERSON" not in text
+    with open(tmp_path / "out" / predict.REPORT_FILE) as fh:
+        assert "SMITHERSON" not in fh.read()
