@@ -497,8 +497,12 @@ def test_gpu_cloud_overlay() -> None:
     assert "persistentVolumeClaim" not in _volume(pod, models["name"])
     store = _configmap_data(docs, "medtfx-object-store")
     assert store["MODEL_S3_URI"].startswith("s3://")
-    for key in ("S3_ENDPOINT", "AWS_REGION", "S3_USE_HTTPS", "AWS_ENDPOINT_URL"):
+    for key in ("S3_ENDPOINT", "AWS_REGION", "AWS_ENDPOINT_URL"):
         assert store.get(key), key
+    # tensorflow-io 0.37.1 reads http/https from the endpoint's scheme only (no S3_USE_HTTPS):
+    # a bare host:port would make it speak TLS to MinIO's plain-HTTP port.
+    assert store["S3_ENDPOINT"].startswith(("http://", "https://")), store["S3_ENDPOINT"]
+    assert "S3_USE_HTTPS" not in store
     for c in (_container(pod, "model-sync-init", init=True), _container(pod, "model-sync")):
         assert ":" in c["image"] and not c["image"].endswith(":latest"), c["image"]
         assert {"configMapRef": {"name": "medtfx-object-store"}} in c["envFrom"]

@@ -11,11 +11,14 @@ version is written under a temporary name that is not an integer, then published
 * Object stores (``gs://``, ``s3://``, any other scheme): "directories" are key prefixes and
   rename is a per-object copy, so true atomicity is impossible. We upload everything to the
   temporary prefix first (the slow part, and the part most likely to fail: a failure here
-  never touches ``<base>/<version>``), then server-side copy each object to ``<base>/<version>/``
-  with saved_model.pb LAST, then delete the temporary prefix.
+  never touches ``<base>/<version>``), then copy each object to ``<base>/<version>/`` with
+  saved_model.pb LAST, then delete the temporary prefix. On s3 that copy is server-side
+  (CopyObject); on gs TensorFlow 2.16's GCS filesystem has no CopyFile, so tf.io.gfile.copy
+  reads each object and uploads it again (seen in tests/test_pusher_gcs.py's request log).
   GUARANTEE: saved_model.pb appears under ``<version>/`` only after every other file of the
   model is there, so a version that has saved_model.pb is complete. NOT guaranteed: during the
-  (short, server-side) copy phase ``<version>/`` is listed without saved_model.pb; a TF Serving
+  copy phase (seconds for an s3 server-side copy; a full re-transfer on gs) ``<version>/`` is
+  listed without saved_model.pb; a TF Serving
   poll in that window fails to load it and retries (model server flags max_num_load_retries /
   load_retry_interval_micros), and it never serves a partial model because loading needs
   saved_model.pb. If the copy phase fails, the partial ``<version>/`` objects are deleted
@@ -28,6 +31,10 @@ TensorFlow. All I/O goes through ``tf.io.gfile``. tensorflow-io 0.37.1's s3 plug
 process at interpreter exit ("pure virtual method called", exit code 134; tensorflow/io#2039),
 which would fail a Kubeflow task after a successful push, so :func:`push_model` runs s3 pushes
 in a child process that leaves with os._exit (no static destructors) and reports back as JSON.
+That plugin refuses to copy a zero-byte object server-side ("Source is a directory or empty
+file"), so empty files (an empty TFT vocabulary, say) are published into object stores by an
+empty write instead. tests/test_pusher_s3.py runs all of this against moto's S3 server and
+tests/test_pusher_gcs.py against a GCS emulator, both on loopback.
 """
 from __future__ import annotations
 
@@ -131,6 +138,14 @@ def _copy_files(src: str, dst: str, files: List[str], copy: Callable[[str, str],
 def _gfile_copy(src: str, dst: str) -> None:
     import tensorflow as tf
 
+    if not is_local(dst) and tf.io.gfile.stat(src).length == 0:
+        # The s3 plugin's CopyFile refuses empty sources; a write of b"" creates the object
+        # (a GFile closed without any write creates nothing there).
+        if tf.io.gfile.exists(dst):
+            raise FileExistsError(f"{dst} already exists")
+        with tf.io.gfile.GFile(dst, "wb") as fh:
+            fh.write(b"")
+        return
     tf.io.gfile.copy(src, dst, overwrite=False)
 
 
