@@ -196,7 +196,8 @@ def cmd_predict(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     records = predict.predict_inputs(model, args.inputs, args.output, modality=args.modality,
-                                     max_voxels=args.max_voxels, num_classes=args.num_classes)
+                                     max_voxels=args.max_voxels, num_classes=args.num_classes,
+                                     series=args.series)
     failed = sum(r["status"] != "ok" for r in records)
     print(f"{len(records) - failed} of {len(records)} inputs segmented; report: "
           f"{os.path.join(args.output, predict.REPORT_FILE)}")
@@ -312,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attempts", type=int, default=4, help="gRPC tries per input (transient errors)")
     p.add_argument("--num-classes", type=int, default=None,
                    help="classes incl. background for DICOM SEG segments (default: from the model)")
+    p.add_argument("--series", type=int, default=None, metavar="N",
+                   help="which image stack (1-based, as listed) of DICOM folders holding several")
     p.set_defaults(func=cmd_predict)
 
     # `medtfx bench <what>`: one sub-subcommand per benchmark, each writing JSON.

@@ -72,9 +72,11 @@ def native_affine(canonical_affine: np.ndarray, canonical_shape: Sequence[int],
     return np.asarray(canonical_affine, dtype=np.float64) @ inv_ornt_aff(transform, tuple(canonical_shape))
 
 
-def dicom_native_grid(paths: Sequence[str]) -> Tuple[np.ndarray, List[dicom_reader.Frame]]:
-    """(affine (4, 4) voxel (column, row, slice) -> RAS mm, the frame at each slice) of the one
-    3D stack in `paths`, slices sorted along the normal exactly as the reader stacks them.
+def dicom_native_grid(paths: Sequence[str], key: Optional[tuple] = None
+                      ) -> Tuple[np.ndarray, List[dicom_reader.Frame]]:
+    """(affine (4, 4) voxel (column, row, slice) -> RAS mm, the frame at each slice) of the 3D
+    stack `key` in `paths` (None: the only one), slices sorted along the normal exactly as the
+    reader stacks them.
 
     Works for every layout the reader accepts: classic one-file-per-slice series, enhanced
     multi-frame files (frames carry their index in the file) and Siemens mosaics (frames carry
@@ -83,10 +85,13 @@ def dicom_native_grid(paths: Sequence[str]) -> Tuple[np.ndarray, List[dicom_read
     stacks, rejected, infos = dicom_reader.scan_files(list(paths))
     if rejected:
         raise CaseError(rejected[0][1])
-    if len(stacks) != 1:
+    if key is not None:
+        frames = stacks[dicom_reader.SeriesKey(*key)]
+    elif len(stacks) == 1:
+        frames = next(iter(stacks.values()))
+    else:
         raise PredictError(f"{where}: the files hold {len(stacks)} image stacks ("
                            + "; ".join(dicom_reader.describe(k) for k in stacks) + "); expected one")
-    frames = next(iter(stacks.values()))
     layout = dicom_reader.stack_layout(frames, where, infos[frames[0].path].meta.get("gantry_tilt", 0.0))
     return dicom_reader.LPS_TO_RAS @ layout.affine_lps, [row[0] for row in layout.grid]
 
@@ -118,24 +123,31 @@ def input_name(path: str) -> str:
     return base
 
 
-def read_input(path: str, modality: str = "") -> PredictInput:
+def read_input(path: str, modality: str = "", series: Optional[int] = None) -> PredictInput:
     """Reads a NIfTI file or a folder holding one DICOM series. Raises PredictError/CaseError
     naming `path`.
 
+    series: which image stack (1-based, in dicom_reader.list_stacks order, as `medtfx convert`
+    numbers them) of a folder holding several, e.g. Philips magnitude + field map in one file;
+    None refuses such a folder with the stacks listed.
     The input's own grid: a NIfTI file's header affine and shape; for DICOM the stack's
     (column, row, slice) grid with slices in position order, whatever the file layout."""
     dicom_frames: List[dicom_reader.Frame] = []
     if os.path.isdir(path):
-        series, rejected = dicom_reader.scan_tree(path)
-        if len(series) != 1:
+        stacks, rejected = dicom_reader.list_stacks(path)
+        if not stacks or (len(stacks) > 1 and series is None):
             detail = "; ".join(f"{os.path.basename(p)}: {r}" for p, r in rejected[:3])
-            stacks = "; ".join(dicom_reader.describe(k) for k in series)
-            raise PredictError(f"{path}: expected one DICOM image stack, found {len(series)}"
-                               + (f" ({stacks})" if stacks else "") + (f" ({detail})" if detail else ""))
-        files = list(next(iter(series.values())))
-        volume = dicom_reader.read_series(files)
+            listing = "; ".join(f"{n}: {dicom_reader.describe(k)}" for n, (k, _) in enumerate(stacks, 1))
+            raise PredictError(f"{path}: expected one DICOM image stack, found {len(stacks)}"
+                               + (f" ({listing}; pick one with --series N)" if listing else "")
+                               + (f" ({detail})" if detail else ""))
+        if series is not None and not 1 <= series <= len(stacks):
+            raise PredictError(f"{path}: --series {series} is out of range: the folder holds "
+                               f"{len(stacks)} image stack(s)")
+        key, files = stacks[(series or 1) - 1]
+        volume = dicom_reader.read_series(files, key=key)
         _check_3d(path, volume.array)
-        affine, dicom_frames = dicom_native_grid(files)
+        affine, dicom_frames = dicom_native_grid(files, key)
         shape = from_canonical(volume.array, affine).shape
         kind = "dicom"
     elif os.path.isfile(path) and path.endswith((".nii", ".nii.gz")):
@@ -452,10 +464,11 @@ def _unique_name(name: str, taken: set) -> str:
 
 
 def predict_one(model, path: str, output_dir: str, name: str, modality: str = "",
-                max_voxels: int = DEFAULT_MAX_VOXELS, num_classes: Optional[int] = None) -> dict:
+                max_voxels: int = DEFAULT_MAX_VOXELS, num_classes: Optional[int] = None,
+                series: Optional[int] = None) -> dict:
     """Segments one input; returns its ok record. Raises PredictError/CaseError/gRPC errors."""
     start = time.time()
-    item = read_input(path, modality)
+    item = read_input(path, modality, series if os.path.isdir(path) else None)
     array = validate_volume(path, item.volume.array, max_voxels)
     out = model.predict(request_arrays(item.volume, array))
     if "mask" not in out or "mask_shape" not in out:
@@ -470,6 +483,8 @@ def predict_one(model, path: str, output_dir: str, name: str, modality: str = ""
     record = {"input": path, "status": "ok", "reason": "", "kind": item.kind,
               "shape": list(native.shape), "wire_dtype": array.dtype.name,
               "labels_present": sorted(int(v) for v in np.unique(native) if v)}
+    if item.kind == "dicom":
+        record["stack"] = item.volume.meta.get("stack", "")
     if item.dicom_frames:
         seg_path = os.path.join(output_dir, f"{name}.seg.dcm")
         classes = num_classes or int(native.max()) + 1
@@ -486,7 +501,7 @@ def predict_one(model, path: str, output_dir: str, name: str, modality: str = ""
 
 def predict_inputs(model, inputs: Sequence[str], output_dir: str, modality: str = "",
                    max_voxels: int = DEFAULT_MAX_VOXELS, num_classes: Optional[int] = None,
-                   log: Callable[[str], None] = print) -> List[dict]:
+                   log: Callable[[str], None] = print, series: Optional[int] = None) -> List[dict]:
     """Segments every input independently; returns one record per input (ok or failed with the
     reason) and writes them to <output_dir>/predict_report.json."""
     import grpc
@@ -502,7 +517,7 @@ def predict_inputs(model, inputs: Sequence[str], output_dir: str, modality: str 
     for path in inputs:
         name = _unique_name(input_name(path), taken)
         try:
-            record = predict_one(model, path, output_dir, name, modality, max_voxels, num_classes)
+            record = predict_one(model, path, output_dir, name, modality, max_voxels, num_classes, series)
         except (PredictError, CaseError) as exc:
             record = {"input": path, "status": "failed", "reason": str(exc)}
         except grpc.RpcError as exc:
