@@ -41,6 +41,31 @@ def all_window_starts(shape: tf.Tensor, patch_size: Sequence[int], overlap: floa
     return tf.stack([tf.reshape(g, [-1]) for g in grids], axis=1)
 
 
+def mirrored(model_fn: Callable[[tf.Tensor], tf.Tensor], axes: Sequence[int]) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Test-time mirroring (nnU-Net): the mean of `model_fn` over every combination of flips of
+    the spatial `axes` (0, 1, 2 = P0, P1, P2), each output flipped back; 2 ** len(axes) calls.
+
+    model_fn: (b, P0, P1, P2, Cin) -> (b, P0, P1, P2, C). Returns a function of the same shape.
+    Worth it only for a network trained with mirroring (augment.AugmentConfig.mirror)."""
+    axes = sorted({int(a) for a in axes})
+    if any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"mirror axes must be spatial axes 0, 1 or 2, got {axes}")
+    if not axes:
+        return model_fn
+    flip_sets = [[1 + a for a, bit in zip(axes, format(m, f"0{len(axes)}b")) if bit == "1"]
+                 for m in range(2 ** len(axes))]
+
+    def mean_over_flips(x):
+        total = None
+        for dims in flip_sets:
+            out = tf.cast(model_fn(tf.reverse(x, dims) if dims else x), tf.float32)
+            out = tf.reverse(out, dims) if dims else out
+            total = out if total is None else total + out
+        return total / float(len(flip_sets))
+
+    return mean_over_flips
+
+
 def predict(model_fn: Callable[[tf.Tensor], tf.Tensor], volume: tf.Tensor, patch_size: Sequence[int],
             num_classes: int, overlap: float = 0.5, windows_per_batch: int = 1,
             sigma_scale: float = 1.0 / 8, pad_value: float = 0.0) -> tf.Tensor:

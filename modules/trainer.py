@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -41,9 +42,10 @@ def training_config(custom_config) -> dict:
 class _ExportModule(tf.Module):
     """Holds the trained model and the Transform layer; defines the serving signatures."""
 
-    def __init__(self, model, tf_transform_output: tft.TFTransformOutput):
+    def __init__(self, model, tf_transform_output: tft.TFTransformOutput, mirror_axes: Sequence[int] = ()):
         super().__init__()
         self.model = model
+        self._mirror_axes = tuple(int(a) for a in mirror_axes)
         self.tft_layer = tf_transform_output.transform_features_layer()
         self._raw_spec = tf_transform_output.raw_feature_spec()
         self._serving_spec = {k: v for k, v in self._raw_spec.items() if k in es.SERVING_FEATURES}
@@ -54,7 +56,8 @@ class _ExportModule(tf.Module):
         training patch work (one window when they are equal)."""
         patch_size = self.model.input_shape[1:4]
         num_classes = self.model.output_shape[-1]
-        return sliding_window.predict(lambda x: self.model(x, training=False), tf.expand_dims(image, -1),
+        network = sliding_window.mirrored(lambda x: self.model(x, training=False), self._mirror_axes)
+        return sliding_window.predict(network, tf.expand_dims(image, -1),
                                       patch_size, num_classes, SLIDING_WINDOW_OVERLAP)
 
     def _masks(self, raw_features):
@@ -121,10 +124,14 @@ class _ClassifierExportModule(_ExportModule):
         return {"probabilities": probabilities, "class_id": tf.argmax(probabilities, axis=-1)}
 
 
-def export(model, tf_transform_output: tft.TFTransformOutput, export_dir: str) -> None:
-    """Saves the model with the signatures described in the module docstring."""
+def export(model, tf_transform_output: tft.TFTransformOutput, export_dir: str,
+           mirror_axes: Sequence[int] = ()) -> None:
+    """Saves the model with the signatures described in the module docstring. mirror_axes:
+    segmentation only, test-time mirroring over these network axes inside every signature
+    (sliding_window.mirrored), so serving and evaluation see the same predictions."""
     classifier = len(model.output_shape) == 2  # (B, C): one class per case
-    module = (_ClassifierExportModule if classifier else _ExportModule)(model, tf_transform_output)
+    module = (_ClassifierExportModule(model, tf_transform_output) if classifier
+              else _ExportModule(model, tf_transform_output, mirror_axes))
     signatures = {
         "serving_default": module.serve_raw.get_concrete_function(),
         "serving_examples": module.serve_examples.get_concrete_function(),
@@ -151,5 +158,5 @@ def run_fn(fn_args) -> None:
     model, _ = training.train_from_records(
         cfg, fn_args.train_files, fn_args.eval_files, tf_transform_output.transformed_feature_spec(),
         model_run_dir, int(fn_args.train_steps), int(fn_args.eval_steps))
-    export(model, tf_transform_output, fn_args.serving_model_dir)
+    export(model, tf_transform_output, fn_args.serving_model_dir, cfg["tta_mirror_axes"])
     _log.info("exported model to %s", fn_args.serving_model_dir)

@@ -63,6 +63,7 @@ DEFAULTS = {
     "early_stopping_patience": 0,  # epochs without val_mean_dice gain; 0 = off
     "checkpoint": True,  # best-by-validation weights + backup for resuming, under model_run_dir
     "sliding_window_overlap": 0.5,
+    "tta_mirror_axes": [],  # serving/evaluation: mean over flips of these network axes (nnU-Net)
     "val_dice_cases": 64,  # validation cases scored with per-label Dice each epoch (0 = off)
     "time_limit_minutes": 0.0,  # stop training after this wall-clock time (0 = no limit)
     "cache": True,  # keep decoded cases in memory

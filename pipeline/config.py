@@ -63,6 +63,9 @@ class PipelineConfig:
     checkpoint: bool = True  # best-validation weights + resumable backup under the model run dir
     val_dice_cases: int = 64  # eval cases scored with per-label Dice (TensorBoard) each epoch
     time_limit_minutes: float = 0.0  # stop training after this wall-clock time; 0 = none
+    # Test-time mirroring in the exported model (Evaluator and serving alike): the mean of the
+    # network over all flips of these network axes, 2 ** len calls per window (nnU-Net does all 3).
+    tta_mirror_axes: Tuple[int, ...] = ()
 
     # --- Evaluator / Pusher -----------------------------------------------------------------
     min_mean_dice: float = 0.5  # blessing threshold on mean foreground Dice
@@ -137,7 +140,8 @@ class PipelineConfig:
                 "augmentation": dict(self.augmentation), "mixed_precision": self.mixed_precision,
                 "xla": self.xla, "distribution": self.distribution,
                 "early_stopping_patience": self.early_stopping_patience, "checkpoint": self.checkpoint,
-                "val_dice_cases": self.val_dice_cases, "time_limit_minutes": self.time_limit_minutes}
+                "val_dice_cases": self.val_dice_cases, "time_limit_minutes": self.time_limit_minutes,
+                "tta_mirror_axes": list(self.tta_mirror_axes)}
 
     def beam_pipeline_args(self) -> List[str]:
         """Beam args of the selected `beam_profile` (see BEAM_PROFILES), then beam_extra_args."""
@@ -216,7 +220,8 @@ PRESETS = {
     # (anterior / posterior) on the 36 held-out cases; nnU-Net: 0.90 / 0.89.
     "hippocampus": {"target_shape": (40, 56, 40), "filters": (16, 32, 64, 128), "train_steps": 1500,
                     "epochs": 10, "batch_size": 2, "learning_rate": 3e-3, "eval_steps": 20,
-                    "val_dice_cases": 40, "time_limit_minutes": 28.0, "min_mean_dice": 0.7},
+                    "val_dice_cases": 40, "time_limit_minutes": 28.0, "min_mean_dice": 0.7,
+                    "tta_mirror_axes": (0, 1, 2)},
 }
 
 

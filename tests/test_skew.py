@@ -18,19 +18,25 @@ SKEW_TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(transformed rows, serialized examples, loaded SavedModel) for CT 0, MR 1, CT 2."""
-    import tensorflow_transform as tft
-
-    from modules import trainer
-
+def network_and_transform():
+    """(rows, serialized examples, Transform graph dir, untrained tiny network) for CT 0, MR 1, CT 2."""
     rows, graph_dir, serialized = ct_run()
     shape = rows[0][preprocessing.IMAGE].shape
     tf.keras.utils.set_random_seed(0)
     # Untrained and tiny: any fixed voxelwise-softmax function of the network input will do.
     inputs = tf.keras.Input(shape=tuple(shape) + (1,))
     logits = tf.keras.layers.Conv3D(3, 3, padding="same")(inputs)
-    model = tf.keras.Model(inputs, tf.keras.layers.Softmax()(logits))
+    return rows, serialized, graph_dir, tf.keras.Model(inputs, tf.keras.layers.Softmax()(logits))
+
+
+@pytest.fixture(scope="module")
+def exported(network_and_transform, tmp_path_factory):
+    """(transformed rows, serialized examples, loaded SavedModel) for CT 0, MR 1, CT 2."""
+    import tensorflow_transform as tft
+
+    from modules import trainer
+
+    rows, serialized, graph_dir, model = network_and_transform
     export_dir = str(tmp_path_factory.mktemp("model") / "serving")
     trainer.export(model, tft.TFTransformOutput(graph_dir), export_dir)
     return rows, serialized, tf.saved_model.load(export_dir)
@@ -102,3 +108,27 @@ def test_serving_mask_comes_back_in_the_input_geometry(exported):
         if i == 0:
             probabilities = model.signatures["evaluate"](examples=tf.constant(serialized[:1]))["probabilities"]
             np.testing.assert_array_equal(expected, np.argmax(probabilities[0].numpy(), axis=-1))
+
+
+def test_exported_test_time_mirroring_is_the_mean_over_flips(network_and_transform, exported, tmp_path):
+    """trainer.export(mirror_axes=...) puts sliding_window.mirrored into every segmentation
+    signature: `evaluate` then returns the mean of the network over all flips of the grid."""
+    import tensorflow_transform as tft
+
+    from modules import trainer
+
+    rows, serialized, graph_dir, network = network_and_transform
+    plain = exported[2]
+    # Same network and Transform graph, exported again with mirroring over all three axes.
+    mirrored_dir = str(tmp_path / "mirrored")
+    trainer.export(network, tft.TFTransformOutput(graph_dir), mirrored_dir, mirror_axes=(0, 1, 2))
+    mirrored = tf.saved_model.load(mirrored_dir)
+    examples = tf.constant(serialized)
+    got = mirrored.signatures["evaluate"](examples=examples)["probabilities"].numpy()
+    image = tf.constant(np.stack([row[preprocessing.IMAGE] for row in rows]))[..., None]
+    flips = [[], [1], [2], [3], [1, 2], [1, 3], [2, 3], [1, 2, 3]]
+    expected = np.mean([tf.reverse(network(tf.reverse(image, d) if d else image, training=False), d).numpy()
+                        if d else network(image, training=False).numpy() for d in flips], axis=0)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    unmirrored = plain.signatures["evaluate"](examples=examples)["probabilities"].numpy()
+    assert np.abs(got - unmirrored).max() > 1e-3  # an untrained conv is not flip-equivariant

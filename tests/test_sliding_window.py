@@ -79,3 +79,25 @@ def test_runs_in_a_graph_with_unknown_shape():
     volume = np.random.default_rng(1).normal(size=(1, 17, 9, 6)).astype(np.float32)
     np.testing.assert_allclose(fn(volume[..., None]).numpy()[0], _reference(volume[0].astype(np.float64)),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_mirrored_averages_the_network_over_every_flip_and_flips_back():
+    """A network that is not flip-equivariant (cumulative sum along P0 and P2): mirroring over
+    axes (0, 2) is the mean of the four flip combinations, each flipped back."""
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(2, 5, 4, 6, 1)).astype(np.float32))
+
+    def net(v):
+        return tf.concat([tf.cumsum(v, axis=1), tf.cumsum(v, axis=3)], axis=-1)
+
+    out = sliding_window.mirrored(net, (2, 0))(x).numpy()
+    expected = np.mean([np.flip(net(tf.reverse(x, d) if d else x).numpy(), d) if d else net(x).numpy()
+                        for d in ([], [1], [3], [1, 3])], axis=0)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(out, net(x).numpy(), atol=1e-3)  # the flips matter for this network
+    # An elementwise network is flip-equivariant: mirroring changes nothing. No axes: the network.
+    np.testing.assert_allclose(sliding_window.mirrored(tf.sigmoid, (0, 1, 2))(x).numpy(),
+                               tf.sigmoid(x).numpy(), rtol=1e-6)
+    assert sliding_window.mirrored(net, ()) is net
+    with pytest.raises(ValueError, match="spatial axes"):
+        sliding_window.mirrored(net, (3,))
