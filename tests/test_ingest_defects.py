@@ -247,6 +247,14 @@ def test_reasons_and_logs_never_show_patient_identifiers(phantom_dir, tmp_path, 
     assert record["status"] == "quarantined" and "missing slice" in record["reason"]
     assert truth.patient_id not in record["reason"] and "<redacted>" in record["reason"]
     assert record["case_id"].startswith("series-") and truth.patient_id not in record["case_id"]
+    # The inventory's input paths too: the folder name is the patient ID.
+    assert len(record["inputs"]) == len(spec.inputs) > 1
+    assert all(truth.patient_id not in p and "<redacted>" in p for p in record["inputs"])
+    # Ingested cases too: the phantom folders carry the second component of PatientName.
+    dicom_spec = [s for s in cases.find_cases(os.path.join(phantom_dir, "dicom"))[0] if s.kind == "dicom"][0]
+    _, ok_record = cases.process_case(dicom_spec, "salt", None)
+    assert ok_record["status"] == "ok" and ok_record["inputs"]
+    assert all("/<redacted>/" in p and "phantom_0" not in p for p in ok_record["inputs"])
     from components.image_example_gen import executor
 
     with caplog.at_level(logging.WARNING):

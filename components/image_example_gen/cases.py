@@ -301,8 +301,16 @@ def process_case(spec: CaseSpec, salt: str, label_set: Optional[set]):
 
     The record is {"case_id", "inputs", "status": "ok"|"quarantined", "reason"}; every failure
     (CaseError or an unexpected exception) becomes a quarantine record, never a crash. Reasons
-    never contain patient names, IDs or birth dates (they are scrubbed from the text).
+    and input paths never contain patient names, IDs or birth dates (folders are often named
+    after the patient): those are replaced by '<redacted>'.
     """
+    example, record = _process_case(spec, salt, label_set)
+    identifiers = _patient_identifiers(spec)
+    record["inputs"] = [dicom_reader.scrub(path, identifiers) for path in spec.inputs]
+    return example, record
+
+
+def _process_case(spec: CaseSpec, salt: str, label_set: Optional[set]):
     if spec.kind == "dicom":
         fallback_id = _dicom_stack_id(spec, salt)
     else:
