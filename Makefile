@@ -41,7 +41,7 @@ test: setup tools
 compile: setup
 	$(VENV)/bin/medtfx compile --runner kubeflow --output $(WORKDIR)/medtfx_pipeline.json
 
-# Decathlon hippocampus, 30 minutes of training on CPU; nice: the machine's cores are shared.
+# Decathlon hippocampus, ~19 minutes of training on CPU (22 min in all); nice: the machine's cores are shared.
 bench-hippocampus: setup
 	nice -n 10 $(VENV)/bin/medtfx run --data ../shared/data/hippocampus --workdir $(WORKDIR)/hippocampus --preset hippocampus
 
