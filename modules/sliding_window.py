@@ -9,6 +9,7 @@ Volumes smaller than the patch are padded (pad_value) and the result cropped bac
 """
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -52,16 +53,13 @@ def mirrored(model_fn: Callable[[tf.Tensor], tf.Tensor], axes: Sequence[int]) ->
         raise ValueError(f"mirror axes must be spatial axes 0, 1 or 2, got {axes}")
     if not axes:
         return model_fn
-    flip_sets = [[1 + a for a, bit in zip(axes, format(m, f"0{len(axes)}b")) if bit == "1"]
-                 for m in range(2 ** len(axes))]
+    tensor_axes = [1 + a for a in axes]  # (b, P0, P1, P2, C): spatial axes start at 1
+    flip_sets = [list(dims) for r in range(len(tensor_axes) + 1)
+                 for dims in itertools.combinations(tensor_axes, r)]  # [] included: no flip
 
     def mean_over_flips(x):
-        total = None
-        for dims in flip_sets:
-            out = tf.cast(model_fn(tf.reverse(x, dims) if dims else x), tf.float32)
-            out = tf.reverse(out, dims) if dims else out
-            total = out if total is None else total + out
-        return total / float(len(flip_sets))
+        outputs = [tf.reverse(tf.cast(model_fn(tf.reverse(x, dims)), tf.float32), dims) for dims in flip_sets]
+        return tf.add_n(outputs) / float(len(flip_sets))
 
     return mean_over_flips
 

@@ -58,41 +58,13 @@ def from_canonical(array: np.ndarray, native_affine: np.ndarray) -> np.ndarray:
     return apply_orientation(array, ornt_transform(axcodes2ornt(("R", "A", "S")), native_ornt))
 
 
-def native_affine(canonical_affine: np.ndarray, canonical_shape: Sequence[int],
-                  native_direction: np.ndarray) -> np.ndarray:
-    """(4, 4) affine of the grid whose axes point along `native_direction` (3, 3 columns, RAS)
-    and which to_canonical turned into (canonical_affine, canonical_shape)."""
-    from nibabel.orientations import axcodes2ornt, inv_ornt_aff, ornt_transform
-
-    probe = np.eye(4)
-    probe[:3, :3] = native_direction
-    world_axis, sign = axis_codes(probe)
-    native_ornt = np.column_stack([world_axis, sign]).astype(float)
-    transform = ornt_transform(axcodes2ornt(("R", "A", "S")), native_ornt)
-    return np.asarray(canonical_affine, dtype=np.float64) @ inv_ornt_aff(transform, tuple(canonical_shape))
-
-
-def dicom_native_grid(paths: Sequence[str], key: Optional[tuple] = None
-                      ) -> Tuple[np.ndarray, List[dicom_reader.Frame]]:
-    """(affine (4, 4) voxel (column, row, slice) -> RAS mm, the frame at each slice) of the 3D
-    stack `key` in `paths` (None: the only one), slices sorted along the normal exactly as the
-    reader stacks them.
+def dicom_native_grid(layout: dicom_reader.Layout) -> Tuple[np.ndarray, List[dicom_reader.Frame]]:
+    """(affine (4, 4) voxel (column, row, slice) -> RAS mm, the frame at each slice) of a stack
+    as the reader laid it out (dicom_reader.read_stack), slices sorted along the normal.
 
     Works for every layout the reader accepts: classic one-file-per-slice series, enhanced
     multi-frame files (frames carry their index in the file) and Siemens mosaics (frames carry
-    their tile number). Raises CaseError naming the defect."""
-    where = os.path.dirname(paths[0]) if paths else "?"
-    stacks, rejected, infos = dicom_reader.scan_files(list(paths))
-    if rejected:
-        raise CaseError(rejected[0][1])
-    if key is not None:
-        frames = stacks[dicom_reader.SeriesKey(*key)]
-    elif len(stacks) == 1:
-        frames = next(iter(stacks.values()))
-    else:
-        raise PredictError(f"{where}: the files hold {len(stacks)} image stacks ("
-                           + "; ".join(dicom_reader.describe(k) for k in stacks) + "); expected one")
-    layout = dicom_reader.stack_layout(frames, where, infos[frames[0].path].meta.get("gantry_tilt", 0.0))
+    their tile number)."""
     return dicom_reader.LPS_TO_RAS @ layout.affine_lps, [row[0] for row in layout.grid]
 
 
@@ -145,9 +117,9 @@ def read_input(path: str, modality: str = "", series: Optional[int] = None) -> P
             raise PredictError(f"{path}: --series {series} is out of range: the folder holds "
                                f"{len(stacks)} image stack(s)")
         key, files = stacks[(series or 1) - 1]
-        volume = dicom_reader.read_series(files, key=key)
+        volume, layout = dicom_reader.read_stack(files, key=key)
         _check_3d(path, volume.array)
-        affine, dicom_frames = dicom_native_grid(files, key)
+        affine, dicom_frames = dicom_native_grid(layout)
         shape = from_canonical(volume.array, affine).shape
         kind = "dicom"
     elif os.path.isfile(path) and path.endswith((".nii", ".nii.gz")):
@@ -430,9 +402,6 @@ def write_dicom_seg(path: str, mask: np.ndarray, frames: Sequence[dicom_reader.F
     pixel_array = _frame_aligned_pixels(mask, frames, sources)
     if pixel_array is None:
         pixel_array = _seg_volume(mask, affine_ras, sources[0].FrameOfReferenceUID)
-        any_label = bool(pixel_array.array.any())
-    else:
-        any_label = bool(pixel_array.any())
     algorithm = hd.AlgorithmIdentificationSequence(name="medtfx", version="0.1.0",
                                                    family=codes.cid7162.ArtificialIntelligence)
     names = label_names or {}
@@ -450,7 +419,7 @@ def write_dicom_seg(path: str, mask: np.ndarray, frames: Sequence[dicom_reader.F
             series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
             manufacturer="medtfx", manufacturer_model_name="medtfx-seg", software_versions="0.1.0",
             device_serial_number="0", series_description="medtfx segmentation",
-            omit_empty_frames=any_label)  # all-empty: keep frames so the SEG is valid
+            omit_empty_frames=bool(mask.any()))  # all-empty: keep frames so the SEG is valid
     seg.save_as(path)
     return int(seg.NumberOfFrames)
 
@@ -468,7 +437,7 @@ def predict_one(model, path: str, output_dir: str, name: str, modality: str = ""
                 series: Optional[int] = None) -> dict:
     """Segments one input; returns its ok record. Raises PredictError/CaseError/gRPC errors."""
     start = time.time()
-    item = read_input(path, modality, series if os.path.isdir(path) else None)
+    item = read_input(path, modality, series)
     array = validate_volume(path, item.volume.array, max_voxels)
     out = model.predict(request_arrays(item.volume, array))
     if "mask" not in out or "mask_shape" not in out:

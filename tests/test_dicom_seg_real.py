@@ -66,7 +66,7 @@ def test_seg_labels_the_same_world_points_as_the_mask(case, tmp_path):
     make, frame_aligned = CASES[case]
     folder = make(str(tmp_path / "in"))
     files = [os.path.join(folder, f) for f in sorted(os.listdir(folder))]
-    affine, frames = predict.dicom_native_grid(files)
+    affine, frames = predict.dicom_native_grid(dicom_reader.read_stack(files)[1])
     mask = _test_mask((frames[0].cols, frames[0].rows, len(frames)))
     n_frames = predict.write_dicom_seg(str(tmp_path / "mask.seg.dcm"), mask, frames, affine, num_classes=3)
     seg = hd.seg.segread(str(tmp_path / "mask.seg.dcm"))
@@ -122,7 +122,7 @@ def test_predict_series_picks_one_stack_of_a_multi_stack_file(tmp_path):
         assert record["status"] == "ok" and not record.get("warnings"), record
         assert record["stack"] == dicom_reader.describe(key)
         img = nib.load(record["outputs"]["nifti"])
-        affine, frames = predict.dicom_native_grid(files, key)
+        affine, frames = predict.dicom_native_grid(dicom_reader.read_stack(files, key)[1])
         assert {f.index for f in frames} <= set(range(64)) and len(frames) == 32
         np.testing.assert_allclose(img.affine, affine, atol=1e-4)
         assert_seg_matches_mask_in_world(hd.seg.segread(record["outputs"]["dicom_seg"]),
@@ -148,7 +148,8 @@ def test_predict_writes_mask_and_seg_on_the_inputs_own_grid(case, tmp_path):
                                        str(tmp_path / "out"), log=lambda m: None)
     assert record["status"] == "ok" and not record.get("warnings"), record
     img = nib.load(record["outputs"]["nifti"])
-    affine, frames = predict.dicom_native_grid([os.path.join(folder, f) for f in os.listdir(folder)])
+    affine, frames = predict.dicom_native_grid(
+        dicom_reader.read_stack([os.path.join(folder, f) for f in os.listdir(folder)])[1])
     assert img.shape == (frames[0].cols, frames[0].rows, len(frames))
     np.testing.assert_allclose(img.affine, affine, atol=1e-4)
     assert_seg_matches_mask_in_world(hd.seg.segread(record["outputs"]["dicom_seg"]),

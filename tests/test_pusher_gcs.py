@@ -21,43 +21,13 @@ import urllib.parse
 import pytest
 
 from tests import gcs_double
+from tests.conftest import REPO
+from tests.tiny_saved_model import files_under, save_affine_model
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "medtfx-test"
 PREFIX = "models/seg"
 BASE = f"gs://{BUCKET}/{PREFIX}"
 INPUT = [[1.0, 2.0, 3.0], [-0.5, 0.25, 4.0]]  # (2, 3) batch for the tiny model
-
-
-def _save_tiny_model(path: str) -> list:
-    """Saves a (None, 3) -> (None, 2) affine tf.Module as a SavedModel at `path`; returns its
-    output on INPUT."""
-    import tensorflow as tf
-
-    class Affine(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = tf.Variable([[0.5, -1.0], [2.0, 0.25], [-0.75, 1.5]])
-            self.b = tf.Variable([0.1, -0.2])
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
-        def __call__(self, x):
-            return {"y": tf.matmul(x, self.w) + self.b}
-
-    module = Affine()
-    tf.saved_model.save(module, path, signatures=module.__call__)
-    return module(tf.constant(INPUT))["y"].numpy().tolist()
-
-
-def _local_digests(src: str) -> dict:
-    """{relative path: sha256 hex} of every file under the local directory `src`."""
-    out = {}
-    for dirpath, _, names in os.walk(src):
-        for name in names:
-            full = os.path.join(dirpath, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, src).replace(os.sep, "/")] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def _uploaded_names(log: list) -> list:
@@ -81,8 +51,9 @@ def _scenario(workdir: str) -> dict:
 
         from components.atomic_pusher import push
 
-        src = os.path.join(workdir, "model")
-        local_out = _save_tiny_model(src)
+        src = save_affine_model(workdir)
+        local_out = tf.saved_model.load(src).signatures["serving_default"](x=tf.constant(INPUT))["y"]
+        local_out = local_out.numpy().tolist()
         t0 = time.monotonic()
         first = push.push_model(src, BASE)
         second = push.push_model(src, BASE)
@@ -102,7 +73,8 @@ def _scenario(workdir: str) -> dict:
             wrong_ca_error = ""
         except tf.errors.OpError as exc:
             wrong_ca_error = str(exc)
-        return {"first": first, "second": second, "push_s": push_s, "local": _local_digests(src),
+        local = {rel: hashlib.sha256(data).hexdigest() for rel, data in files_under(src).items()}
+        return {"first": first, "second": second, "push_s": push_s, "local": local,
                 "remote": remote, "local_out": local_out, "remote_out": remote_out,
                 "push_log": push_log, "log": gcs.log(), "wrong_ca_error": wrong_ca_error}
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from components.atomic_pusher import push
+from tests.tiny_saved_model import files_under, save_affine_model
 
 BUCKET = "medtfx-models"
 MODEL_NAME = "medtfx-seg"
@@ -74,49 +75,18 @@ def _keys(client, prefix: str = "") -> dict:
     return keys
 
 
-def _local_files(root: str) -> dict:
-    """{relative posix path: bytes} of every file under `root`."""
-    files = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as fh:
-                files[os.path.relpath(path, root).replace(os.sep, "/")] = fh.read()
-    return files
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """A real SavedModel (y = x @ w + b, w (3, 2), b (2,), x (N, 3) float32) with a serving_default
-    signature, variables/ and an asset: the file layout of an exported model, in ~1 s."""
-    import tensorflow as tf
-
-    root = tmp_path_factory.mktemp("tiny")
-    labels = root / "labels.txt"
-    labels.write_text("background\nlesion\n")
-
-    class Affine(tf.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = tf.Variable(np.arange(6, dtype=np.float32).reshape(3, 2) / 7.0)
-            self.b = tf.Variable([0.5, -1.25])
-            self.labels = tf.saved_model.Asset(str(labels))
-
-        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
-        def serve(self, x):
-            return {"y": tf.matmul(x, self.w) + self.b}
-
-    module = Affine()
-    model_dir = str(root / "model")
-    tf.saved_model.save(module, model_dir, signatures={"serving_default": module.serve})
-    files = _local_files(model_dir)
+    """A real SavedModel (tests/tiny_saved_model.py): signature, variables/ and an asset."""
+    model_dir = save_affine_model(str(tmp_path_factory.mktemp("tiny")))
+    files = files_under(model_dir)
     assert {"saved_model.pb", "assets/labels.txt", "variables/variables.index"} <= set(files)
     return model_dir
 
 
 def test_push_publishes_every_file_under_an_integer_version(s3, tiny_model):
     base = f"s3://{BUCKET}/models/{MODEL_NAME}"
-    local = _local_files(tiny_model)
+    local = files_under(tiny_model)
 
     first = push.push_model(tiny_model, base)
     assert first["strategy"] == "copy" and first["stale"] == []

@@ -304,18 +304,13 @@ def process_case(spec: CaseSpec, salt: str, label_set: Optional[set]):
     and input paths never contain patient names, IDs or birth dates (folders are often named
     after the patient): those are replaced by '<redacted>'.
     """
-    example, record = _process_case(spec, salt, label_set)
     identifiers = _patient_identifiers(spec)
-    record["inputs"] = [dicom_reader.scrub(path, identifiers) for path in spec.inputs]
-    return example, record
-
-
-def _process_case(spec: CaseSpec, salt: str, label_set: Optional[set]):
     if spec.kind == "dicom":
         fallback_id = _dicom_stack_id(spec, salt)
     else:
         fallback_id = spec.name or ("files-" + salted_hash(",".join(spec.inputs), salt, 12))
-    record = {"case_id": fallback_id, "inputs": spec.inputs, "status": "quarantined", "reason": ""}
+    record = {"case_id": fallback_id, "inputs": [dicom_reader.scrub(path, identifiers) for path in spec.inputs],
+              "status": "quarantined", "reason": ""}
     try:
         if spec.problem:
             raise CaseError(spec.problem)
@@ -325,11 +320,11 @@ def _process_case(spec: CaseSpec, salt: str, label_set: Optional[set]):
         label = read_label(spec.label, volume, label_set) if spec.label else None
         example = example_schema.encode_case(volume, label, record["case_id"], patient_hash, spec.kind)
     except CaseError as exc:
-        record["reason"] = dicom_reader.scrub(str(exc), _patient_identifiers(spec))
+        record["reason"] = dicom_reader.scrub(str(exc), identifiers)
         return None, record
     except Exception as exc:  # a reader bug must not take the run down with it
         record["reason"] = dicom_reader.scrub(f"unexpected {type(exc).__name__} while reading: {exc}",
-                                              _patient_identifiers(spec))
+                                              identifiers)
         return None, record
     record.update(status="ok", reason="")
     return example, record

@@ -786,7 +786,8 @@ def scrub(text: str, identifiers: Iterable[str]) -> str:
     return text
 
 
-def read_series(paths: List[str], key: Optional[tuple] = None, allow_4d: bool = True) -> Volume:
+def read_stack(paths: List[str], key: Optional[tuple] = None,
+               allow_4d: bool = True) -> Tuple[Volume, Layout]:
     """Reads one stack of DICOM files into a canonical Volume.
 
     Args:
@@ -795,9 +796,10 @@ def read_series(paths: List[str], key: Optional[tuple] = None, allow_4d: bool = 
         None when they hold exactly one.
       allow_4d: when False, a multi-volume series raises CaseError before any pixel is decoded.
     Returns:
-      Volume with array (X, Y, Z) or, for a multi-volume series, (X, Y, Z, T); modality values
-      (HU for CT); affine voxel -> RAS mm. meta holds 'volumes', 'stack' (description), 'site',
-      'series_uid', 'study_uid'.
+      (Volume, Layout). Volume: array (X, Y, Z) or, for a multi-volume series, (X, Y, Z, T);
+      modality values (HU for CT); affine voxel -> RAS mm. meta holds 'volumes', 'stack'
+      (description), 'site', 'series_uid', 'study_uid'. Layout: the stack as acquired (the
+      frame at each slice, the native grid's LPS affine), before canonical reorientation.
     Raises CaseError for: single slices, gantry tilt, non-uniform spacing or missing slices,
     incomplete 4D series, mixed stacks without a key, undecodable pixels, non-image files.
     Messages never contain patient names, IDs or birth dates.
@@ -836,7 +838,12 @@ def read_series(paths: List[str], key: Optional[tuple] = None, allow_4d: bool = 
         array=array, affine=affine, modality=meta["modality"],
         patient_id=first_info.patient_id, source=where,
         meta={"site": meta["manufacturer"] or "unknown", "series_uid": meta["series_uid"],
-              "study_uid": meta["study_uid"], "volumes": n_volumes, "stack": describe(chosen)})
+              "study_uid": meta["study_uid"], "volumes": n_volumes, "stack": describe(chosen)}), layout
+
+
+def read_series(paths: List[str], key: Optional[tuple] = None, allow_4d: bool = True) -> Volume:
+    """The Volume of :func:`read_stack` (same arguments and errors)."""
+    return read_stack(paths, key, allow_4d)[0]
 
 
 def list_stacks(dicom_dir: str) -> Tuple[List[Tuple[SeriesKey, List[str]]], List[Tuple[str, str]]]:
