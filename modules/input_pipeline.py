@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import tensorflow as tf
 
-from components.image_example_gen import example_schema as es
+from modules import features as es
 from modules import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -149,7 +149,7 @@ def validation_patches(case_ds: tf.data.Dataset, patch_size: Sequence[int], batc
     return ds.map(lambda x, y: (x[..., None], tf.cast(y, tf.int32))).prefetch(AUTOTUNE)
 
 
-# --- ingested records (components/image_example_gen/example_schema.py) ---------------------
+# --- ingested records (modules/features.py) ---------------------
 
 _NATIVE = {"uint8": tf.uint8, "int16": tf.int16, "float32": tf.float32}
 

@@ -32,7 +32,7 @@ from typing import Dict, Optional, Tuple
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components.image_example_gen import example_schema as es
+from modules import features as es
 from modules import resample, volume_ops
 
 # Outputs.

@@ -25,7 +25,7 @@ from typing import Sequence
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from components.image_example_gen import example_schema as es
+from modules import features as es
 from modules import sliding_window, training, volume_ops
 from modules.preprocessing import GRID_SHAPE, GRID_SPACING, IMAGE, LABEL
 

@@ -48,8 +48,8 @@ def run_dcm2niix(series_dir: str, out_dir: str) -> List[str]:
 
 def run_medtfx(series_dir: str, out_dir: str) -> List[str]:
     """Our reader on one folder: every image stack written as an uncompressed NIfTI."""
-    from components.image_example_gen import dicom_reader
-    from components.image_example_gen.nifti_reader import write_nifti
+    from modules.io import dicom_reader
+    from modules.io.nifti_reader import write_nifti
 
     dicom_reader.clear_cache()
     stacks, _ = dicom_reader.list_stacks(series_dir)

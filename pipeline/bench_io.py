@@ -10,7 +10,7 @@ volumes of 128x224x224x1 float32 over 10 volumes) with synthetic CT-like int16 v
   seed_generator_s         the seed's generator: read NIfTI (SimpleITK), whiten, yield per example
   medtfx_tfrecord_s        medtfx, as the seed ran it (10 volumes repeated, caching allowed):
                            ImageExampleGen's records (voxels as raw little-endian int16 bytes,
-                           components/image_example_gen/example_schema.py), parallel reads and
+                           modules/features.py), parallel reads and
                            decode, decoded volumes cached in memory (modules/input_pipeline.py);
                            batches stay int16 HU: the cast + normalisation is the model's first op
                            (input_pipeline.normalise), on the accelerator, half the bytes to copy
@@ -93,8 +93,8 @@ def write_medtfx_records(directory: str, volumes: Sequence[np.ndarray], shards: 
     """ImageExampleGen's records (example_schema.encode_case) in `shards` files."""
     import tensorflow as tf
 
-    from components.image_example_gen import example_schema as es
-    from components.image_example_gen.volume import Volume
+    from modules import features as es
+    from modules.io.volume import Volume
 
     paths = [os.path.join(directory, f"medtfx-{i:05d}-of-{shards:05d}.tfrecord") for i in range(shards)]
     writers = [tf.io.TFRecordWriter(p) for p in paths]

@@ -42,7 +42,7 @@ def large_phantom(shape, spacing, seed: int) -> np.ndarray:
 
 def load_volumes(data_root: str, count: int = 5) -> List[dict]:
     """[{name, array (X, Y, Z) float32, spacing (3,)}]: hippocampus cases (when present) + phantoms."""
-    from components.image_example_gen.nifti_reader import read_nifti
+    from modules.io.nifti_reader import read_nifti
 
     volumes = []
     for path in sorted(glob.glob(os.path.join(data_root, "imagesTr", "*.nii.gz")))[:count]:

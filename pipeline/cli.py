@@ -164,8 +164,8 @@ def cmd_inventory(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from components.image_example_gen import dicom_reader
-    from components.image_example_gen.volume import CaseError
+    from modules.io import dicom_reader
+    from modules.io.volume import CaseError
 
     try:  # same reader as ingestion; 4D series are written 4D like dcm2niix
         volume = dicom_reader.convert(args.dicom_dir, args.output, args.series)

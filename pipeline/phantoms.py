@@ -16,7 +16,7 @@ from typing import List
 
 import numpy as np
 
-from components.image_example_gen.nifti_reader import write_nifti
+from modules.io.nifti_reader import write_nifti
 
 # Intensities: (background outside body, body, structure 1, 2, 3) and noise sigma.
 CT_INTENSITY = (-1000.0, 40.0, 200.0, -120.0, 350.0)

@@ -15,7 +15,7 @@ from tfx.proto import example_gen_pb2
 
 from components.atomic_pusher.component import AtomicPusher
 from components.example_schema_gen.component import ExampleSchemaGen
-from components.image_example_gen import example_schema
+from modules import features as example_schema
 from components.image_example_gen.component import ImageExampleGen
 from components.segmentation_evaluator.component import SegmentationEvaluator
 from components.transform_preview.component import Transform

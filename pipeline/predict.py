@@ -2,7 +2,7 @@
 through TF Serving's gRPC PredictionService, and write masks in each input's own geometry.
 
 Per input:
-  1. read it as ingestion does (components.image_example_gen readers): a canonical (RAS+) volume
+  1. read it as ingestion does (modules.io readers): a canonical (RAS+) volume
      in its compact dtype (int16 for integral data: half the bytes of float32 on the wire);
   2. check it (3D, each axis >= 2 voxels, at most `max_voxels`, uint8/int16/float32, finite);
   3. query `serving_default` with raw voxels + geometry (modules/trainer.py); the mask comes back
@@ -27,9 +27,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from components.image_example_gen import dicom_reader
-from components.image_example_gen.nifti_reader import read_nifti, write_nifti
-from components.image_example_gen.volume import (CaseError, Volume, affines_match, axis_codes,
+from modules.io import dicom_reader
+from modules.io.nifti_reader import read_nifti, write_nifti
+from modules.io.volume import (CaseError, Volume, affines_match, axis_codes,
                                                  compact_dtype, to_canonical)
 
 SIGNATURE = "serving_default"

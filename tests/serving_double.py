@@ -138,8 +138,8 @@ def start_server(servicer: ServingDouble, max_message_bytes: int = MAX_MESSAGE_B
 
 def phantom_examples(n: int = 4, seed: int = 11):
     """n labelled phantom cases encoded as ingestion does (canonical, compact dtype)."""
-    from components.image_example_gen import example_schema as es
-    from components.image_example_gen.volume import Volume, compact_dtype, to_canonical
+    from modules import features as es
+    from modules.io.volume import Volume, compact_dtype, to_canonical
     from pipeline.phantoms import make_phantom
 
     examples = []
@@ -161,7 +161,7 @@ def _analyze_transform(examples, transform_config: dict, out_dir: str) -> str:
     from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
     from tfx_bsl.public import tfxio
 
-    from components.image_example_gen import example_schema as es
+    from modules import features as es
     from modules import preprocessing
 
     schema = es.tfmd_schema(include_voxels=True, require_label=True)

@@ -139,7 +139,7 @@ def test_case_decoder_fixed_grid_and_whole_volume():
 
 
 def test_raw_int16_volumes_decode_exactly(tmp_path):
-    from components.image_example_gen import example_schema as es
+    from modules import features as es
 
     rng = np.random.default_rng(0)
     volumes = rng.integers(-1024, 3000, size=(3, 4, 5, 6)).astype(np.int16)

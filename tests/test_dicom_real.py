@@ -18,8 +18,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from components.image_example_gen import cases, dicom_header, dicom_reader
-from components.image_example_gen.volume import CaseError, to_canonical
+from components.image_example_gen import cases
+from modules.io import dicom_header, dicom_reader
+from modules.io.volume import CaseError, to_canonical
 from pipeline import bench_dicom, cli
 from tests.conftest import shared_path
 

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from components.image_example_gen import dicom_reader
+from modules.io import dicom_reader
 from pipeline import predict
 from tests.conftest import shared_path
 from tests.seg_checks import assert_seg_matches_mask_in_world

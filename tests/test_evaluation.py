@@ -67,7 +67,7 @@ def _metric_names(spec):
 def test_segmentation_eval_config_gates_mean_dice_and_slices_by_modality_site_spacing():
     import tensorflow_model_analysis as tfma
 
-    from components.image_example_gen import example_schema as es
+    from modules import features as es
     from pipeline.config import make_config
     from pipeline.pipeline import eval_config
 
@@ -114,7 +114,7 @@ def test_classification_eval_config_has_auc_and_accuracy_with_a_macro_auc_gate()
 
 
 def test_spacing_bins_name_the_coarsest_axis():
-    from components.image_example_gen import example_schema as es
+    from modules import features as es
 
     assert es.spacing_bin([1.0, 1.0, 1.0]) == "le1.0mm"
     assert es.spacing_bin([0.7, 0.7, 1.5]) == "1.0-1.5mm"
@@ -125,7 +125,7 @@ def test_spacing_bins_name_the_coarsest_axis():
 def test_report_with_perfect_predictions_and_its_files(tmp_path):
     """A predictor returning the ground truth: Dice 1, HD95 0, surface Dice 1 on every slice;
     the JSON, markdown and PNG land in the output directory."""
-    from components.image_example_gen import example_schema as es
+    from modules import features as es
     from components.segmentation_evaluator import report
     from tests.serving_double import phantom_examples
 

@@ -1,7 +1,7 @@
 import numpy as np
 
-from components.image_example_gen import example_schema as es
-from components.image_example_gen.volume import Volume
+from modules import features as es
+from modules.io.volume import Volume
 
 
 def test_encode_decode_roundtrip_keeps_voxels_geometry_and_bytes_compact():

@@ -60,7 +60,7 @@ def test_statistics_cover_metadata_not_voxels(pipeline_run):
     from tfx.utils import io_utils
     from tensorflow_metadata.proto.v0 import statistics_pb2
 
-    from components.image_example_gen import example_schema as es
+    from modules import features as es
 
     stats_dir = glob.glob(os.path.join(cfg.pipeline_root, "StatisticsGen", "statistics", "*", "Split-train"))[0]
     stats = io_utils.read_bytes_file(os.path.join(stats_dir, "FeatureStats.pb"))
@@ -72,7 +72,7 @@ def test_statistics_cover_metadata_not_voxels(pipeline_run):
 
 def test_split_keeps_each_patient_on_one_side(pipeline_run):
     _, latest, _ = pipeline_run
-    from components.image_example_gen import example_schema as es
+    from modules import features as es
 
     uri = latest["Examples"].uri
     splits = {s: {e.features.feature[es.PATIENT_HASH].bytes_list.value[0]
@@ -86,7 +86,7 @@ def test_pushed_model_predicts_masks_on_raw_voxels(pipeline_run):
     cfg, _, summary = pipeline_run
     import tensorflow as tf
 
-    from components.image_example_gen.volume import to_canonical
+    from modules.io.volume import to_canonical
     from modules.dice import dice_per_label
     from pipeline.phantoms import make_phantom
 

@@ -6,9 +6,9 @@ import grpc
 import numpy as np
 import pytest
 
-from components.image_example_gen import dicom_reader
-from components.image_example_gen.nifti_reader import write_nifti
-from components.image_example_gen.volume import to_canonical
+from modules.io import dicom_reader
+from modules.io.nifti_reader import write_nifti
+from modules.io.volume import to_canonical
 from pipeline import predict
 from tests.seg_checks import assert_seg_matches_mask_in_world
 from tests.serving_double import exported_test_model, serving_double_for

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.image_example_gen import example_schema as es
-from components.image_example_gen.volume import Volume, to_canonical
+from modules import features as es
+from modules.io.volume import Volume, to_canonical
 from modules import preprocessing, volume_ops
 from pipeline.phantoms import make_phantom
 

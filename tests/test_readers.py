@@ -8,9 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from components.image_example_gen import cases, dicom_reader, example_schema
-from components.image_example_gen.nifti_reader import read_nifti
-from components.image_example_gen.volume import CaseError, to_canonical
+from components.image_example_gen import cases
+from modules import features as example_schema
+from modules.io import dicom_reader
+from modules.io.nifti_reader import read_nifti
+from modules.io.volume import CaseError, to_canonical
 from pipeline.phantoms import make_phantom
 from tests.conftest import shared_path
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.image_example_gen import example_schema as es
+from modules import features as es
 from modules import preprocessing
 from tests.test_preprocessing import ct_run, decoded, phantom_case
 
@@ -90,7 +90,7 @@ def test_raw_voxel_path_matches_tft_in_any_orientation(exported):
 
 
 def test_serving_mask_comes_back_in_the_input_geometry(exported):
-    from components.image_example_gen.volume import to_canonical
+    from modules.io.volume import to_canonical
 
     rows, serialized, model = exported
     canonical = model.signatures["serving_default"](**_canonical_inputs(serialized))

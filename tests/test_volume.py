@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from components.image_example_gen.volume import (CaseError, compact_dtype, label_values_ok,
+from modules.io.volume import (CaseError, compact_dtype, label_values_ok,
                                                  salted_hash, to_canonical)
 
 

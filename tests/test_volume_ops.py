@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.image_example_gen.volume import to_canonical as np_to_canonical
+from modules.io.volume import to_canonical as np_to_canonical
 from modules import resample, volume_ops
 from pipeline.phantoms import make_phantom, rotation
 from tests.conftest import shared_path
@@ -52,7 +52,7 @@ def _ours(array, spacing, target_spacing, method=resample.LINEAR):
 def _volumes():
     """(name, array, spacing): 3 hippocampus cases (uint8/float32 MR, 1 mm) and 2 phantoms
     (CT and MR int16, anisotropic)."""
-    from components.image_example_gen.nifti_reader import read_nifti
+    from modules.io.nifti_reader import read_nifti
 
     root = shared_path("hippocampus", "imagesTr")
     vols = []

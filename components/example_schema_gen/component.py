@@ -19,7 +19,7 @@ def ExampleSchemaGen(schema: OutputArtifact[Schema], require_labels: Parameter[i
     from google.protobuf import text_format
     import tensorflow as tf
 
-    from components.image_example_gen.example_schema import tfmd_schema
+    from modules.features import tfmd_schema
 
     proto = tfmd_schema(include_voxels=True, require_label=bool(require_labels))
     tf.io.gfile.makedirs(schema.uri)

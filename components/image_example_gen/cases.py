@@ -19,9 +19,10 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from components.image_example_gen import dicom_reader, example_schema
-from components.image_example_gen.nifti_reader import read_nifti
-from components.image_example_gen.volume import (CaseError, Volume, affines_match, compact_dtype,
+from modules import features as example_schema
+from modules.io import dicom_reader
+from modules.io.nifti_reader import read_nifti
+from modules.io.volume import (CaseError, Volume, affines_match, compact_dtype,
                                                  label_values_ok, salted_hash)
 
 LABEL_NAMES = ("label.nii.gz", "mask.nii.gz", "label.nii", "mask.nii")

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from components.image_example_gen import example_schema as es
+from modules import features as es
 from modules import surface_metrics
 
 REPORT_JSON = "segmentation_report.json"

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from components.image_example_gen import example_schema as es
+from modules import features as es
 
 PREVIEW_FILE = "preview.png"
 

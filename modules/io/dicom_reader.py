@@ -35,8 +35,8 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from components.image_example_gen import dicom_header
-from components.image_example_gen.volume import CaseError, Volume, to_canonical
+from modules.io import dicom_header
+from modules.io.volume import CaseError, Volume, to_canonical
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Storage classes whose instances carry image pixels that can form a volume (CT, MR, PET, NM,
@@ -858,7 +858,7 @@ def convert(dicom_dir: str, output: str, series: Optional[int] = None) -> Volume
     several) read as ingestion reads it, written to NIfTI `output`. 4D series are written 4D,
     like dcm2niix. Raises CaseError with the reason when there is nothing (or no one thing) to
     convert, or the stack is refused."""
-    from components.image_example_gen.nifti_reader import write_nifti
+    from modules.io.nifti_reader import write_nifti
 
     stacks, rejected = list_stacks(dicom_dir)
     if not stacks:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.image_example_gen.volume import CaseError, Volume, to_canonical
+from modules.io.volume import CaseError, Volume, to_canonical
 
 
 def read_nifti(path: str) -> Volume:

@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from components.image_example_gen.volume import Volume
+from modules.io.volume import Volume
 
 
 @dataclasses.dataclass(frozen=True)
