@@ -16,24 +16,18 @@ cannot drift.
   * target spacing (when not configured): per-axis median of the canonical spacing
     (tft.quantiles with two buckets).
 
-custom_config (all optional; pipeline/config.py PipelineConfig.transform_config builds it):
-  target_shape [X, Y, Z]      network grid voxels ('fixed_shape' mode)
-  target_spacing [x, y, z]    mm, or None for the training set's median spacing
-  spatial_mode                'fixed_shape' | 'whole_volume'
-  intensity_mode {modality: mode}   modes: volume_ops.INTENSITY_MODES; key '*' = any other modality
-  intensity_window [lo, hi]   for 'window' mode
-  foreground_samples int      per-case sample size for the intensity analyzers
+custom_config: modules.settings.TransformSettings as a dict (each field documented there).
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from modules import features as es
 from modules import resample, volume_ops
+from modules.settings import TransformSettings
 
 # Outputs.
 IMAGE = "image"  # fixed_shape: (B, X, Y, Z) float32 on the network grid; whole_volume: (B, None) flattened
@@ -42,55 +36,11 @@ MODALITY = "modality"  # (B,) string, passed through (slicing, per-modality hand
 GRID_SPACING = "grid_spacing"  # (B, 3) float32 mm of the network grid (canonical axis order)
 GRID_SHAPE = "grid_shape"  # (B, 3) int64 voxels of the resampled volume before crop/pad
 
-FIXED_SHAPE = "fixed_shape"
 WHOLE_VOLUME = "whole_volume"
-SPATIAL_MODES = (FIXED_SHAPE, WHOLE_VOLUME)
 
-DEFAULT_TARGET_SHAPE = (32, 32, 32)
-DEFAULT_INTENSITY_MODE = {"CT": "dataset", "*": "zscore_nonzero"}
 # Quantile sketch: 200 buckets put boundaries on every 0.5 %; epsilon is the rank error.
 _QUANTILE_BUCKETS = 200
 _QUANTILE_EPSILON = 0.0005
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """custom_config, validated."""
-
-    target_shape: Tuple[int, int, int] = DEFAULT_TARGET_SHAPE
-    target_spacing: Optional[Tuple[float, float, float]] = None
-    spatial_mode: str = FIXED_SHAPE
-    intensity_mode: Dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_INTENSITY_MODE))
-    intensity_window: Tuple[float, float] = (-1000.0, 1000.0)
-    foreground_samples: int = 10000
-
-    @classmethod
-    def from_config(cls, custom_config: Optional[dict]) -> "Settings":
-        c = dict(custom_config or {})
-        spacing = c.get("target_spacing")
-        s = cls(
-            target_shape=tuple(int(v) for v in c.get("target_shape", DEFAULT_TARGET_SHAPE)),
-            target_spacing=None if spacing is None else tuple(float(v) for v in spacing),
-            spatial_mode=str(c.get("spatial_mode", FIXED_SHAPE)),
-            intensity_mode=dict(c.get("intensity_mode") or DEFAULT_INTENSITY_MODE),
-            intensity_window=tuple(float(v) for v in c.get("intensity_window", (-1000.0, 1000.0))),
-            foreground_samples=int(c.get("foreground_samples", 10000)))
-        s.validate()
-        return s
-
-    def validate(self) -> None:
-        if self.spatial_mode not in SPATIAL_MODES:
-            raise ValueError(f"spatial_mode {self.spatial_mode!r}: expected one of {SPATIAL_MODES}")
-        if len(self.target_shape) != 3 or min(self.target_shape) < 1:
-            raise ValueError(f"target_shape {self.target_shape}: expected 3 positive ints")
-        if self.target_spacing is not None and (len(self.target_spacing) != 3 or min(self.target_spacing) <= 0):
-            raise ValueError(f"target_spacing {self.target_spacing}: expected 3 positive mm or None")
-        bad = {m: v for m, v in self.intensity_mode.items() if v not in volume_ops.INTENSITY_MODES}
-        if bad:
-            raise ValueError(f"intensity_mode {bad}: modes must be in {volume_ops.INTENSITY_MODES}")
-        lo, hi = self.intensity_window
-        if not hi > lo:
-            raise ValueError(f"intensity_window {self.intensity_window}: expected lo < hi")
 
 
 def intensity_mode_index(modality: tf.Tensor, intensity_mode: Dict[str, str]) -> tf.Tensor:
@@ -108,7 +58,7 @@ def _scalar(x: tf.Tensor) -> tf.Tensor:
     return tf.reshape(x, [-1])
 
 
-def _intensity_stats(inputs, mode: tf.Tensor, settings: Settings) -> tf.Tensor:
+def _intensity_stats(inputs, mode: tf.Tensor, settings: TransformSettings) -> tf.Tensor:
     """(4,) training-set (clip_lo, clip_hi, mean, std) over foreground voxels of 'dataset'-mode
     cases (all their voxels when the dataset has no labels)."""
     dataset_mode = volume_ops.INTENSITY_MODES.index("dataset")
@@ -136,7 +86,7 @@ def _intensity_stats(inputs, mode: tf.Tensor, settings: Settings) -> tf.Tensor:
                                     tft.var(values, name="intensity_var"), tft.size(values, name="intensity_count"))
 
 
-def _grid_spacing(canonical_spacing: tf.Tensor, settings: Settings) -> tf.Tensor:
+def _grid_spacing(canonical_spacing: tf.Tensor, settings: TransformSettings) -> tf.Tensor:
     """(3,) float32 mm: configured, or the per-axis median spacing of the training set."""
     if settings.target_spacing is not None:
         return tf.constant(settings.target_spacing, tf.float32)
@@ -146,10 +96,10 @@ def _grid_spacing(canonical_spacing: tf.Tensor, settings: Settings) -> tf.Tensor
     return tf.where(tf.logical_and(tf.math.is_finite(median), median > 0.0), median, 1.0)
 
 
-def preprocessing_fn(inputs: dict, custom_config: dict = None) -> dict:
+def preprocessing_fn(inputs: dict, custom_config: Optional[dict] = None) -> dict:
     """Raw features (batch) -> {'image', 'label' (when labelled), 'modality', 'grid_spacing',
     'grid_shape'}; see the module docstring for shapes and custom_config."""
-    settings = Settings.from_config(custom_config)
+    settings = TransformSettings.model_validate(custom_config or {})
     modality = _scalar(inputs[es.MODALITY])
     shapes = tf.reshape(inputs[es.IMAGE_SHAPE], [-1, 3])
     spacings = tf.reshape(tf.cast(inputs[es.SPACING], tf.float32), [-1, 3])

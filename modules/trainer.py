@@ -18,9 +18,10 @@ Signatures of the exported model:
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
-from typing import Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -28,24 +29,37 @@ import tensorflow_transform as tft
 from modules import features as es
 from modules import sliding_window, training, volume_ops
 from modules.preprocessing import GRID_SHAPE, GRID_SPACING, IMAGE, LABEL
+from modules.settings import TrainingSettings
 
 _log = logging.getLogger(__name__)
 
-DEFAULTS = training.DEFAULTS  # every training knob, documented in modules/training.py
-SLIDING_WINDOW_OVERLAP = 0.5
+# Written beside the SavedModel (TF Serving ignores assets.extra): what the model was trained on.
+MODEL_INPUTS_FILE = "model_inputs.json"
+PLAN_FILE = "plan.json"
 
 
-def training_config(custom_config) -> dict:
-    return training.config(custom_config)
+def trainer_config(custom_config: Optional[dict]) -> Tuple[TrainingSettings, Dict[str, Any], Dict[str, Any]]:
+    """The Trainer's custom_config: {'training': TrainingSettings, 'inputs': {'modalities': [...]},
+    'plan': the plan it came from ({} without planning)} -> (settings, inputs, plan)."""
+    custom = dict(custom_config or {})
+    unknown = set(custom) - {"training", "inputs", "plan"}
+    if unknown:
+        raise ValueError(f"Trainer custom_config: unknown keys {sorted(unknown)}")
+    inputs = dict(custom.get("inputs") or {})
+    inputs.setdefault("modalities", [])
+    return training.config(custom.get("training")), inputs, dict(custom.get("plan") or {})
 
 
 class _ExportModule(tf.Module):
     """Holds the trained model and the Transform layer; defines the serving signatures."""
 
-    def __init__(self, model, tf_transform_output: tft.TFTransformOutput, mirror_axes: Sequence[int] = ()):
+    def __init__(self, model, tf_transform_output: tft.TFTransformOutput, mirror_axes: Sequence[int] = (),
+                 overlap: float = 0.5, modalities: Sequence[str] = ()):
         super().__init__()
         self.model = model
         self._mirror_axes = tuple(int(a) for a in mirror_axes)
+        self._overlap = float(overlap)
+        self._modalities = tuple(str(m) for m in modalities)
         self.tft_layer = tf_transform_output.transform_features_layer()
         self._raw_spec = tf_transform_output.raw_feature_spec()
         self._serving_spec = {k: v for k, v in self._raw_spec.items() if k in es.SERVING_FEATURES}
@@ -58,9 +72,29 @@ class _ExportModule(tf.Module):
         num_classes = self.model.output_shape[-1]
         network = sliding_window.mirrored(lambda x: self.model(x, training=False), self._mirror_axes)
         return sliding_window.predict(network, tf.expand_dims(image, -1),
-                                      patch_size, num_classes, SLIDING_WINDOW_OVERLAP)
+                                      patch_size, num_classes, self._overlap)
 
-    def _masks(self, raw_features):
+    def _checked_modality(self, modality):
+        """The request's modality strings, '' filled with the model's own when it was trained on
+        one; a modality the model was not trained on is refused (InvalidArgumentError): its
+        normalisation would be another one's, a silently wrong mask."""
+        if not self._modalities:
+            return modality
+        default = self._modalities[0] if len(self._modalities) == 1 else ""
+        filled = tf.where(tf.equal(modality, ""), default, modality)
+        known = tf.reduce_any(tf.equal(filled[:, None], tf.constant(self._modalities)[None, :]), axis=1)
+        check = tf.debugging.Assert(tf.reduce_all(known), [
+            f"modality refused: this model was trained on {list(self._modalities)}; the request says",
+            filled, "(send an empty modality to use the model's own)"])
+        with tf.control_dependencies([check]):
+            return tf.identity(filled)
+
+    def _with_modality(self, raw_features):
+        return {**raw_features, es.MODALITY: self._checked_modality(raw_features[es.MODALITY])}
+
+    def _segment(self, raw_features):
+        """Raw features -> {'mask' (B, Xmax, Ymax, Zmax) uint8 on each input's grid, 'mask_shape'}."""
+        raw_features = self._with_modality(raw_features)
         transformed = self.tft_layer(raw_features)
         probabilities = self._predict(transformed[IMAGE])
         shapes = tf.cast(raw_features[es.IMAGE_SHAPE], tf.int32)
@@ -88,23 +122,23 @@ class _ExportModule(tf.Module):
         tf.TensorSpec([None], tf.string, name=es.MODALITY),
     ])
     def serve_raw(self, image_raw, image_dtype, image_shape, spacing, direction, modality):
-        return self._masks({es.IMAGE_RAW: image_raw, es.IMAGE_DTYPE: image_dtype,
+        return self._segment({es.IMAGE_RAW: image_raw, es.IMAGE_DTYPE: image_dtype,
                             es.IMAGE_SHAPE: image_shape, es.SPACING: spacing,
                             es.DIRECTION: direction, es.MODALITY: modality})
 
     @tf.function(input_signature=serve_raw.input_signature)
     def transform_raw(self, image_raw, image_dtype, image_shape, spacing, direction, modality):
-        return self.tft_layer({es.IMAGE_RAW: image_raw, es.IMAGE_DTYPE: image_dtype,
-                               es.IMAGE_SHAPE: image_shape, es.SPACING: spacing,
-                               es.DIRECTION: direction, es.MODALITY: modality})
+        return self.tft_layer(self._with_modality({
+            es.IMAGE_RAW: image_raw, es.IMAGE_DTYPE: image_dtype, es.IMAGE_SHAPE: image_shape,
+            es.SPACING: spacing, es.DIRECTION: direction, es.MODALITY: modality}))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
-        return self._masks(tf.io.parse_example(examples, self._serving_spec))
+        return self._segment(tf.io.parse_example(examples, self._serving_spec))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def evaluate(self, examples):
-        transformed = self.tft_layer(tf.io.parse_example(examples, self._serving_spec))
+        transformed = self.tft_layer(self._with_modality(tf.io.parse_example(examples, self._serving_spec)))
         return {"probabilities": self._predict(transformed[IMAGE])}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
@@ -119,19 +153,22 @@ class _ClassifierExportModule(_ExportModule):
     def _predict(self, image):
         return self.model(tf.expand_dims(image, -1), training=False)
 
-    def _masks(self, raw_features):
-        probabilities = self._predict(self.tft_layer(raw_features)[IMAGE])
+    def _segment(self, raw_features):
+        probabilities = self._predict(self.tft_layer(self._with_modality(raw_features))[IMAGE])
         return {"probabilities": probabilities, "class_id": tf.argmax(probabilities, axis=-1)}
 
 
 def export(model, tf_transform_output: tft.TFTransformOutput, export_dir: str,
-           mirror_axes: Sequence[int] = ()) -> None:
+           mirror_axes: Sequence[int] = (), overlap: float = 0.5, modalities: Sequence[str] = (),
+           plan: Optional[dict] = None) -> None:
     """Saves the model with the signatures described in the module docstring. mirror_axes:
     segmentation only, test-time mirroring over these network axes inside every signature
-    (sliding_window.mirrored), so serving and evaluation see the same predictions."""
+    (sliding_window.mirrored), so serving and evaluation see the same predictions. modalities:
+    what the model was trained on (requests naming another are refused; '' means the model's).
+    `assets.extra/` gets model_inputs.json and the plan, for clients and people."""
     classifier = len(model.output_shape) == 2  # (B, C): one class per case
-    module = (_ClassifierExportModule(model, tf_transform_output) if classifier
-              else _ExportModule(model, tf_transform_output, mirror_axes))
+    module = (_ClassifierExportModule(model, tf_transform_output, modalities=modalities) if classifier
+              else _ExportModule(model, tf_transform_output, mirror_axes, overlap, modalities))
     signatures = {
         "serving_default": module.serve_raw.get_concrete_function(),
         "serving_examples": module.serve_examples.get_concrete_function(),
@@ -140,23 +177,42 @@ def export(model, tf_transform_output: tft.TFTransformOutput, export_dir: str,
         "transform_raw": module.transform_raw.get_concrete_function(),
     }
     tf.saved_model.save(module, export_dir, signatures=signatures)
+    extra = os.path.join(export_dir, "assets.extra")
+    tf.io.gfile.makedirs(extra)
+    inputs = {"channels": 1, "modalities": list(modalities), "patch_size": list(model.input_shape[1:4]),
+              "num_classes": int(model.output_shape[-1]), "tta_mirror_axes": list(mirror_axes),
+              "sliding_window_overlap": overlap}
+    with tf.io.gfile.GFile(os.path.join(extra, MODEL_INPUTS_FILE), "w") as fh:
+        fh.write(json.dumps(inputs, indent=2))
+    if plan:
+        with tf.io.gfile.GFile(os.path.join(extra, PLAN_FILE), "w") as fh:
+            fh.write(json.dumps(plan, indent=2))
+
+
+def read_model_inputs(export_dir: str) -> Dict[str, Any]:
+    """model_inputs.json of an exported model ({} for models exported without it)."""
+    path = os.path.join(export_dir, "assets.extra", MODEL_INPUTS_FILE)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as fh:
+        return json.loads(fh.read())
 
 
 def run_fn(fn_args) -> None:
-    """TFX Trainer entry point (GenericExecutor)."""
-    cfg = training_config(fn_args.custom_config)
-    tf.keras.utils.set_random_seed(cfg["seed"])
+    """TFX Trainer entry point (GenericExecutor). custom_config: see `trainer_config`; the
+    training settings' train_steps / eval_steps are authoritative (the plan sets them)."""
+    cfg, inputs, plan = trainer_config(fn_args.custom_config)
+    tf.keras.utils.set_random_seed(cfg.seed)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    # Patches, augmentation, callbacks (per-label Dice, checkpoints, early stopping), strategy:
-    # modules/training.py. Its input pipeline reads whole-volume Transform outputs too, but the
-    # serving signatures above take the fixed grid: fail before training, not at export.
+    # The serving signatures take the fixed grid: fail before training, not at export.
     if not isinstance(tf_transform_output.transformed_feature_spec()[IMAGE], tf.io.FixedLenFeature):
         raise ValueError("Transform ran with spatial_mode='whole_volume' (variable-size volumes): the "
                          "exported signatures need spatial_mode='fixed_shape' (train on patches of it "
                          "with patch_size; serving uses sliding windows over the grid)")
     model_run_dir = fn_args.model_run_dir or os.path.dirname(fn_args.serving_model_dir)
-    model, _ = training.train_from_records(
+    model, _, cfg = training.train_from_records(
         cfg, fn_args.train_files, fn_args.eval_files, tf_transform_output.transformed_feature_spec(),
-        model_run_dir, int(fn_args.train_steps), int(fn_args.eval_steps))
-    export(model, tf_transform_output, fn_args.serving_model_dir, cfg["tta_mirror_axes"])
+        model_run_dir)
+    export(model, tf_transform_output, fn_args.serving_model_dir, cfg.tta_mirror_axes,
+           cfg.sliding_window_overlap, inputs["modalities"], plan)
     _log.info("exported model to %s", fn_args.serving_model_dir)

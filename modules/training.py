@@ -20,7 +20,8 @@ import tensorflow as tf
 import tf_keras as keras  # Keras 2 explicitly: tf.keras may already be Keras 3 in TFX's process
 
 from modules import augment, input_pipeline, losses, resnet, sliding_window, unet
-
+from modules.dice import dice_per_label
+from modules.settings import TrainingSettings
 
 
 def _skip_autograph_for_tf_keras() -> None:
@@ -37,53 +38,13 @@ def _skip_autograph_for_tf_keras() -> None:
 
 _skip_autograph_for_tf_keras()
 
-MODELS = ("unet3d", "unet2d", "resnet3d")
-DISTRIBUTIONS = ("default", "mirrored", "multi_worker")
-
-DEFAULTS = {
-    "model": "unet3d",  # one of MODELS
-    "num_classes": 3,  # including background
-    "target_shape": [32, 32, 32],  # Transform's network grid (fixed_shape mode)
-    "patch_size": None,  # training patch / sliding window (X, Y, Z); None = target_shape
-    "filters": [8, 16, 32],  # per level (depth = len); ResNet: per stage
-    "residual": False,  # residual units in the U-Net
-    "norm": "instance",  # unet.NORMS
-    "loss": "dice_ce",  # losses.LOSSES ('ce' for classification)
-    "batch_size": 2,  # per replica
-    "learning_rate": 3e-3,
-    "lr_schedule": "poly",  # 'poly' (nnU-Net: (1 - step/steps) ** 0.9) | 'constant'
-    "epochs": 1,
-    "seed": 0,
-    "foreground_oversample": 0.33,  # share of patches centred on foreground (nnU-Net)
-    "augment": True,
-    "augmentation": {},  # augment.AugmentConfig field overrides
-    "mixed_precision": False,  # float16 compute on GPU (bfloat16 on CPU), float32 outputs
-    "xla": False,  # jit_compile the train step
-    "distribution": "default",  # one of DISTRIBUTIONS
-    "early_stopping_patience": 0,  # epochs without val_mean_dice gain; 0 = off
-    "checkpoint": True,  # best-by-validation weights + backup for resuming, under model_run_dir
-    "sliding_window_overlap": 0.5,
-    "tta_mirror_axes": [],  # serving/evaluation: mean over flips of these network axes (nnU-Net)
-    "val_dice_cases": 64,  # validation cases scored with per-label Dice each epoch (0 = off)
-    "time_limit_minutes": 0.0,  # stop training after this wall-clock time (0 = no limit)
-    "cache": True,  # keep decoded cases in memory
-}
+def config(custom: Optional[dict]) -> TrainingSettings:
+    """The Trainer's custom_config (TrainingSettings as a dict), validated."""
+    return TrainingSettings.model_validate(custom or {})
 
 
-def config(custom: Optional[dict]) -> dict:
-    """DEFAULTS overridden by `custom`; unknown models / distributions raise."""
-    cfg = {**DEFAULTS, **(custom or {})}
-    if cfg["model"] not in MODELS:
-        raise ValueError(f"model {cfg['model']!r}: choose one of {MODELS}")
-    if cfg["distribution"] not in DISTRIBUTIONS:
-        raise ValueError(f"distribution {cfg['distribution']!r}: choose one of {DISTRIBUTIONS}")
-    if not cfg.get("patch_size"):
-        cfg["patch_size"] = list(cfg["target_shape"])
-    return cfg
-
-
-def is_classifier(cfg: dict) -> bool:
-    return cfg["model"] == "resnet3d"
+def is_classifier(cfg: TrainingSettings) -> bool:
+    return cfg.model == "resnet3d"
 
 
 def strategy_for(name: str) -> tf.distribute.Strategy:
@@ -95,7 +56,7 @@ def strategy_for(name: str) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"distribution {name!r}: choose one of {DISTRIBUTIONS}")
+    raise ValueError(f"distribution {name!r}: default, mirrored or multi_worker")
 
 
 def precision_policy_name(enabled: bool) -> str:
@@ -116,34 +77,64 @@ def precision_policy(enabled: bool):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def build_model(cfg: dict) -> keras.Model:
-    """The configured network (float32 softmax output under any precision policy)."""
-    args = dict(num_classes=int(cfg["num_classes"]), filters=[int(f) for f in cfg["filters"]],
-                norm=cfg["norm"])
-    with precision_policy(bool(cfg["mixed_precision"])):
-        if cfg["model"] == "unet3d":
-            return unet.build_unet3d(cfg["patch_size"], residual=bool(cfg["residual"]), **args)
-        if cfg["model"] == "unet2d":
-            return unet.build_unet2d_slicewise(cfg["patch_size"], residual=bool(cfg["residual"]), **args)
-        return resnet.build_resnet3d(cfg["target_shape"], **args)
+def build_model(cfg: TrainingSettings) -> keras.Model:
+    """The configured network (float32 softmax output under any precision policy). cfg.patch_size
+    must be resolved (see `resolve_patch_size`)."""
+    args = dict(num_classes=int(cfg.num_classes), filters=[int(f) for f in cfg.filters], norm=cfg.norm)
+    topology = dict(pool_sizes=cfg.pool_sizes, kernel_sizes=cfg.kernel_sizes)
+    with precision_policy(bool(cfg.mixed_precision)):
+        if cfg.model == "unet3d":
+            return unet.build_unet3d(cfg.patch_size, residual=bool(cfg.residual), **args, **topology)
+        if cfg.model == "unet2d":
+            return unet.build_unet2d_slicewise(cfg.patch_size, residual=bool(cfg.residual),
+                                               slice_axis=cfg.slice_axis, **args, **topology)
+        return resnet.build_resnet3d(cfg.patch_size, **args)
 
 
-def compile_model(model: keras.Model, cfg: dict, total_steps: int) -> None:
-    lr = float(cfg["learning_rate"])
-    if cfg["lr_schedule"] == "poly":
-        lr = keras.optimizers.schedules.PolynomialDecay(lr, max(1, total_steps), lr * 1e-2, power=0.9)
-    elif cfg["lr_schedule"] != "constant":
-        raise ValueError(f"lr_schedule {cfg['lr_schedule']!r}: 'poly' or 'constant'")
+def resolve_patch_size(cfg: TrainingSettings, grid_shape) -> TrainingSettings:
+    """cfg with patch_size set: as configured, else the network grid (Transform's target_shape)."""
+    if cfg.patch_size is not None:
+        return cfg
+    return cfg.model_copy(update={"patch_size": tuple(int(v) for v in grid_shape)})
+
+
+class PolyLearningRate(keras.callbacks.Callback):
+    """nnU-Net's poly schedule lr0 * (1 - progress) ** 0.9, floored at 1 % of lr0, where progress
+    is the further of steps done / total steps and elapsed / time limit: a budgeted run whose
+    steps are slower than planned still anneals before its time limit stops it."""
+
+    def __init__(self, initial: float, total_steps: int, time_limit_minutes: float = 0.0):
+        super().__init__()
+        self.initial = float(initial)
+        self.total_steps = max(1, int(total_steps))
+        self.seconds = float(time_limit_minutes) * 60.0
+        self.start = None
+
+    def on_train_begin(self, logs=None):
+        self.start = time.time()
+
+    def progress(self, step: int) -> float:
+        by_time = (time.time() - self.start) / self.seconds if self.seconds > 0 else 0.0
+        return min(1.0, max(step / self.total_steps, by_time))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(keras.backend.get_value(self.model.optimizer.iterations))
+        lr = max(self.initial * (1.0 - self.progress(step)) ** 0.9, self.initial * 1e-2)
+        keras.backend.set_value(self.model.optimizer.learning_rate, lr)
+
+
+def compile_model(model: keras.Model, cfg: TrainingSettings) -> None:
+    """Adam at cfg.learning_rate (the poly schedule is a callback, see PolyLearningRate)."""
     metrics = ["accuracy"] if is_classifier(cfg) else None
-    model.compile(optimizer=keras.optimizers.Adam(lr),
-                  loss=losses.get_loss(cfg["loss"], int(cfg["num_classes"])),
-                  metrics=metrics, jit_compile=bool(cfg["xla"]))
+    model.compile(optimizer=keras.optimizers.Adam(float(cfg.learning_rate)),
+                  loss=losses.get_loss(cfg.loss, int(cfg.num_classes)),
+                  metrics=metrics, jit_compile=bool(cfg.xla))
 
 
 class PerLabelDice(keras.callbacks.Callback):
     """Per-case Dice of each foreground label on whole validation cases (sliding window), averaged
-    over cases (a label absent from truth and prediction of a case does not count, as in
-    modules.tfma_dice). Adds val_dice_label_<k> and val_mean_dice to the epoch logs, so the
+    over cases (modules.dice.dice_per_label: a label absent from truth and prediction of a case
+    does not count). Adds val_dice_label_<k> and val_mean_dice to the epoch logs, so the
     TensorBoard callback after it logs them and EarlyStopping / ModelCheckpoint can monitor them."""
 
     def __init__(self, cases: tf.data.Dataset, patch_size: Sequence[int], num_classes: int,
@@ -167,19 +158,15 @@ class PerLabelDice(keras.callbacks.Callback):
         return self._predict
 
     def scores(self) -> Dict[str, float]:
-        labels = range(1, self.num_classes)
-        sums, counts = np.zeros(self.num_classes), np.zeros(self.num_classes)
+        labels = list(range(1, self.num_classes))
+        per_case = {k: [] for k in labels}
         predict = self._predictor()
         for image, label in self.cases:
-            prediction = predict(image).numpy()
-            truth = label.numpy().astype(np.int32)
-            for k in labels:
-                t, p = truth == k, prediction == k
-                denominator = t.sum() + p.sum()
-                if denominator:
-                    sums[k] += 2.0 * np.logical_and(t, p).sum() / denominator
-                    counts[k] += 1
-        out = {f"val_dice_label_{k}": float(sums[k] / counts[k]) if counts[k] else 0.0 for k in labels}
+            scores = dice_per_label(label.numpy().astype(np.int32), predict(image).numpy(), labels)
+            for k, value in scores.items():
+                if not np.isnan(value):
+                    per_case[k].append(value)
+        out = {f"val_dice_label_{k}": float(np.mean(v)) if v else 0.0 for k, v in per_case.items()}
         out["val_mean_dice"] = float(np.mean([out[f"val_dice_label_{k}"] for k in labels]))
         return out
 
@@ -210,41 +197,44 @@ class TimeLimit(keras.callbacks.Callback):
             self.stopped_at_step = batch
 
 
-def make_callbacks(cfg: dict, model_run_dir: str, dice_cases: Optional[tf.data.Dataset]):
+def make_callbacks(cfg: TrainingSettings, model_run_dir: str, dice_cases: Optional[tf.data.Dataset]):
     """Callbacks in dependency order: Dice first (adds the logs the others read)."""
     callbacks = []
+    if cfg.lr_schedule == "poly":
+        callbacks.append(PolyLearningRate(cfg.learning_rate, cfg.train_steps, cfg.time_limit_minutes))
     monitor, mode = "val_loss", "min"
     if dice_cases is not None and not is_classifier(cfg):
-        callbacks.append(PerLabelDice(dice_cases, cfg["patch_size"], cfg["num_classes"],
-                                      cfg["sliding_window_overlap"]))
+        callbacks.append(PerLabelDice(dice_cases, cfg.patch_size, cfg.num_classes,
+                                      cfg.sliding_window_overlap))
         monitor, mode = "val_mean_dice", "max"
-    if cfg["checkpoint"]:
+    if cfg.checkpoint:
         callbacks.append(keras.callbacks.ModelCheckpoint(
             os.path.join(model_run_dir, "checkpoints", "best"), monitor=monitor, mode=mode,
             save_best_only=True, save_weights_only=True))
         callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(model_run_dir, "backup")))
-    if int(cfg["early_stopping_patience"]) > 0:
+    if int(cfg.early_stopping_patience) > 0:
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=monitor, mode=mode, patience=int(cfg["early_stopping_patience"]),
+            monitor=monitor, mode=mode, patience=int(cfg.early_stopping_patience),
             restore_best_weights=True))
-    if float(cfg["time_limit_minutes"]) > 0:
-        callbacks.append(TimeLimit(float(cfg["time_limit_minutes"])))
+    if float(cfg.time_limit_minutes) > 0:
+        callbacks.append(TimeLimit(float(cfg.time_limit_minutes)))
     callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_run_dir, "logs"), update_freq="epoch"))
     return callbacks
 
 
-def fit(cfg: dict, train: tf.data.Dataset, validation: Optional[tf.data.Dataset], model_run_dir: str,
-        steps: int, validation_steps: int, dice_cases: Optional[tf.data.Dataset] = None):
+def fit(cfg: TrainingSettings, train: tf.data.Dataset, validation: Optional[tf.data.Dataset], model_run_dir: str,
+        validation_steps: int = 0, dice_cases: Optional[tf.data.Dataset] = None):
     """Builds (inside the strategy scope), compiles and fits the model; returns (model, history).
 
-    train: endless (image, label) batches of the *global* batch size; steps: total train steps
-    spread over cfg['epochs'] epochs.
+    train: endless (image, label) batches of the *global* batch size; cfg.train_steps steps in
+    all, spread over cfg.epochs epochs. cfg.patch_size must be resolved.
     """
-    strategy = strategy_for(cfg["distribution"])
+    steps = int(cfg.train_steps)
+    strategy = strategy_for(cfg.distribution)
     with strategy.scope():
         model = build_model(cfg)
-        compile_model(model, cfg, steps)
-    epochs = max(1, int(cfg["epochs"]))
+        compile_model(model, cfg)
+    epochs = max(1, int(cfg.epochs))
     callbacks = make_callbacks(cfg, model_run_dir, dice_cases)
     start = time.time()
     history = model.fit(train, epochs=epochs, steps_per_epoch=max(1, steps // epochs),
@@ -257,25 +247,30 @@ def fit(cfg: dict, train: tf.data.Dataset, validation: Optional[tf.data.Dataset]
     return model, history
 
 
-def train_from_records(cfg: dict, train_files, eval_files, feature_spec: dict, model_run_dir: str,
-                       steps: int, eval_steps: int):
-    """Datasets from Transform's records (see modules.input_pipeline), then `fit`."""
-    strategy = strategy_for(cfg["distribution"])
-    global_batch = int(cfg["batch_size"]) * strategy.num_replicas_in_sync
+def train_from_records(cfg: TrainingSettings, train_files, eval_files, feature_spec: dict, model_run_dir: str):
+    """Datasets from Transform's records (see modules.input_pipeline), then `fit`.
+    Returns (model, history, cfg with the patch size resolved)."""
+    grid = getattr(feature_spec["image"], "shape", None)  # None: whole-volume Transform output
+    if cfg.patch_size is None and not grid:
+        raise ValueError("Transform wrote whole volumes (variable size): set training.patch_size")
+    cfg = resolve_patch_size(cfg, grid)
+    eval_steps = int(cfg.eval_steps)
+    strategy = strategy_for(cfg.distribution)
+    global_batch = int(cfg.batch_size) * strategy.num_replicas_in_sync
     decoder = input_pipeline.case_decoder(feature_spec)
-    train_cases = input_pipeline.cases(input_pipeline.list_files(train_files), decoder, cfg["cache"])
-    eval_cases = input_pipeline.cases(input_pipeline.list_files(eval_files), decoder, cfg["cache"])
-    aug = augment.AugmentConfig.from_dict(cfg["augmentation"]) if cfg["augment"] else None
+    train_cases = input_pipeline.cases(input_pipeline.list_files(train_files), decoder, cfg.cache)
+    eval_cases = input_pipeline.cases(input_pipeline.list_files(eval_files), decoder, cfg.cache)
+    aug = augment.AugmentConfig.from_dict(cfg.augmentation.model_dump()) if cfg.augment else None
     if is_classifier(cfg):
-        train = input_pipeline.classification_batches(train_cases, global_batch, True, cfg["seed"], aug)
+        train = input_pipeline.classification_batches(train_cases, global_batch, True, cfg.seed, aug)
         validation = input_pipeline.classification_batches(eval_cases, global_batch, False)
-        return fit(cfg, train, validation.take(max(1, eval_steps)), model_run_dir, steps, 0)
-    num_classes = int(cfg["num_classes"])
+        return fit(cfg, train, validation.take(max(1, eval_steps)), model_run_dir) + (cfg,)
+    num_classes = int(cfg.num_classes)
     train = input_pipeline.training_patches(
-        train_cases, cfg["patch_size"], global_batch, num_classes, float(cfg["foreground_oversample"]),
-        aug, int(cfg["seed"]))
-    validation = input_pipeline.validation_patches(eval_cases, cfg["patch_size"], global_batch, num_classes,
-                                                   float(cfg["foreground_oversample"]), int(cfg["seed"]))
-    dice_cases = eval_cases.take(int(cfg["val_dice_cases"])) if int(cfg["val_dice_cases"]) > 0 else None
+        train_cases, cfg.patch_size, global_batch, num_classes, float(cfg.foreground_oversample),
+        aug, int(cfg.seed))
+    validation = input_pipeline.validation_patches(eval_cases, cfg.patch_size, global_batch, num_classes,
+                                                   float(cfg.foreground_oversample), int(cfg.seed))
+    dice_cases = eval_cases.take(int(cfg.val_dice_cases)) if int(cfg.val_dice_cases) > 0 else None
     # One fixed patch per evaluation case (at most eval_steps batches): the same set every epoch.
-    return fit(cfg, train, validation.take(max(1, eval_steps)), model_run_dir, steps, 0, dice_cases)
+    return fit(cfg, train, validation.take(max(1, eval_steps)), model_run_dir, 0, dice_cases) + (cfg,)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from modules import resample
+from modules.settings import INTENSITY_MODES
 
 # Intensity normalisation modes (index = position; the graph gathers per-mode parameters by index):
 #   dataset: clip to the training set's foreground 0.5/99.5 percentiles, then z-score with the
@@ -17,7 +18,7 @@ from modules import resample
 #   zscore_nonzero: per-volume z-score over non-zero voxels (MR and other qualitative images).
 #   zscore: per-volume z-score over all voxels.
 #   window: clip to a fixed [lo, hi] window and map it linearly to [-1, 1].
-INTENSITY_MODES = ("dataset", "zscore_nonzero", "zscore", "window")
+# INTENSITY_MODES (modules.settings) is the one list of these modes.
 # (clip_lo, clip_hi, mean, std) when the training set has no case in 'dataset' mode: finite and
 # the identity apart from clipping at float32's range.
 NEUTRAL_STATS = (-3.0e38, 3.0e38, 0.0, 1.0)

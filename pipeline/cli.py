@@ -34,9 +34,8 @@ def cmd_synth(args) -> int:
 
 
 def _config(args, **fields):
-    from pipeline.config import make_config
-
-    return make_config(args.preset, args.set, **fields)
+    budget = [f"planning.budget_minutes={args.budget_minutes}"] if getattr(args, "budget_minutes", None) else []
+    return make_config_or_exit(args, budget, **fields)
 
 
 def _print_summary(summary: dict, elapsed: float) -> None:
@@ -54,6 +53,9 @@ def _print_summary(summary: dict, elapsed: float) -> None:
                         ("preprocessing preview", summary.get("transform_preview"))):
         if path:
             print(f"{label}: {path}")
+    for label, key in (("plan", "plan"), ("dataset fingerprint", "fingerprint")):
+        if summary.get(key):
+            print(f"{label}: {summary[key]}")
     print(f"blessed: {summary.get('blessed')}")
     print(f"pushed to: {summary.get('pushed_to') or 'not pushed (model not blessed)'}")
     print(f"elapsed: {elapsed:.0f} s")
@@ -77,6 +79,46 @@ def cmd_run(args) -> int:
     cfg = _config(args, data_root=args.data, workdir=args.workdir)
     summary = _run(cfg)
     return 0 if summary.get("pushed_to") else 3
+
+
+def cmd_plan(args) -> int:
+    """Ingests and plans (nnU-Net's plan step) without training; writes the plan and prints it."""
+    _quiet_tensorflow()
+    from components.dataset_planner import artifacts
+    from modules.plan import planner
+    from pipeline import runners
+    from pipeline.pipeline import PLANNER_ID
+
+    budget = [f"planning.budget_minutes={args.budget_minutes}"] if args.budget_minutes else []
+    cfg = make_config_or_exit(args, budget, data_root=args.data, workdir=args.workdir)
+    runners.run_local(cfg, until=PLANNER_ID)
+    latest = runners.latest_artifacts(os.path.abspath(cfg.metadata_path))
+    with open(os.path.join(latest["medtfx.Plan"].uri, artifacts.PLAN_FILE)) as fh:
+        plan = json.load(fh)
+    with open(args.output, "w") as fh:
+        json.dump(plan, fh, indent=2)
+    print(planner.describe(plan))
+    fingerprint_md = os.path.join(latest["medtfx.DatasetFingerprint"].uri, "fingerprint.md")
+    print(f"plan: {args.output}; fingerprint: {fingerprint_md}")
+    return 0
+
+
+def cmd_settings(args) -> int:
+    from pipeline.config import describe_settings
+
+    print(describe_settings())
+    return 0
+
+
+def make_config_or_exit(args, extra=(), **fields):
+    """The configuration, or one line on stderr and exit code 2 for a bad setting."""
+    from pipeline.config import ConfigError, make_config
+
+    try:
+        return make_config(list(extra) + list(args.set), args.config or None, **fields)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def cmd_demo(args) -> int:
@@ -120,7 +162,7 @@ def _kubeflow_config(args):
     overrides = runners.configmap_overrides(runners.read_configmap(args.configmap)) \
         if args.configmap else []
     overrides += args.set + ([f"beam_profile={args.beam_profile}"] if args.beam_profile else [])
-    return make_config(args.preset, overrides, **({"data_root": args.data} if args.data else {}))
+    return make_config(overrides, args.config or None, **({"data_root": args.data} if args.data else {}))
 
 
 def cmd_deploy(args) -> int:
@@ -164,11 +206,15 @@ def cmd_inventory(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from modules.io import dicom_reader
+    from modules.io import dicom
+    from modules.io.nifti_reader import write_nifti
     from modules.io.volume import CaseError
 
     try:  # same reader as ingestion; 4D series are written 4D like dcm2niix
-        volume = dicom_reader.convert(args.dicom_dir, args.output, args.series)
+        stacks, rejected = dicom.list_stacks(args.dicom_dir)
+        key, paths = dicom.select_stack(stacks, args.series, args.dicom_dir, rejected)
+        volume = dicom.read_series(paths, key)
+        write_nifti(args.output, volume.array, volume.affine)
     except CaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -224,6 +270,10 @@ def cmd_bench_io(args) -> int:
     return bench_io.main(args)
 
 
+# Phantoms are small and easy: a few minutes of training reach Dice > 0.9.
+DEMO_BUDGET_MINUTES = 2.0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.config import BEAM_PROFILES
 
@@ -231,9 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p):
-        p.add_argument("--preset", default="demo", help="config preset (pipeline/config.py PRESETS)")
+        p.add_argument("--config", default="", metavar="FILE.yaml",
+                       help="settings file: stage sections (training: {filters: [16, 32]}) or flat keys")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one PipelineConfig field (repeatable)")
+                       help="one setting, e.g. augment=false or training.augment=false (repeatable; "
+                            "`medtfx settings` lists them)")
+        return p
+
+    def with_budget(p, default=None):
+        p.add_argument("--budget-minutes", type=float, default=default, metavar="N",
+                       help="Trainer wall time the plan fits into (default: planning.budget_minutes, 30)")
         return p
 
     p = sub.add_parser("synth", help="write synthetic phantoms (Decathlon NIfTI + DICOM series)")
@@ -243,12 +300,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--structures", type=int, default=2, choices=(2, 3))
     p.set_defaults(func=cmd_synth)
 
-    p = with_config(sub.add_parser("run", help="run the pipeline locally on a dataset"))
+    p = with_budget(with_config(sub.add_parser("run", help="run the pipeline locally on a dataset")))
     p.add_argument("--data", required=True, help="Decathlon folder, DICOM tree or manifest CSV")
     p.add_argument("--workdir", required=True)
     p.set_defaults(func=cmd_run)
 
-    p = with_config(sub.add_parser("demo", help="generate phantoms and run the pipeline on them"))
+    p = with_budget(with_config(sub.add_parser(
+        "plan", help="ingest, fingerprint and plan a dataset without training (prints the choices)")))
+    p.add_argument("--data", required=True, help="Decathlon folder, DICOM tree or manifest CSV")
+    p.add_argument("--output", required=True, metavar="PLAN.json")
+    p.add_argument("--workdir", default="workdir/plan", help="ingestion and metadata go here")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("settings", help="every setting with its default and description")
+    p.set_defaults(func=cmd_settings)
+
+    p = with_budget(with_config(sub.add_parser("demo", help="generate phantoms and run the pipeline on them")),
+                    default=DEMO_BUDGET_MINUTES)
     p.add_argument("--workdir", default="workdir/demo")
     p.add_argument("--cases", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -305,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="", metavar="SAVED_MODEL_DIR", help="exported model, run in process")
     p.add_argument("--server", default="", metavar="HOST:PORT", help="TF Serving gRPC endpoint")
     p.add_argument("--model-name", default="", help="TF Serving model name (with --server)")
-    p.add_argument("--modality", default="", help="modality of NIfTI inputs (CT, MR, ...); DICOM "
+    p.add_argument("--modality", default="", help="modality of NIfTI inputs (CT, MR, ...); default: the one the model was trained on; DICOM "
                    "inputs use their header")
     p.add_argument("--max-voxels", type=int, default=512 ** 3, help="refuse larger volumes")
     p.add_argument("--max-message-mb", type=int, default=1024, help="gRPC send/receive limit")

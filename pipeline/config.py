@@ -1,110 +1,41 @@
-"""Every knob of the pipeline, in one typed config.
+"""The whole configuration: the stages' settings (modules/settings.py) composed into one model.
 
-Presets name tested starting points; `medtfx run --set key=value` overrides single fields.
+Sources, later ones winning: the defaults, `--config FILE.yaml`, `--set key=value`. A key is
+flat where only one stage has it (`--set augment=false`) or prefixed by its stage
+(`--set training.augment=false`). The dotted keys a user set are remembered (`user_keys`): the
+planner fills everything else from the dataset fingerprint and records where each value came from.
 """
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from modules.settings import (STAGES, EvaluationSettings, IngestionSettings, PlanningSettings,
+                              RunnerSettings, ServingSettings, TrainingSettings, TransformSettings)
 
 
-@dataclasses.dataclass
-class PipelineConfig:
-    # --- where things live ---------------------------------------------------------------
-    data_root: str = ""  # Decathlon folder, DICOM tree, or manifest CSV
-    workdir: str = "workdir"  # pipeline root, metadata DB and serving base live below this
-    pipeline_name: str = "medtfx"
-    model_name: str = "medtfx-seg"  # TF Serving model name
-    serving_base: str = ""  # TF Serving model base path; default <workdir>/serving/<model_name>
+class ConfigError(ValueError):
+    """A setting that cannot be applied; the message is one line meant for the user."""
 
-    # --- ingestion (ImageExampleGen) -------------------------------------------------------
-    require_labels: bool = True  # segmentation training: image-only cases are quarantined
-    patient_salt_env: str = "MEDTFX_PATIENT_SALT"  # env var holding the secret salt
-    default_patient_salt: str = "medtfx-default-salt"  # used only when that env var is unset
-    train_hash_buckets: int = 4  # train:eval split by patient hash
-    eval_hash_buckets: int = 1
 
-    # --- Transform --------------------------------------------------------------------------
-    target_shape: Tuple[int, int, int] = (32, 32, 32)  # network grid (X, Y, Z) voxels
-    # mm per canonical (R, A, S) axis of the network grid; None = the training set's median spacing
-    target_spacing: Optional[Tuple[float, float, float]] = None
-    spatial_mode: str = "fixed_shape"  # 'fixed_shape' (centre crop/pad to target_shape) | 'whole_volume'
-    # Intensity normalisation per modality ('*' = any other; modules/volume_ops.INTENSITY_MODES):
-    # 'dataset' = clip to the training set's foreground 0.5/99.5 percentiles, z-score with its
-    # foreground mean/std (nnU-Net's CT scheme); 'zscore_nonzero' = per volume over non-zero
-    # voxels; 'zscore' = per volume; 'window' = clip to intensity_window, map it to [-1, 1].
-    intensity_mode: Dict[str, str] = dataclasses.field(
-        default_factory=lambda: {"CT": "dataset", "*": "zscore_nonzero"})
-    intensity_window: Tuple[float, float] = (-1000.0, 1000.0)  # 'window' mode, e.g. HU
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    # --- Trainer ----------------------------------------------------------------------------
-    num_classes: int = 3  # including background
-    model: str = "unet3d"  # 'unet3d' | 'unet2d' (slice-wise) | 'resnet3d' (classifier)
-    filters: Tuple[int, ...] = (8, 16, 32)  # U-Net filters per level (depth = length); ResNet per stage
-    residual: bool = False  # U-Net residual units
-    norm: str = "instance"  # 'instance' | 'group' | 'batch' | 'none'
-    loss: str = "dice_ce"  # 'dice' | 'dice_ce' | 'gdice' (generalised Dice) | 'ce'
-    batch_size: int = 2  # per replica (global = batch_size x replicas)
-    learning_rate: float = 3e-3  # Adam, polynomial decay to 1 % over train_steps
-    train_steps: int = 300
-    eval_steps: int = 4  # validation-loss batches per epoch
-    epochs: int = 3
-    seed: int = 0  # patches, augmentation and weights: same seed -> same batches
-    patch_size: Optional[Tuple[int, int, int]] = None  # training patch / sliding window; None = target_shape
-    foreground_oversample: float = 0.33  # share of patches centred on a foreground voxel (nnU-Net)
-    augment: bool = True  # mirror, small rotations/scaling, intensity scale/shift, noise
-    augmentation: Dict[str, object] = dataclasses.field(default_factory=dict)  # modules/augment.AugmentConfig
-    mixed_precision: bool = False  # float16 on GPU (bfloat16 on CPU) compute, float32 outputs
-    xla: bool = False  # jit-compile the training step
-    distribution: str = "default"  # 'default' | 'mirrored' | 'multi_worker' (tf.distribute)
-    early_stopping_patience: int = 0  # epochs without val_mean_dice gain before stopping; 0 = off
-    checkpoint: bool = True  # best-validation weights + resumable backup under the model run dir
-    val_dice_cases: int = 64  # eval cases scored with per-label Dice (TensorBoard) each epoch
-    time_limit_minutes: float = 0.0  # stop training after this wall-clock time; 0 = none
-    # Test-time mirroring in the exported model (Evaluator and serving alike): the mean of the
-    # network over all flips of these network axes, 2 ** len calls per window (nnU-Net does all 3).
-    tta_mirror_axes: Tuple[int, ...] = ()
-
-    # --- Evaluator / Pusher -----------------------------------------------------------------
-    min_mean_dice: float = 0.5  # blessing threshold on mean foreground Dice
-    max_dice_drop: float = 0.02  # allowed drop of mean Dice against the last blessed model
-    task: str = "segmentation"  # 'segmentation' | 'classification': Evaluator metrics and gate
-    min_auc: float = 0.7  # classification: blessing threshold on macro-averaged AUC
-    max_auc_drop: float = 0.02  # classification: allowed AUC drop against the last blessed model
-    surface_tolerance_mm: float = 2.0  # surface Dice tolerance in the segmentation report
-    report_max_cases: int = 200  # eval cases the segmentation report runs through the model (0 = all)
-
-    # --- runners ----------------------------------------------------------------------------
-    beam_args: Tuple[str, ...] = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
-    image: str = "medtfx:0.1.0"  # container image for Kubeflow
-    kubeflow_pipeline_root: str = "gs://medtfx-pipeline-root"  # or a PVC-mounted path
-
-    # --- Kubeflow platform: Beam profile, Trainer GPU pod, PVCs (issue 6) -----------------
-    # Beam runner of the Beam-based components (ExampleGen, StatisticsGen, Transform, Evaluator):
-    # one of BEAM_PROFILES; beam_pipeline_args() turns it into args ('direct' = beam_args above).
-    beam_profile: str = "direct"
-    beam_project: str = ""  # dataflow: GCP project id
-    beam_region: str = ""  # dataflow: region, e.g. europe-west4
-    beam_temp_location: str = ""  # dataflow: gs:// temp location (staging goes below it)
-    beam_job_endpoint: str = ""  # flink/spark: Beam job server host:port ("" = profile default)
-    beam_environment_type: str = ""  # flink/spark: EXTERNAL | DOCKER | PROCESS ("" = default)
-    beam_environment_config: str = ""  # EXTERNAL: worker pool host:port; DOCKER: SDK image
-    beam_sdk_container_image: str = ""  # dataflow/DOCKER SDK image with medtfx ("" = image)
-    beam_extra_args: Tuple[str, ...] = ()  # appended to any profile's args
-    # Trainer pod on Kubeflow: KFP ResourceSpec (limits) + kfp-kubernetes platform spec.
-    trainer_accelerator: str = ""  # Kubernetes resource name, e.g. nvidia.com/gpu; "" = CPU only
-    trainer_accelerator_count: int = 1
-    trainer_cpu_limit: float = 0.0  # vCPU; 0 = no limit
-    trainer_memory_limit: float = 0.0  # GB (KFP renders "<n>G"); 0 = no limit
-    trainer_node_selector: Dict[str, str] = dataclasses.field(default_factory=dict)
-    trainer_tolerations: Tuple[Dict[str, object], ...] = ()  # Kubernetes Toleration objects
-    kubeflow_pvc_mounts: Dict[str, str] = dataclasses.field(default_factory=dict)  # PVC -> path
-    # KFP's open-source backend rejects resolver executors ("resolver executors not
-    # implemented"), so by default the Kubeflow DAG has no last-blessed-model baseline
-    # (Evaluator then applies only the absolute Dice threshold). True for Vertex AI.
-    kubeflow_baseline_resolver: bool = False
+    data_root: str = Field("", description="Decathlon folder, DICOM tree, or manifest CSV")
+    workdir: str = Field("workdir", description="pipeline root, metadata DB and serving base live below this")
+    ingestion: IngestionSettings = Field(default_factory=IngestionSettings)
+    planning: PlanningSettings = Field(default_factory=PlanningSettings)
+    transform: TransformSettings = Field(default_factory=TransformSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    user_keys: Tuple[str, ...] = Field((), description="dotted keys set by --config/--set (the planner leaves them alone)")
 
     @property
     def pipeline_root(self) -> str:
@@ -116,91 +47,49 @@ class PipelineConfig:
 
     @property
     def serving_model_base(self) -> str:
-        base = self.serving_base or os.path.join(self.workdir, "serving", self.model_name)
+        base = self.serving.serving_base or os.path.join(self.workdir, "serving", self.serving.model_name)
         return base if "://" in base else os.path.abspath(base)
 
-    @property
-    def labels(self) -> List[int]:
-        """Foreground label ids."""
-        return list(range(1, self.num_classes))
-
-    def transform_config(self) -> dict:
-        return {"target_shape": list(self.target_shape),
-                "target_spacing": None if self.target_spacing is None else list(self.target_spacing),
-                "spatial_mode": self.spatial_mode, "intensity_mode": dict(self.intensity_mode),
-                "intensity_window": list(self.intensity_window)}
-
-    def trainer_config(self) -> dict:
-        return {"num_classes": self.num_classes, "target_shape": list(self.target_shape),
-                "filters": list(self.filters), "batch_size": self.batch_size,
-                "learning_rate": self.learning_rate, "loss": self.loss, "epochs": self.epochs,
-                "seed": self.seed, "model": self.model, "residual": self.residual, "norm": self.norm,
-                "patch_size": list(self.patch_size) if self.patch_size else None,
-                "foreground_oversample": self.foreground_oversample, "augment": self.augment,
-                "augmentation": dict(self.augmentation), "mixed_precision": self.mixed_precision,
-                "xla": self.xla, "distribution": self.distribution,
-                "early_stopping_patience": self.early_stopping_patience, "checkpoint": self.checkpoint,
-                "val_dice_cases": self.val_dice_cases, "time_limit_minutes": self.time_limit_minutes,
-                "tta_mirror_axes": list(self.tta_mirror_axes)}
+    def user_overrides(self) -> Dict[str, Any]:
+        """{'stage.key': value} of what the user set, for the planner (JSON-able)."""
+        out = {}
+        for key in self.user_keys:
+            stage, field = key.split(".", 1)
+            out[key] = json.loads(getattr(self, stage).model_dump_json(include={field}))[field]
+        return out
 
     def beam_pipeline_args(self) -> List[str]:
-        """Beam args of the selected `beam_profile` (see BEAM_PROFILES), then beam_extra_args."""
-        profile = self.beam_profile
-        if profile not in BEAM_PROFILES:
-            raise ValueError(f"beam_profile {profile!r}: choose one of {sorted(BEAM_PROFILES)}")
-        if profile == "direct":
-            args = list(self.beam_args)
-        elif profile == "dataflow":
+        """Beam args of the selected `runner.beam_profile` (see BEAM_PROFILES), then beam_extra_args."""
+        r = self.runner
+        if r.beam_profile == "direct":
+            args = list(r.beam_args)
+        elif r.beam_profile == "dataflow":
             missing = [name for name in ("beam_project", "beam_region", "beam_temp_location")
-                       if not getattr(self, name)]
+                       if not getattr(r, name)]
             if missing:
-                raise ValueError(f"beam_profile 'dataflow' needs --set {'=... --set '.join(missing)}=...")
-            args = ["--runner=DataflowRunner", f"--project={self.beam_project}",
-                    f"--region={self.beam_region}", f"--temp_location={self.beam_temp_location}",
-                    # Workers import modules.preprocessing etc.: they need the project's code.
-                    f"--sdk_container_image={self.beam_sdk_container_image or self.image}"]
+                raise ConfigError(f"beam_profile 'dataflow' needs --set {'=... --set '.join(missing)}=...")
+            args = ["--runner=DataflowRunner", f"--project={r.beam_project}",
+                    f"--region={r.beam_region}", f"--temp_location={r.beam_temp_location}",
+                    # Workers import the Transform module etc.: they need the project's code.
+                    f"--sdk_container_image={r.beam_sdk_container_image or r.image}"]
         else:  # flink / spark: a Beam job server (PortableRunner)
-            defaults = BEAM_PROFILES[profile]
-            env_type = self.beam_environment_type or defaults["environment_type"]
-            env_config = self.beam_environment_config or (
-                self.beam_sdk_container_image or self.image if env_type == "DOCKER"
+            defaults = BEAM_PROFILES[r.beam_profile]
+            env_type = r.beam_environment_type or defaults["environment_type"]
+            env_config = r.beam_environment_config or (
+                r.beam_sdk_container_image or r.image if env_type == "DOCKER"
                 else defaults["environment_config"])
             args = ["--runner=PortableRunner",
-                    f"--job_endpoint={self.beam_job_endpoint or defaults['job_endpoint']}",
+                    f"--job_endpoint={r.beam_job_endpoint or defaults['job_endpoint']}",
                     f"--environment_type={env_type}"]
             if env_config:
                 args.append(f"--environment_config={env_config}")
-        return args + list(self.beam_extra_args)
-
-    def with_overrides(self, overrides: List[str]) -> "PipelineConfig":
-        """Applies 'key=value' strings (JSON values, or bare strings) with type checks."""
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        changes = {}
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep or key not in fields:
-                raise ValueError(f"--set {item!r}: expected key=value with key one of {sorted(fields)}")
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError:
-                value = raw
-            current = getattr(self, key)
-            if value is None and "Optional" in str(fields[key].type):
-                pass  # e.g. target_spacing=null: back to the dataset's median
-            elif isinstance(current, tuple):
-                value = tuple(value)
-            elif isinstance(current, bool):
-                value = bool(value)
-            elif isinstance(current, (int, float)) and not isinstance(value, (int, float)):
-                raise ValueError(f"--set {key}: expected a number, got {raw!r}")
-            changes[key] = type(current)(value) if isinstance(current, (int, float)) else value
-        return dataclasses.replace(self, **changes)
+        return args + list(r.beam_extra_args)
 
 
-# Beam runner profiles (PipelineConfig.beam_profile) and their defaults. Flink: a Beam job
-# server next to the Flink cluster plus an SDK worker pool sidecar on each task manager
-# (EXTERNAL, the Flink operator's pattern); Spark: the Spark job server starting SDK containers
-# (DOCKER, environment_config = the SDK image, which needs Beam's /opt/apache/beam/boot).
+# Beam runner profiles and their defaults. Flink: a Beam job server next to the Flink cluster
+# plus an SDK worker pool sidecar on each task manager (EXTERNAL, the Flink operator's pattern);
+# Spark: the Spark job server starting SDK containers (DOCKER, environment_config = the SDK image,
+# which needs Beam's /opt/apache/beam/boot).
 BEAM_PROFILES = {
     "direct": {},
     "dataflow": {},
@@ -210,25 +99,144 @@ BEAM_PROFILES = {
               "environment_config": ""},
 }
 
-PRESETS = {
-    # Synthetic phantoms: small grid, short training; reaches Dice > 0.9 in about a minute.
-    "demo": {"target_spacing": (2.0, 2.0, 2.0)},  # 64 mm phantoms: 32 voxels of 2 mm cover them
-    # Decathlon Task04 hippocampus (~35x50x35 voxels, 1 mm): a grid covering whole volumes.
-    # nnU-Net's patch for this task is 40x56x40 (the grid here: one sliding window per case).
-    # 0.6-1.2 s per step of 2 patches on 2 shared CPU cores: 1500 steps + per-epoch validation
-    # Dice take ~19 min (time_limit_minutes caps training at 28). Measured: Dice 0.868 / 0.853
-    # (anterior / posterior) on the 36 held-out cases with test-time mirroring (0.866 / 0.853
-    # without); train_steps=3000, epochs=20: 0.879 / 0.862 in 37 min. nnU-Net: 0.90 / 0.89.
-    "hippocampus": {"target_shape": (40, 56, 40), "filters": (16, 32, 64, 128), "train_steps": 1500,
-                    "epochs": 10, "batch_size": 2, "learning_rate": 3e-3, "eval_steps": 20,
-                    "val_dice_cases": 40, "time_limit_minutes": 28.0, "min_mean_dice": 0.7,
-                    "tta_mirror_axes": (0, 1, 2)},
-}
+TOP_LEVEL = ("data_root", "workdir")
 
 
-def make_config(preset: str = "demo", overrides: Optional[List[str]] = None, **fields) -> PipelineConfig:
-    """A preset's config with keyword fields and then 'key=value' overrides applied."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    cfg = dataclasses.replace(PipelineConfig(), **PRESETS[preset], **fields)
-    return cfg.with_overrides(overrides or [])
+def _all_keys() -> Dict[str, List[str]]:
+    """flat field name -> the dotted keys that have it."""
+    keys: Dict[str, List[str]] = {name: [name] for name in TOP_LEVEL}
+    for stage, model in STAGES.items():
+        for field in model.model_fields:
+            keys.setdefault(field, []).append(f"{stage}.{field}")
+    return keys
+
+
+def resolve_key(key: str) -> str:
+    """A user's key ('augment', 'training.augment') -> its dotted form; ConfigError if unknown
+    or ambiguous, with the nearest known keys."""
+    keys = _all_keys()
+    dotted = {d for ds in keys.values() for d in ds}
+    if key in dotted:
+        return key
+    if key in keys:
+        if len(keys[key]) > 1:
+            raise ConfigError(f"{key!r} is a setting of several stages: use one of {', '.join(keys[key])}")
+        return keys[key][0]
+    near = difflib.get_close_matches(key, sorted(set(keys) | dotted), n=3)
+    hint = f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else \
+        f"; stages: {', '.join(STAGES)} (`medtfx settings` lists every key)"
+    raise ConfigError(f"unknown setting {key!r}{hint}")
+
+
+def parse_value(raw: str) -> Any:
+    """JSON where it parses ([1,2,3], 0.5, true, null), else the bare string (False, dice)."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _describe_error(key: str, err: pydantic.ValidationError) -> str:
+    first = err.errors()[0]
+    message = first["msg"]
+    expected = (first.get("ctx") or {}).get("expected")
+    if first["type"] == "literal_error" and expected:
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",")]
+        near = difflib.get_close_matches(str(first.get("input")), choices, n=1)
+        message = f"must be one of {expected}" + (f" (did you mean {near[0]!r}?)" if near else "")
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != key.split(".")[-1])
+    if first["type"] in ("missing", "too_long", "too_short") and (where.isdigit() or not where):
+        message, where = "wrong number of values", ""
+    return f"{key}{'[' + where + ']' if where else ''}: {message}, got {first.get('input')!r}"
+
+
+def apply(cfg: PipelineConfig, values: Dict[str, Any]) -> PipelineConfig:
+    """A new config with {user key: value} applied and validated; their dotted keys join user_keys."""
+    data = cfg.model_dump()
+    user_keys = list(cfg.user_keys)
+    for key, value in values.items():
+        dotted = resolve_key(key)
+        if "." in dotted:
+            stage, field = dotted.split(".", 1)
+            data[stage][field] = value
+            candidate = {**data[stage]}
+            try:
+                STAGES[stage].model_validate(candidate)
+            except pydantic.ValidationError as err:
+                raise ConfigError(_describe_error(dotted, err)) from None
+            if dotted not in user_keys:
+                user_keys.append(dotted)
+        else:
+            data[dotted] = value
+    data["user_keys"] = tuple(user_keys)
+    try:
+        return PipelineConfig.model_validate(data)
+    except pydantic.ValidationError as err:
+        raise ConfigError(_describe_error(key, err)) from None
+
+
+def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
+    """['key=value', ...] -> {key: parsed value}; ConfigError on a missing '='."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        out[key.strip()] = parse_value(raw)
+    return out
+
+
+def _flatten(tree: Dict[str, Any]) -> Dict[str, Any]:
+    """A YAML/JSON configuration: stage sections ({training: {filters: [...]}}) or flat keys."""
+    out = {}
+    for key, value in tree.items():
+        if key in STAGES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"section {key!r} must be a mapping of settings")
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def load_config_file(path: str) -> Dict[str, Any]:
+    """A YAML (or JSON) file of settings -> {key: value}."""
+    import yaml
+
+    try:
+        with open(path) as fh:
+            tree = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of stage sections or settings")
+    return _flatten(tree)
+
+
+def make_config(overrides: Optional[Iterable[str]] = None, config_file: Optional[str] = None,
+                **fields) -> PipelineConfig:
+    """Defaults, then `config_file`, then keyword fields (data_root, workdir or any key), then
+    'key=value' overrides."""
+    cfg = PipelineConfig()
+    if config_file:
+        cfg = apply(cfg, load_config_file(config_file))
+    top = {k: v for k, v in fields.items() if k in TOP_LEVEL}
+    rest = {k: v for k, v in fields.items() if k not in TOP_LEVEL}
+    if top:
+        cfg = cfg.model_copy(update=top)
+    if rest:
+        cfg = apply(cfg, rest)
+    return apply(cfg, parse_overrides(overrides or []))
+
+
+def describe_settings() -> str:
+    """Every key with its type default and description (for `medtfx settings`)."""
+    lines = []
+    for stage, model in STAGES.items():
+        lines.append(f"[{stage}] {model.__doc__.splitlines()[0]}")
+        for name, field in model.model_fields.items():
+            default = field.default_factory() if field.default_factory else field.default
+            if isinstance(default, BaseModel):
+                default = default.model_dump()
+            lines.append(f"  {stage}.{name} = {json.dumps(default, default=str)}  # {field.description or ''}")
+    return "\n".join(lines)

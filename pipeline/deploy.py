@@ -40,7 +40,7 @@ class DeployPlan:
 def resolve_image(cli_image: Optional[str], cfg: PipelineConfig,
                   env: Mapping[str, str] = os.environ) -> str:
     """--image, else $MEDTFX_IMAGE (CI's freshly pushed digest), else the config's image."""
-    return cli_image or env.get(IMAGE_ENV) or cfg.image
+    return cli_image or env.get(IMAGE_ENV) or cfg.runner.image
 
 
 def sha256_file(path: str) -> str:
@@ -65,7 +65,7 @@ def plan_deploy(cfg: PipelineConfig, endpoint: str, output_dir: str, image: Opti
 
     if not endpoint:
         raise ValueError("--endpoint is empty (CI: is the KFP_ENDPOINT secret set?)")
-    name = pipeline_name or cfg.pipeline_name
+    name = pipeline_name or cfg.runner.pipeline_name
     # The KFP API server wants a DNS-like pipelineInfo.name; TFX uses it as the MLMD context too.
     cfg = dataclasses.replace(cfg, pipeline_name=name, image=resolve_image(image, cfg, env))
     written = runners.compile_kubeflow(cfg, os.path.join(output_dir, f"{name}.json"))
@@ -73,9 +73,9 @@ def plan_deploy(cfg: PipelineConfig, endpoint: str, output_dir: str, image: Opti
     version = version_name(name, package_sha, now or datetime.datetime.now(datetime.timezone.utc))
     return DeployPlan(
         endpoint=endpoint, pipeline_name=name, version_name=version, experiment=experiment,
-        run_name=f"run-{version}", image=cfg.image,
+        run_name=f"run-{version}", image=cfg.runner.image,
         # No RuntimeParameters in the DAG: every setting is compiled into the spec.
-        parameters={}, pipeline_root=cfg.kubeflow_pipeline_root,
+        parameters={}, pipeline_root=cfg.runner.kubeflow_pipeline_root,
         package_path=written["kfp_package"], package_sha256=package_sha,
         pipeline_job_path=written["pipeline_job"], namespace=namespace)
 

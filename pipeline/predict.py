@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from modules.io import dicom_reader
+from modules.io import dicom
 from modules.io.nifti_reader import read_nifti, write_nifti
 from modules.io.volume import (CaseError, Volume, affines_match, axis_codes,
                                                  compact_dtype, to_canonical)
@@ -58,14 +58,14 @@ def from_canonical(array: np.ndarray, native_affine: np.ndarray) -> np.ndarray:
     return apply_orientation(array, ornt_transform(axcodes2ornt(("R", "A", "S")), native_ornt))
 
 
-def dicom_native_grid(layout: dicom_reader.Layout) -> Tuple[np.ndarray, List[dicom_reader.Frame]]:
+def dicom_native_grid(layout: dicom.Layout) -> Tuple[np.ndarray, List[dicom.Frame]]:
     """(affine (4, 4) voxel (column, row, slice) -> RAS mm, the frame at each slice) of a stack
-    as the reader laid it out (dicom_reader.read_stack), slices sorted along the normal.
+    as the reader laid it out (dicom.read_stack), slices sorted along the normal.
 
     Works for every layout the reader accepts: classic one-file-per-slice series, enhanced
     multi-frame files (frames carry their index in the file) and Siemens mosaics (frames carry
     their tile number)."""
-    return dicom_reader.LPS_TO_RAS @ layout.affine_lps, [row[0] for row in layout.grid]
+    return dicom.LPS_TO_RAS @ layout.affine_lps, [row[0] for row in layout.grid]
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ class PredictInput:
     volume: Volume
     native_affine: np.ndarray
     native_shape: Tuple[int, int, int]
-    dicom_frames: List[dicom_reader.Frame] = dataclasses.field(default_factory=list)
+    dicom_frames: List[dicom.Frame] = dataclasses.field(default_factory=list)
 
 
 def input_name(path: str) -> str:
@@ -99,25 +99,19 @@ def read_input(path: str, modality: str = "", series: Optional[int] = None) -> P
     """Reads a NIfTI file or a folder holding one DICOM series. Raises PredictError/CaseError
     naming `path`.
 
-    series: which image stack (1-based, in dicom_reader.list_stacks order, as `medtfx convert`
+    series: which image stack (1-based, in dicom.list_stacks order, as `medtfx convert`
     numbers them) of a folder holding several, e.g. Philips magnitude + field map in one file;
     None refuses such a folder with the stacks listed.
     The input's own grid: a NIfTI file's header affine and shape; for DICOM the stack's
     (column, row, slice) grid with slices in position order, whatever the file layout."""
-    dicom_frames: List[dicom_reader.Frame] = []
+    dicom_frames: List[dicom.Frame] = []
     if os.path.isdir(path):
-        stacks, rejected = dicom_reader.list_stacks(path)
-        if not stacks or (len(stacks) > 1 and series is None):
-            detail = "; ".join(f"{os.path.basename(p)}: {r}" for p, r in rejected[:3])
-            listing = "; ".join(f"{n}: {dicom_reader.describe(k)}" for n, (k, _) in enumerate(stacks, 1))
-            raise PredictError(f"{path}: expected one DICOM image stack, found {len(stacks)}"
-                               + (f" ({listing}; pick one with --series N)" if listing else "")
-                               + (f" ({detail})" if detail else ""))
-        if series is not None and not 1 <= series <= len(stacks):
-            raise PredictError(f"{path}: --series {series} is out of range: the folder holds "
-                               f"{len(stacks)} image stack(s)")
-        key, files = stacks[(series or 1) - 1]
-        volume, layout = dicom_reader.read_stack(files, key=key)
+        stacks, rejected = dicom.list_stacks(path)
+        try:  # the same choice, and wording, as `medtfx convert`
+            key, files = dicom.select_stack(stacks, series, path, rejected)
+        except CaseError as exc:
+            raise PredictError(str(exc)) from None
+        volume, layout = dicom.read_stack(files, key=key)
         _check_3d(path, volume.array)
         affine, dicom_frames = dicom_native_grid(layout)
         shape = from_canonical(volume.array, affine).shape
@@ -181,7 +175,8 @@ def request_arrays(volume: Volume, array: np.ndarray) -> Dict[str, np.ndarray]:
         "image_shape": np.array([array.shape], dtype=np.int64),
         "spacing": np.array([volume.spacing], dtype=np.float32),
         "direction": np.array([volume.direction.reshape(-1)], dtype=np.float32),
-        "modality": np.array([(volume.modality or "OT").encode()], dtype=object),
+        # Empty = "the model's own": a model knows what it was trained on (modules/trainer.py).
+        "modality": np.array([(volume.modality or "").encode()], dtype=object),
     }
 
 
@@ -209,7 +204,10 @@ class InProcessModel:
     def predict(self, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         import tensorflow as tf
 
-        out = self._fn(**{k: tf.constant(v) for k, v in arrays.items()})
+        try:
+            out = self._fn(**{k: tf.constant(v) for k, v in arrays.items()})
+        except tf.errors.InvalidArgumentError as exc:  # the graph's own checks (e.g. modality)
+            raise PredictError(f"the model refused the input: {exc.message.splitlines()[0]}") from None
         return {k: v.numpy() for k, v in out.items()}
 
     def num_classes(self) -> Optional[int]:
@@ -350,7 +348,7 @@ def _with_shared_geometry(ds):
     return ds
 
 
-def _frame_aligned_pixels(mask: np.ndarray, frames: Sequence[dicom_reader.Frame], sources) -> Optional[np.ndarray]:
+def _frame_aligned_pixels(mask: np.ndarray, frames: Sequence[dicom.Frame], sources) -> Optional[np.ndarray]:
     """(source frames, rows, columns) uint8: `mask` (columns, rows, slices) laid out frame by
     frame like the source, so every SEG frame references the source frame it segments; None
     when the stack is not the whole of its source (mosaic tiles, several stacks in one file).
@@ -375,13 +373,13 @@ def _seg_volume(mask: np.ndarray, affine_ras: np.ndarray, frame_of_reference_uid
     axes are (slice, row, column) and whose affine maps them to LPS mm."""
     import highdicom as hd
 
-    affine_lps = dicom_reader.LPS_TO_RAS @ np.asarray(affine_ras, dtype=np.float64)  # the flip is its own inverse
+    affine_lps = dicom.LPS_TO_RAS @ np.asarray(affine_ras, dtype=np.float64)  # the flip is its own inverse
     return hd.Volume(np.ascontiguousarray(np.transpose(mask, (2, 1, 0)).astype(np.uint8)),
                      affine_lps[:, [2, 1, 0, 3]], coordinate_system="PATIENT",
                      frame_of_reference_uid=frame_of_reference_uid)
 
 
-def write_dicom_seg(path: str, mask: np.ndarray, frames: Sequence[dicom_reader.Frame],
+def write_dicom_seg(path: str, mask: np.ndarray, frames: Sequence[dicom.Frame],
                     affine_ras: np.ndarray, num_classes: int,
                     label_names: Optional[Dict[int, str]] = None) -> int:
     """DICOM SEG (binary, one segment per foreground class) referencing the source images.
@@ -398,7 +396,7 @@ def write_dicom_seg(path: str, mask: np.ndarray, frames: Sequence[dicom_reader.F
 
     paths = list(dict.fromkeys(f.path for f in frames))
     # Headers only (gzip allowed, as the reader reads them): a SEG needs no source pixels.
-    sources = [_with_shared_geometry(_with_type2_defaults(dicom_reader.read_header(p))) for p in paths]
+    sources = [_with_shared_geometry(_with_type2_defaults(dicom.read_header(p))) for p in paths]
     pixel_array = _frame_aligned_pixels(mask, frames, sources)
     if pixel_array is None:
         pixel_array = _seg_volume(mask, affine_ras, sources[0].FrameOfReferenceUID)
@@ -488,7 +486,8 @@ def predict_inputs(model, inputs: Sequence[str], output_dir: str, modality: str 
         try:
             record = predict_one(model, path, output_dir, name, modality, max_voxels, num_classes, series)
         except (PredictError, CaseError) as exc:
-            record = {"input": path, "status": "failed", "reason": str(exc)}
+            reason = str(exc) if path in str(exc) else f"{path}: {exc}"
+            record = {"input": path, "status": "failed", "reason": reason}
         except grpc.RpcError as exc:
             record = {"input": path, "status": "failed",
                       "reason": f"{path}: server error {status_name(exc) or 'UNKNOWN'}: "

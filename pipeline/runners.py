@@ -2,24 +2,24 @@
 Kubeflow Pipelines v2 compiler; plus reading back what a local run produced."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 
 
-def run_local(cfg: PipelineConfig) -> None:
-    """Runs the whole DAG in this process (Beam DirectRunner), metadata in <workdir>/metadata.sqlite."""
+def run_local(cfg: PipelineConfig, until: Optional[str] = None) -> None:
+    """Runs the whole DAG (or the part up to node `until`) in this process (Beam DirectRunner),
+    metadata in <workdir>/metadata.sqlite."""
     from tfx import v1 as tfx
 
     os.makedirs(cfg.workdir, exist_ok=True)
     pipeline = create_pipeline(
         cfg, pipeline_root=os.path.abspath(cfg.pipeline_root), data_root=os.path.abspath(cfg.data_root),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            os.path.abspath(cfg.metadata_path)))
+            os.path.abspath(cfg.metadata_path)), until=until)
     tfx.orchestration.LocalDagRunner().run(pipeline)
 
 
@@ -147,17 +147,17 @@ def trainer_resource_spec(cfg: PipelineConfig):
     from kfp.pipeline_spec import pipeline_spec_pb2
 
     spec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec()
-    if cfg.trainer_cpu_limit < 0 or cfg.trainer_memory_limit < 0:
+    if cfg.runner.trainer_cpu_limit < 0 or cfg.runner.trainer_memory_limit < 0:
         raise ValueError("trainer_cpu_limit / trainer_memory_limit must be >= 0")
-    if cfg.trainer_cpu_limit:
-        spec.cpu_limit = float(cfg.trainer_cpu_limit)
-    if cfg.trainer_memory_limit:
-        spec.memory_limit = float(cfg.trainer_memory_limit)
-    if cfg.trainer_accelerator:
-        if cfg.trainer_accelerator_count < 1:
-            raise ValueError(f"trainer_accelerator_count must be >= 1, got {cfg.trainer_accelerator_count}")
-        spec.accelerator.type = cfg.trainer_accelerator
-        spec.accelerator.count = int(cfg.trainer_accelerator_count)
+    if cfg.runner.trainer_cpu_limit:
+        spec.cpu_limit = float(cfg.runner.trainer_cpu_limit)
+    if cfg.runner.trainer_memory_limit:
+        spec.memory_limit = float(cfg.runner.trainer_memory_limit)
+    if cfg.runner.trainer_accelerator:
+        if cfg.runner.trainer_accelerator_count < 1:
+            raise ValueError(f"trainer_accelerator_count must be >= 1, got {cfg.runner.trainer_accelerator_count}")
+        spec.accelerator.type = cfg.runner.trainer_accelerator
+        spec.accelerator.count = int(cfg.runner.trainer_accelerator_count)
     return spec if spec.ByteSize() else None
 
 
@@ -192,21 +192,21 @@ def kubernetes_platform_spec(cfg: PipelineConfig, pipeline_spec: dict) -> dict:
       {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {"Trainer_executor":
         {"nodeSelector": {"labels": {...}}, "tolerations": [...], "pvcMount": [...]}}}}}}"""
     executors: Dict[str, dict] = {}
-    if cfg.kubeflow_pvc_mounts:
+    if cfg.runner.kubeflow_pvc_mounts:
         mounts = [{"constant": pvc, "mountPath": path}
-                  for pvc, path in sorted(cfg.kubeflow_pvc_mounts.items())]
+                  for pvc, path in sorted(cfg.runner.kubeflow_pvc_mounts.items())]
         for label, executor in pipeline_spec["deploymentSpec"]["executors"].items():
             if "container" in executor:
                 executors[label] = {"pvcMount": [dict(m) for m in mounts]}
     trainer = executor_label(pipeline_spec, TRAINER_ID)
-    if cfg.trainer_node_selector:
+    if cfg.runner.trainer_node_selector:
         if not all(isinstance(k, str) and isinstance(v, str)
-                   for k, v in cfg.trainer_node_selector.items()):
-            raise ValueError(f"trainer_node_selector {cfg.trainer_node_selector!r}: "
+                   for k, v in cfg.runner.trainer_node_selector.items()):
+            raise ValueError(f"trainer_node_selector {cfg.runner.trainer_node_selector!r}: "
                              "labels and values must be strings")
-        executors.setdefault(trainer, {})["nodeSelector"] = {"labels": dict(cfg.trainer_node_selector)}
-    if cfg.trainer_tolerations:
-        executors.setdefault(trainer, {})["tolerations"] = _check_tolerations(cfg.trainer_tolerations)
+        executors.setdefault(trainer, {})["nodeSelector"] = {"labels": dict(cfg.runner.trainer_node_selector)}
+    if cfg.runner.trainer_tolerations:
+        executors.setdefault(trainer, {})["tolerations"] = _check_tolerations(cfg.runner.trainer_tolerations)
     if not executors:
         return {}
     return {"platforms": {KUBERNETES_PLATFORM: {"deploymentSpec": {"executors": executors}}}}
@@ -215,10 +215,11 @@ def kubernetes_platform_spec(cfg: PipelineConfig, pipeline_spec: dict) -> dict:
 def kubeflow_config(cfg: PipelineConfig) -> PipelineConfig:
     """cfg with cluster defaults: the Pusher pushes below the pipeline root unless serving_base
     is set (a workdir-relative path means nothing inside a pod)."""
-    if cfg.serving_base:
+    if cfg.serving.serving_base:
         return cfg
-    root = cfg.kubeflow_pipeline_root.rstrip("/")
-    return dataclasses.replace(cfg, serving_base=f"{root}/serving/{cfg.model_name}")
+    root = cfg.runner.kubeflow_pipeline_root.rstrip("/")
+    serving = cfg.serving.model_copy(update={"serving_base": f"{root}/serving/{cfg.serving.model_name}"})
+    return cfg.model_copy(update={"serving": serving})
 
 
 def build_kubeflow_job(cfg: PipelineConfig) -> dict:
@@ -226,17 +227,17 @@ def build_kubeflow_job(cfg: PipelineConfig) -> dict:
     the 2.1 `constant` parameter values), Trainer resources attached."""
     from tfx import v1 as tfx
 
-    pipeline = create_pipeline(cfg, pipeline_root=cfg.kubeflow_pipeline_root,
+    pipeline = create_pipeline(cfg, pipeline_root=cfg.runner.kubeflow_pipeline_root,
                                data_root=cfg.data_root or "/data/input",
                                beam_args=cfg.beam_pipeline_args(),
-                               baseline_resolver=cfg.kubeflow_baseline_resolver)
+                               baseline_resolver=cfg.runner.kubeflow_baseline_resolver)
     resources = trainer_resource_spec(cfg)
     if resources is not None:
         trainer = next(c for c in pipeline.components if c.id == TRAINER_ID)
         trainer.with_platform_config(resources)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-            default_image=cfg.image, use_pipeline_spec_2_1=True))
+            default_image=cfg.runner.image, use_pipeline_spec_2_1=True))
     return runner.run(pipeline, write_out=False)
 
 
@@ -300,7 +301,7 @@ def latest_artifacts(metadata_path: str) -> Dict[str, object]:
     store = metadata_store.MetadataStore(config)
     latest: Dict[str, object] = {}
     for type_name in ("Examples", "ModelEvaluation", "ModelBlessing", "PushedModel", "Model",
-                      "TransformGraph"):
+                      "TransformGraph", "medtfx.Plan", "medtfx.DatasetFingerprint"):
         artifacts = store.get_artifacts_by_type(type_name)
         if type_name == "Examples":  # ExampleGen's (input-fingerprinted), not Transform's output
             artifacts = [a for a in artifacts if "input_fingerprint" in a.custom_properties]
@@ -348,6 +349,10 @@ def run_summary(cfg: PipelineConfig) -> dict:
     if "TransformGraph" in latest and os.path.exists(
             os.path.join(latest["TransformGraph"].uri, "preview.png")):
         summary["transform_preview"] = os.path.join(latest["TransformGraph"].uri, "preview.png")
+    for type_name, key, name in (("medtfx.Plan", "plan", "plan.json"),
+                                 ("medtfx.DatasetFingerprint", "fingerprint", "fingerprint.md")):
+        if type_name in latest and os.path.exists(os.path.join(latest[type_name].uri, name)):
+            summary[key] = os.path.join(latest[type_name].uri, name)
     if "ModelBlessing" in latest:
         summary["blessed"] = os.path.exists(os.path.join(latest["ModelBlessing"].uri, "BLESSED"))
     pushed = latest.get("PushedModel")

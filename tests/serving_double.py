@@ -209,18 +209,18 @@ def exported_test_model() -> dict:
     from modules import trainer
     from pipeline.config import make_config
 
-    cfg = make_config("demo")
+    cfg = make_config(["target_spacing=[2,2,2]"])  # 64 mm phantoms on the default 32^3 grid
     root = tempfile.mkdtemp(prefix="medtfx-test-model-")
     examples = phantom_examples()
-    transform_dir = _analyze_transform(examples, cfg.transform_config(), os.path.join(root, "transform"))
+    transform_dir = _analyze_transform(examples, cfg.transform.model_dump(mode="json"), os.path.join(root, "transform"))
     tf_transform_output = tft.TFTransformOutput(transform_dir)
     image_shape = tf_transform_output.transformed_feature_spec()["image"].shape
     model_dir = os.path.join(root, "model")
-    trainer.export(band_model(image_shape, cfg.num_classes), tf_transform_output, model_dir)
-    serving_base = os.path.join(root, "serving", cfg.model_name)
+    trainer.export(band_model(image_shape, cfg.training.num_classes), tf_transform_output, model_dir)
+    serving_base = os.path.join(root, "serving", cfg.serving.model_name)
     shutil.copytree(model_dir, os.path.join(serving_base, "1"))
-    return {"model_dir": model_dir, "serving_base": serving_base, "model_name": cfg.model_name,
-            "num_classes": cfg.num_classes, "examples": tuple(examples), "root": root}
+    return {"model_dir": model_dir, "serving_base": serving_base, "model_name": cfg.serving.model_name,
+            "num_classes": cfg.training.num_classes, "examples": tuple(examples), "root": root}
 
 
 def serving_double_for(model: dict, fail_first: int = 0,

@@ -43,7 +43,7 @@ def _pb2():
 
 
 def _compile(tmp_path, overrides, name="pipeline.json"):
-    cfg = make_config("demo", overrides, data_root="/data/input")
+    cfg = make_config(overrides, data_root="/data/input")
     written = runners.compile_kubeflow(cfg, str(tmp_path / name))
     job = json.load(open(written["pipeline_job"])) if "pipeline_job" in written else None
     with open(written["kfp_package"]) as fh:
@@ -174,9 +174,13 @@ def test_golden_normalisation_hides_image_and_versions_only(gpu_compiled, tmp_pa
     job2["labels"]["tfx_version"] = "9-9-9"
     assert not _differences(normalise(job, docs, IMAGE), normalise(job2, docs2, other_image))
     _, job3, docs3 = _compile(tmp_path, GPU_SETTINGS + ["train_steps=301"])
+    # A user's setting reaches the planner (which keeps it) and the Trainer's defaults.
+    tasks = "$.pipeline_job.pipelineSpec.root.dag.tasks."
     assert _differences(normalise(job, docs, IMAGE), normalise(job3, docs3, IMAGE)) == [
-        "$.pipeline_job.pipelineSpec.root.dag.tasks.Trainer.inputs.parameters.train_args"
-        ".runtimeValue.constant"]
+        tasks + "DatasetPlanner.inputs.parameters.settings.runtimeValue.constant",
+        tasks + "DatasetPlanner.inputs.parameters.user_overrides.runtimeValue.constant",
+        tasks + "Trainer.inputs.parameters.custom_config.runtimeValue.constant",
+        tasks + "Trainer.inputs.parameters.train_args.runtimeValue.constant"]
 
 
 @pytest.mark.parametrize("profile,extra,expected", [
@@ -207,11 +211,11 @@ def test_beam_profile_args_reach_the_compiled_components(tmp_path, profile, extr
 
 
 def test_dataflow_without_project_is_a_clear_error():
-    cfg = make_config("demo", ["beam_profile=dataflow", "beam_region=europe-west4"])
+    cfg = make_config(["beam_profile=dataflow", "beam_region=europe-west4"])
     with pytest.raises(ValueError, match="beam_project.*beam_temp_location"):
         cfg.beam_pipeline_args()
-    with pytest.raises(ValueError, match="beam_profile 'storm'"):
-        make_config("demo", ["beam_profile=storm"]).beam_pipeline_args()
+    with pytest.raises(ValueError, match="beam_profile: must be one of 'direct', 'dataflow', 'flink' or 'spark'"):
+        make_config(["beam_profile=storm"]).beam_pipeline_args()
 
 
 def test_yaml_output_is_the_kfp_package_only(tmp_path):
@@ -230,11 +234,12 @@ def test_resolver_variant_for_vertex(tmp_path):
 
 def test_bad_platform_settings_are_rejected(tmp_path):
     for bad, message in [('trainer_tolerations=[{"key": "g", "operator": "Maybe"}]', "operator"),
-                         ('trainer_tolerations=[{"key": "g", "colour": "red"}]', "keys"),
-                         ("trainer_accelerator=nvidia.com/gpu", None)]:
-        cfg = make_config("demo", [bad, "trainer_accelerator_count=0"] if message is None else [bad])
-        with pytest.raises(ValueError, match=message or "trainer_accelerator_count"):
+                         ('trainer_tolerations=[{"key": "g", "colour": "red"}]', "keys")]:
+        cfg = make_config([bad])
+        with pytest.raises(ValueError, match=message):
             runners.compile_kubeflow(cfg, str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match="trainer_accelerator_count: Input should be greater than 0"):
+        make_config(["trainer_accelerator=nvidia.com/gpu", "trainer_accelerator_count=0"])
 
 
 @pytest.mark.parametrize("overlay", ["dev", "gpu-cloud"])
@@ -248,20 +253,20 @@ def test_configmap_keys_of_the_overlays_map_onto_the_config(overlay):
         rendered = [d for d in yaml.safe_load_all(render) if d and d["kind"] == "ConfigMap"
                     and d["metadata"]["name"] == runners.CONFIGMAP_NAME]
         assert rendered[0]["data"] == data
-    cfg = make_config("demo", runners.configmap_overrides(data))
-    assert cfg.serving_base == data["SERVING_MODEL_DIR"] and cfg.model_name == data["MODEL_NAME"]
+    cfg = make_config(runners.configmap_overrides(data))
+    assert cfg.serving.serving_base == data["SERVING_MODEL_DIR"] and cfg.serving.model_name == data["MODEL_NAME"]
     if overlay == "dev":  # Pusher writes onto the serving PVC: it is mounted
-        assert cfg.kubeflow_pvc_mounts == {"medtfx-pipeline-root": "/mnt/pipeline-root",
+        assert cfg.runner.kubeflow_pvc_mounts == {"medtfx-pipeline-root": "/mnt/pipeline-root",
                                            "medtfx-serving-models": "/mnt/serving-models"}
         assert runners.trainer_resource_spec(cfg) is None
         return
     # gpu-cloud pushes to S3 (its serving PVC is deleted): only the pipeline-root PVC.
-    assert cfg.kubeflow_pvc_mounts == {"medtfx-pipeline-root": "/mnt/pipeline-root"}
-    assert cfg.trainer_accelerator == data["TRAINER_ACCELERATOR_RESOURCE"] == "nvidia.com/gpu"
-    assert cfg.trainer_accelerator_count == int(data["TRAINER_ACCELERATOR_LIMIT"])
-    assert cfg.trainer_cpu_limit == 8.0 and cfg.trainer_memory_limit == 32.0
-    assert cfg.trainer_node_selector == json.loads(data["TRAINER_NODE_SELECTOR"])
-    assert list(cfg.trainer_tolerations) == json.loads(data["TRAINER_TOLERATIONS"])
+    assert cfg.runner.kubeflow_pvc_mounts == {"medtfx-pipeline-root": "/mnt/pipeline-root"}
+    assert cfg.runner.trainer_accelerator == data["TRAINER_ACCELERATOR_RESOURCE"] == "nvidia.com/gpu"
+    assert cfg.runner.trainer_accelerator_count == int(data["TRAINER_ACCELERATOR_LIMIT"])
+    assert cfg.runner.trainer_cpu_limit == 8.0 and cfg.runner.trainer_memory_limit == 32.0
+    assert cfg.runner.trainer_node_selector == json.loads(data["TRAINER_NODE_SELECTOR"])
+    assert list(cfg.runner.trainer_tolerations) == json.loads(data["TRAINER_TOLERATIONS"])
 
 
 def test_read_configmap_from_a_render(tmp_path):

@@ -183,7 +183,7 @@ def test_deploy_uploads_a_version_and_starts_a_run(kfp_stub, tmp_path, monkeypat
 
 
 def test_image_precedence():
-    cfg = make_config("demo", ["image=from-config:1"])
+    cfg = make_config(["image=from-config:1"])
     assert deploy.resolve_image("from-flag:1", cfg, {deploy.IMAGE_ENV: "from-env:1"}) == "from-flag:1"
     assert deploy.resolve_image(None, cfg, {deploy.IMAGE_ENV: "from-env:1"}) == "from-env:1"
     assert deploy.resolve_image(None, cfg, {}) == "from-config:1"

@@ -21,7 +21,9 @@ def pipeline_run(tmp_path_factory):
 
     work = str(tmp_path_factory.mktemp("e2e"))
     data = synthesize(os.path.join(work, "phantoms"), n_cases=8, seed=3)
-    cfg = make_config("demo", ["train_steps=60", "epochs=1", "eval_steps=2"],
+    # A tiny budget; the step counts are set so the run is short whatever the plan says.
+    cfg = make_config(["train_steps=60", "epochs=1", "eval_steps=2", "planning.budget_minutes=1",
+                       "planning.calibration_steps=1", "val_dice_cases=2"],
                       data_root=data["dicom"], workdir=work)
     runners.run_local(cfg)
     return cfg, runners.latest_artifacts(os.path.abspath(cfg.metadata_path)), runners.run_summary(cfg)
@@ -47,7 +49,7 @@ def test_every_component_produced_its_artifact(pipeline_run):
     store = metadata_store.MetadataStore(config)
     types = {t: len(store.get_artifacts_by_type(t)) for t in (
         "Examples", "ExampleStatistics", "Schema", "ExampleAnomalies", "TransformGraph", "Model",
-        "ModelRun", "ModelEvaluation", "ModelBlessing", "PushedModel")}
+        "ModelRun", "ModelEvaluation", "ModelBlessing", "PushedModel", "medtfx.DatasetFingerprint", "medtfx.Plan")}
     # Examples: ExampleGen + Transform's transformed examples; Schema: SchemaGen + ExampleSchemaGen.
     assert types["Examples"] >= 2 and types["Schema"] >= 2, types
     assert all(n >= 1 for n in types.values()), types

@@ -153,20 +153,22 @@ def test_no_ct_case_median_spacing_and_whole_volumes():
 
 
 def test_settings_validation_and_pipeline_config():
+    import pydantic
+
+    from modules.settings import TransformSettings
     from pipeline.config import make_config
 
-    with pytest.raises(ValueError, match="spatial_mode"):
-        preprocessing.Settings.from_config({"spatial_mode": "patches"})
-    with pytest.raises(ValueError, match="intensity_mode"):
-        preprocessing.Settings.from_config({"intensity_mode": {"CT": "hu"}})
-    with pytest.raises(ValueError, match="intensity_window"):
-        preprocessing.Settings.from_config({"intensity_window": [5, 5]})
-    demo = make_config("demo").transform_config()
+    for bad, field in (({"spatial_mode": "patches"}, "spatial_mode"),
+                       ({"intensity_mode": {"CT": "hu"}}, "intensity_mode"),
+                       ({"intensity_window": [5, 5]}, "intensity_window")):
+        with pytest.raises(pydantic.ValidationError, match=field):
+            TransformSettings.model_validate(bad)
+    demo = make_config(["target_spacing=[2,2,2]"]).transform.model_dump(mode="json")
     assert demo["target_spacing"] == [2.0, 2.0, 2.0] and demo["spatial_mode"] == "fixed_shape"
-    assert preprocessing.Settings.from_config(demo).intensity_mode == {"CT": "dataset", "*": "zscore_nonzero"}
-    median = make_config("demo", ["target_spacing=null", 'intensity_mode={"CT": "window", "*": "zscore"}',
-                                  "intensity_window=[-160, 240]"]).transform_config()
-    settings = preprocessing.Settings.from_config(median)
+    assert TransformSettings.model_validate(demo).intensity_mode == {"CT": "dataset", "*": "zscore_nonzero"}
+    median = make_config(["target_spacing=null", 'intensity_mode={"CT": "window", "*": "zscore"}',
+                          "intensity_window=[-160, 240]"]).transform.model_dump(mode="json")
+    settings = TransformSettings.model_validate(median)
     assert settings.target_spacing is None and settings.intensity_window == (-160.0, 240.0)
     modes = preprocessing.intensity_mode_index(tf.constant(["CT", "MR", "PT"]), settings.intensity_mode)
     assert [volume_ops.INTENSITY_MODES[i] for i in modes.numpy()] == ["window", "zscore", "zscore"]
@@ -175,7 +177,7 @@ def test_settings_validation_and_pipeline_config():
 
 def test_preview_png(tmp_path):
     """preview.write_preview: raw examples of a split + a transform graph -> preview.png there."""
-    from components.transform_preview import preview
+    from components.transform import preview
 
     _, graph_dir, serialized = ct_run()
     split = tmp_path / "Split-train"

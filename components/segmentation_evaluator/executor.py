@@ -2,18 +2,21 @@
 segmentation report (report.py) written into the same evaluation directory."""
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List
 
 from absl import logging
+from google.protobuf import json_format
 from tfx import types
 from tfx.components.evaluator import executor as tfx_evaluator_executor
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, json_utils, path_utils
 
-from components.segmentation_evaluator import report
+from components.dataset_planner import artifacts
+from components.segmentation_evaluator import eval_config, report
+from modules.settings import EvaluationSettings
 
-REPORT_CONFIG_KEY = "report_config"
+SETTINGS_KEY = "settings"  # EvaluationSettings JSON
+NUM_CLASSES_KEY = "num_classes"  # as configured; a plan's wins
 
 
 def _single_uri_or_none(input_dict, key):
@@ -29,8 +32,19 @@ class Executor(tfx_evaluator_executor.Executor):
     def Do(self, input_dict: Dict[str, List[types.Artifact]],
            output_dict: Dict[str, List[types.Artifact]],
            exec_properties: Dict[str, Any]) -> None:
-        super().Do(input_dict, output_dict, exec_properties)
-        cfg = report.report_config(json.loads(exec_properties.get(REPORT_CONFIG_KEY) or "{}"))
+        settings = EvaluationSettings.model_validate_json(exec_properties[SETTINGS_KEY])
+        plan = artifacts.read_plan(input_dict)
+        num_classes = int(plan["settings"]["training"]["num_classes"]) if plan else \
+            int(exec_properties[NUM_CLASSES_KEY])
+        # The metrics follow the labels the plan found in the data.
+        exec_properties = {**exec_properties, standard_component_specs.EVAL_CONFIG_KEY: json_format.MessageToJson(
+            eval_config.eval_config(settings, num_classes), preserving_proto_field_name=True)}
+        super().Do({k: v for k, v in input_dict.items() if k != artifacts.PLAN_KEY},
+                   output_dict, exec_properties)
+        if settings.task != "segmentation":
+            return
+        labels = list(range(1, num_classes))
+        thresholds = {"min_mean_dice": settings.min_mean_dice, "max_dice_drop": settings.max_dice_drop}
         evaluation_uri = artifact_utils.get_single_uri(output_dict[standard_component_specs.EVALUATION_KEY])
         model = artifact_utils.get_single_instance(input_dict[standard_component_specs.MODEL_KEY])
         model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
@@ -43,10 +57,10 @@ class Executor(tfx_evaluator_executor.Executor):
                     yield from report.read_serialized_examples(io_utils.all_files_pattern(uri))
 
         records = report.evaluate_cases(report.saved_model_predictor(model_dir), serialized(),
-                                        cfg["labels"], cfg["tolerance_mm"], cfg["max_cases"])
+                                        labels, settings.surface_tolerance_mm, settings.report_max_cases)
         result = report.build_report(
-            records, cfg["labels"], cfg["tolerance_mm"], report.tfma_metrics(evaluation_uri),
+            records, labels, settings.surface_tolerance_mm, report.tfma_metrics(evaluation_uri),
             report.validation_summary(evaluation_uri), baseline_uri, model.uri,
-            cfg.get("thresholds") or {})
+            thresholds)
         paths = report.write_report(result, evaluation_uri)
         logging.info("segmentation report (%d eval cases): %s", len(records), paths)

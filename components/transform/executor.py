@@ -1,7 +1,8 @@
-"""TFX's Transform executor plus preview.png (a few cases before/after normalisation) written
+"""TFX's Transform executor with the plan's settings, plus preview.png (a few cases before/after normalisation) written
 into the transform_graph artifact after the normal run. Thin: drawing lives in preview.py."""
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Dict, List
 
@@ -9,17 +10,24 @@ from tfx import types
 from tfx.components.transform import executor as transform_executor
 from tfx.types import artifact_utils, standard_component_specs
 
-from components.transform_preview import preview
+from components.dataset_planner import artifacts
+from components.transform import preview
 
 PREVIEW_CASES = 4
 
 
 class Executor(transform_executor.Executor):
-    """Transform, then `<transform_graph>/preview.png` from the first analysed split."""
+    """Transform (custom_config = the plan's transform settings when there is a plan), then
+    `<transform_graph>/preview.png` from the first analysed split."""
 
     def Do(self, input_dict: Dict[str, List[types.Artifact]],
            output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
-        super().Do(input_dict, output_dict, exec_properties)
+        plan = artifacts.read_plan(input_dict)
+        if plan is not None:
+            exec_properties = {**exec_properties, standard_component_specs.CUSTOM_CONFIG_KEY:
+                               json.dumps(plan["settings"]["transform"])}
+        super().Do({k: v for k, v in input_dict.items() if k != artifacts.PLAN_KEY},
+                   output_dict, exec_properties)
         examples = input_dict[standard_component_specs.EXAMPLES_KEY]
         graph_uri = artifact_utils.get_single_uri(output_dict[standard_component_specs.TRANSFORM_GRAPH_KEY])
         split = "train" if "train" in artifact_utils.decode_split_names(examples[0].split_names) else \

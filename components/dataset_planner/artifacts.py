@@ -1,0 +1,37 @@
+"""Artifact types of the planning stage, and reading a plan back in a consumer's executor."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, List, Optional
+
+from tfx import types
+from tfx.types import artifact_utils
+
+FINGERPRINT_FILE = "fingerprint.json"
+PLAN_FILE = "plan.json"
+PLAN_KEY = "plan"
+
+
+class DatasetFingerprint(types.Artifact):
+    """fingerprint.json (modules/plan/fingerprint.py) and fingerprint.md of the train split."""
+
+    TYPE_NAME = "medtfx.DatasetFingerprint"
+
+
+class Plan(types.Artifact):
+    """plan.json (modules/plan/planner.py, every stage's settings with their origin) and plan.md."""
+
+    TYPE_NAME = "medtfx.Plan"
+
+
+def read_plan(input_dict: Dict[str, List[types.Artifact]]) -> Optional[Dict[str, Any]]:
+    """The plan a consumer received on its `plan` input, or None when the DAG has no planner."""
+    artifacts = input_dict.get(PLAN_KEY) or []
+    if not artifacts:
+        return None
+    import tensorflow as tf
+
+    path = os.path.join(artifact_utils.get_single_uri(artifacts), PLAN_FILE)
+    with tf.io.gfile.GFile(path) as fh:
+        return json.loads(fh.read())

@@ -1,0 +1,1 @@
+"""Experiment planning: the dataset fingerprint and the rules that turn it into a plan."""
