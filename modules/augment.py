@@ -146,7 +146,11 @@ def intensity(image: tf.Tensor, cfg: AugmentConfig, seed) -> tf.Tensor:
 
 def training_patch(image: tf.Tensor, label: tf.Tensor, patch_size: Sequence[int], num_classes: int,
                    foreground_oversample: float, cfg: AugmentConfig, seed):
-    """One class-balanced, augmented training patch of an (X, Y, Z) case.
+    """One class-balanced, augmented training patch of an (X, Y, Z) case: the patch sampler of
+    the input pipeline. The case is padded to the patch size, the patch placed by
+    modules.patches (a share `foreground_oversample` centred on foreground), then read through
+    the spatial transform, mirrored and intensity-augmented as `cfg` says
+    (AugmentConfig.off(): the case's own voxels at the placed start).
 
     Returns image (P0, P1, P2) float32 and label (P0, P1, P2) with label's dtype.
     """

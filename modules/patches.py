@@ -1,9 +1,11 @@
-"""Class-balanced patch sampling (pure TF, stateless random: same seed -> same patches).
+"""Class-balanced patch placement (pure TF, stateless random: same seed -> same patches).
 
 nnU-Net's scheme: a share `foreground_oversample` (0.33) of patches is centred on a foreground
 voxel (a random foreground class present in the case, then a random voxel of that class); the
-others are placed uniformly at random. Volumes are (X, Y, Z) tensors; seeds are (2,) int tensors
-(see tf.random.stateless_uniform).
+others are placed uniformly at random. The training patch itself (placement, then the spatial
+augmentation that reads around it) is cut by modules.augment.training_patch, which uses these
+building blocks. Volumes are (X, Y, Z) tensors; seeds are (2,) int tensors (see
+tf.random.stateless_uniform).
 """
 from __future__ import annotations
 
@@ -67,17 +69,3 @@ def patch_start(shape: tf.Tensor, patch_size: Sequence[int], force_foreground: t
     found, voxel = foreground_voxel(label, num_classes, seeds[1])
     centred = tf.clip_by_value(voxel - size // 2, 0, room - 1)
     return tf.where(tf.logical_and(force_foreground, found), centred, random_start)
-
-
-def sample_patch(image: tf.Tensor, label: tf.Tensor, patch_size: Sequence[int], num_classes: int,
-                 foreground_oversample: float, seed):
-    """One class-balanced patch of an (X, Y, Z) case.
-
-    Returns (image patch (P0, P1, P2), label patch (P0, P1, P2), forced (bool scalar)).
-    """
-    image, label = pad_to_patch(image, label, patch_size)
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    forced = tf.random.stateless_uniform([], seed=seeds[0]) < foreground_oversample
-    start = patch_start(tf.shape(image), patch_size, forced, label, num_classes, seeds[1])
-    size = tf.constant(list(patch_size), tf.int32)
-    return tf.slice(image, start, size), tf.slice(label, start, size), forced

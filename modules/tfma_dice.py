@@ -2,8 +2,9 @@
 
 TFMA's Keras-metric wrapper chokes on non-scalar labels (tfx#5191, model-analysis#97), so the
 combiner here reads each example's label map (X, Y, Z) and class probabilities (X, Y, Z, C)
-directly. Dice is computed per case and averaged over cases (nnU-Net's convention); a case
-where a label is absent from both truth and prediction does not count for that label.
+directly. Dice is computed per case by modules.dice.dice_per_label and averaged over cases
+(nnU-Net's convention); a case where a label is absent from both truth and prediction (NaN
+there) does not count for that label.
 """
 from __future__ import annotations
 

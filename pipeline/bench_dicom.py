@@ -2,7 +2,7 @@
 
 Both sides do the same job per series folder: find the DICOM files, group them into image
 stacks, and write each stack as one uncompressed NIfTI (dcm2niix ``-z n -b n``, no JSON sidecar;
-ours: dicom_reader.list_stacks + read_series + nifti_reader.write_nifti). dcm2niix runs as a
+ours: dicom.list_stacks + read_series + nifti_reader.write_nifti). dcm2niix runs as a
 subprocess (its time includes process start-up, a few ms); ours runs in-process with its header
 cache cleared before every run, so neither side reuses a previous parse. Each side gets one
 untimed warm-up run (file system cache), then `repeats` timed runs; the median is kept.
@@ -48,14 +48,14 @@ def run_dcm2niix(series_dir: str, out_dir: str) -> List[str]:
 
 def run_medtfx(series_dir: str, out_dir: str) -> List[str]:
     """Our reader on one folder: every image stack written as an uncompressed NIfTI."""
-    from modules.io import dicom_reader
+    from modules.io import dicom
     from modules.io.nifti_reader import write_nifti
 
-    dicom_reader.clear_cache()
-    stacks, _ = dicom_reader.list_stacks(series_dir)
+    dicom.clear_cache()
+    stacks, _ = dicom.list_stacks(series_dir)
     written = []
     for i, (key, paths) in enumerate(stacks):
-        volume = dicom_reader.read_series(paths, key)
+        volume = dicom.read_series(paths, key)
         name = f"stack_{i + 1}.nii"
         write_nifti(os.path.join(out_dir, name), volume.array, volume.affine)
         written.append(name)

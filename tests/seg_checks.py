@@ -5,7 +5,7 @@ import numpy as np
 def assert_seg_matches_mask_in_world(seg, mask, affine_ras):
     """The SEG, read back as a volume by highdicom (its own plane positions, orientation and
     spacing), labels the same world points as `mask` (X, Y, Z) on `affine_ras` (voxel -> RAS mm)."""
-    from modules.io.dicom_reader import LPS_TO_RAS
+    from modules.io.dicom import LPS_TO_RAS
 
     volume = seg.get_volume(combine_segments=True, skip_overlap_checks=True)  # (slice, row, column), LPS
     seg_labels = np.transpose(volume.array, (2, 1, 0))

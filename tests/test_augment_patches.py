@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules import augment, input_pipeline, patches
+from modules import augment, input_pipeline
 
 PATCH = [8, 8, 6]
 
@@ -17,31 +17,43 @@ def _case(shape=(24, 20, 16)):
     return image, label
 
 
+NO_AUGMENTATION = augment.AugmentConfig.off()
+
+
+def _case_voxels_at(image, patch):
+    """The (3,) start of `patch` inside `image`, asserting the patch is the case's own voxels."""
+    start = np.argwhere(np.isclose(image, patch[0, 0, 0]))[0]
+    window = tuple(slice(a, a + p) for a, p in zip(start, patch.shape))
+    np.testing.assert_array_equal(patch, image[window])
+    return start
+
+
 def test_forced_patches_are_centred_on_foreground():
     image, label = _case()
     for i in range(20):
-        img, lab, forced = patches.sample_patch(image, label, PATCH, 3, 1.0, tf.constant([3, i]))
-        assert bool(forced) and lab.numpy().max() > 0
-        # the patch is the case's own voxels at its start
-        start = np.argwhere(np.isclose(image, img.numpy()[0, 0, 0]))[0]
-        np.testing.assert_array_equal(img.numpy(), image[start[0]:start[0] + 8, start[1]:start[1] + 8,
-                                                         start[2]:start[2] + 6])
+        img, lab = augment.training_patch(image, label, PATCH, 3, 1.0, NO_AUGMENTATION, tf.constant([3, i]))
+        assert lab.numpy().max() > 0
+        start = _case_voxels_at(image, img.numpy())
+        window = tuple(slice(a, a + p) for a, p in zip(start, PATCH))
+        np.testing.assert_array_equal(lab.numpy(), label[window])
 
 
-def test_foreground_share_follows_oversampling():
+@pytest.mark.parametrize("oversample, low, high", [
+    (0.0, 0.0, 0.3),  # uniform placement mostly misses the tiny structures
+    (0.33, 0.3, 0.7),  # a third forced onto foreground, plus the uniform hits
+    (1.0, 1.0, 1.0),  # every patch forced onto foreground
+])
+def test_foreground_share_follows_oversampling(oversample, low, high):
     image, label = _case()
-    hits = [int(patches.sample_patch(image, label, PATCH, 3, 0.33, tf.constant([1, i]))[1].numpy().max() > 0)
-            for i in range(60)]
-    forced = [bool(patches.sample_patch(image, label, PATCH, 3, 0.33, tf.constant([1, i]))[2]) for i in range(60)]
-    assert all(h for h, f in zip(hits, forced) if f)  # every forced patch holds foreground
-    assert 0.15 < np.mean(forced) < 0.55
-    assert np.mean(hits) < 0.9  # unforced patches often miss tiny structures
+    hits = [augment.training_patch(image, label, PATCH, 3, oversample, NO_AUGMENTATION,
+                                   tf.constant([1, i]))[1].numpy().max() > 0 for i in range(60)]
+    assert low <= np.mean(hits) <= high
 
 
 def test_small_volume_is_padded_and_case_without_foreground_samples_randomly():
     image = np.ones((5, 8, 3), np.float32)
     label = np.zeros((5, 8, 3), np.uint8)
-    img, lab, _ = patches.sample_patch(image, label, PATCH, 3, 1.0, tf.constant([0, 0]))
+    img, lab = augment.training_patch(image, label, PATCH, 3, 1.0, NO_AUGMENTATION, tf.constant([0, 0]))
     assert img.shape == tuple(PATCH) and lab.numpy().max() == 0
     assert img.numpy().sum() == 5 * 8 * 3  # every original voxel, zero padding around
 

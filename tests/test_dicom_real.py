@@ -19,7 +19,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from components.image_example_gen import cases
-from modules.io import dicom_header, dicom_reader
+from modules.io import dicom
 from modules.io.volume import CaseError, to_canonical
 from pipeline import bench_dicom, cli
 from tests.conftest import shared_path
@@ -46,10 +46,10 @@ def _assert_same(volume, path):
 
 
 def _only_stack(folder):
-    series, rejected = dicom_reader.scan_tree(folder)
+    series, rejected = dicom.scan_tree(folder)
     assert len(series) == 1, (series.keys(), rejected)
     key, paths = next(iter(series.items()))
-    return dicom_reader.read_series(paths, key)
+    return dicom.read_series(paths, key)
 
 
 def _dcm2niix(folder, out_dir):
@@ -100,11 +100,11 @@ def test_enhanced_philips_file_with_two_stacks_matches_reference():
     """
     root = shared_path("dicom", "dcm_qa_enh")
     path = os.path.join(root, "In", "Philips", "IM_0027_fMAP.dcm")
-    series, _ = dicom_reader.scan_tree(os.path.dirname(path))
+    series, _ = dicom.scan_tree(os.path.dirname(path))
     assert len(series) == 2
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     for key, paths in series.items():
-        volume = dicom_reader.read_series(paths, key)
+        volume = dicom.read_series(paths, key)
         field_map = "FIELD_MAP" in key.image_type
         ref = os.path.join(root, "Ref", "Philips_WIP_B0_NS_801_" + ("e2_fieldmaphz.nii" if field_map else "e1.nii"))
         stored, affine, slope, inter = _canonical_nifti(ref)
@@ -204,7 +204,7 @@ def _write_series(src, out_dir, n_slices=3, step_mm=4.0):
     every slice is the source image). The pixel data stays encoded as in the source."""
     os.makedirs(out_dir, exist_ok=True)
     ds = pydicom.dcmread(src)
-    normal = dicom_reader.slice_normal(ds.ImageOrientationPatient)
+    normal = dicom.slice_normal(ds.ImageOrientationPatient)
     origin = np.asarray(ds.ImagePositionPatient, dtype=float)
     for k in range(n_slices):
         ds.ImagePositionPatient = [f"{v:.4f}" for v in origin + k * step_mm * normal]
@@ -252,19 +252,19 @@ def test_tensorflow_io_fallback_decodes_what_pydicom_cannot(tmp_path, monkeypatc
     lossy = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))
     with pytest.raises(Exception):
         lossy.pixel_array
-    pixels = dicom_reader.decode_pixels(lossy, "JPEG-lossy.dcm")
+    pixels = dicom.decode_pixels(lossy, "JPEG-lossy.dcm")
     good = pydicom.dcmread(get_testdata_file("JPGExtended.dcm")).pixel_array
     assert pixels.shape == (1,) + good.shape
     assert np.max(np.abs(pixels[0].astype(np.int32) - good.astype(np.int32))) <= 1
     for name in ("MR_small_jpeg_ls_lossless.dcm", "CT_small.dcm"):
         ds = pydicom.dcmread(get_testdata_file(name))
         expected = ds.pixel_array
-        got = dicom_reader._decode_with_tfio(ds, name, RuntimeError("forced"))
+        got = dicom.pixels._decode_with_tfio(ds, name, RuntimeError("forced"))
         np.testing.assert_array_equal(got[0], expected, err_msg=name)
     # And through a whole series, with pydicom's decoder broken on purpose.
     folder = _write_series(get_testdata_file("MR_small_RLE.dcm"), str(tmp_path / "rle"))
     expected = _only_stack(folder).array
-    dicom_reader.clear_cache()
+    dicom.clear_cache()
 
     def broken(self):
         raise RuntimeError("no decoder")
@@ -297,11 +297,11 @@ def test_fast_header_reader_agrees_with_pydicom_on_every_file():
     checked = 0
     for path in _all_dicom_files():
         with open(path, "rb") as fh:
-            header = dicom_header.parse(fh.read())
+            header = dicom.header.parse(fh.read())
         if header is None:
             continue
         ds = pydicom.dcmread(path, force=True)
-        for tag, (name, vr) in dicom_header.TAGS.items():
+        for tag, (name, vr) in dicom.header.TAGS.items():
             ours = header.get(name)
             theirs = ds.get(name) if name in ds else None
             if theirs is None or theirs == "":

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from modules.io import dicom_reader
+from modules.io import dicom
 from pipeline import predict
 from tests.conftest import shared_path
 from tests.seg_checks import assert_seg_matches_mask_in_world
@@ -66,7 +66,7 @@ def test_seg_labels_the_same_world_points_as_the_mask(case, tmp_path):
     make, frame_aligned = CASES[case]
     folder = make(str(tmp_path / "in"))
     files = [os.path.join(folder, f) for f in sorted(os.listdir(folder))]
-    affine, frames = predict.dicom_native_grid(dicom_reader.read_stack(files)[1])
+    affine, frames = predict.dicom_native_grid(dicom.read_stack(files)[1])
     mask = _test_mask((frames[0].cols, frames[0].rows, len(frames)))
     n_frames = predict.write_dicom_seg(str(tmp_path / "mask.seg.dcm"), mask, frames, affine, num_classes=3)
     seg = hd.seg.segread(str(tmp_path / "mask.seg.dcm"))
@@ -78,7 +78,7 @@ def test_seg_labels_the_same_world_points_as_the_mask(case, tmp_path):
     if frame_aligned:  # read back through the source's own frame numbers, in slice order
         (source,) = {f.path for f in frames}
         rebuilt = seg.get_pixels_by_source_frame(
-            source_sop_instance_uid=dicom_reader.read_header(source).SOPInstanceUID,
+            source_sop_instance_uid=dicom.read_header(source).SOPInstanceUID,
             source_frame_numbers=[f.index + 1 for f in frames], combine_segments=True,
             skip_overlap_checks=True, assert_missing_frames_are_empty=True)  # empty frames are omitted
         np.testing.assert_array_equal(rebuilt, np.transpose(mask, (2, 1, 0)))
@@ -90,19 +90,19 @@ def test_each_stack_of_a_two_stack_philips_file_gets_its_own_seg(tmp_path):
     import highdicom as hd
 
     folder = shared_path("dicom", "dcm_qa_enh", "In", "Philips")
-    found, _ = dicom_reader.scan_tree(folder)
+    found, _ = dicom.scan_tree(folder)
     assert len(found) == 2
     for n, (key, files) in enumerate(sorted(found.items())):
-        stacks, _, infos = dicom_reader.scan_files(files)
-        layout = dicom_reader.stack_layout(stacks[key], folder)
+        stacks, _, infos = dicom.scan_files(files)
+        layout = dicom.stack_layout(stacks[key], folder)
         frames = [row[0] for row in layout.grid]
-        affine = dicom_reader.LPS_TO_RAS @ layout.affine_lps
+        affine = dicom.LPS_TO_RAS @ layout.affine_lps
         mask = _test_mask((frames[0].cols, frames[0].rows, len(frames)))
         path = str(tmp_path / f"stack{n}.seg.dcm")
         predict.write_dicom_seg(path, mask, frames, affine, num_classes=3)
         assert_seg_matches_mask_in_world(hd.seg.segread(path), mask, affine)
-    with pytest.raises(predict.PredictError, match=r"expected one DICOM image stack, found 2 \(1: .*FIELD_MAP.*"
-                                                   r"2: .*MAGNITUDE.*; pick one with --series N\)"):
+    with pytest.raises(predict.PredictError, match=r"holds 2 image stacks; choose one with --series N: "
+                                                   r"1: .*FIELD_MAP.*; 2: .*MAGNITUDE"):
         predict.read_input(folder)
     with pytest.raises(predict.PredictError, match="--series 3 is out of range: the folder holds 2"):
         predict.read_input(folder, series=3)
@@ -115,14 +115,14 @@ def test_predict_series_picks_one_stack_of_a_multi_stack_file(tmp_path):
 
     folder = shared_path("dicom", "dcm_qa_enh", "In", "Philips")
     model = predict.InProcessModel(exported_test_model()["model_dir"])
-    stacks, _ = dicom_reader.list_stacks(folder)
+    stacks, _ = dicom.list_stacks(folder)
     for n, (key, files) in enumerate(stacks, 1):
         (record,) = predict.predict_inputs(model, [folder], str(tmp_path / f"out{n}"), log=lambda m: None,
                                            series=n)
         assert record["status"] == "ok" and not record.get("warnings"), record
-        assert record["stack"] == dicom_reader.describe(key)
+        assert record["stack"] == dicom.describe(key)
         img = nib.load(record["outputs"]["nifti"])
-        affine, frames = predict.dicom_native_grid(dicom_reader.read_stack(files, key)[1])
+        affine, frames = predict.dicom_native_grid(dicom.read_stack(files, key)[1])
         assert {f.index for f in frames} <= set(range(64)) and len(frames) == 32
         np.testing.assert_allclose(img.affine, affine, atol=1e-4)
         assert_seg_matches_mask_in_world(hd.seg.segread(record["outputs"]["dicom_seg"]),
@@ -149,7 +149,7 @@ def test_predict_writes_mask_and_seg_on_the_inputs_own_grid(case, tmp_path):
     assert record["status"] == "ok" and not record.get("warnings"), record
     img = nib.load(record["outputs"]["nifti"])
     affine, frames = predict.dicom_native_grid(
-        dicom_reader.read_stack([os.path.join(folder, f) for f in os.listdir(folder)])[1])
+        dicom.read_stack([os.path.join(folder, f) for f in os.listdir(folder)])[1])
     assert img.shape == (frames[0].cols, frames[0].rows, len(frames))
     np.testing.assert_allclose(img.affine, affine, atol=1e-4)
     assert_seg_matches_mask_in_world(hd.seg.segread(record["outputs"]["dicom_seg"]),

@@ -1,63 +1,8 @@
-"""Evaluation: surface metrics (numpy), eval_config for both tasks, the segmentation report."""
+"""Evaluation: eval_config for both tasks, the segmentation report (the surface metrics it calls
+are tested in test_surface_metrics.py)."""
 import json
-import math
 
-import numpy as np
 import pytest
-
-from modules import surface_metrics as sm
-
-
-def _box(shape, lo, hi):
-    mask = np.zeros(shape, bool)
-    mask[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
-    return mask
-
-
-def test_hd95_and_surface_dice_of_shifted_boxes_use_millimetres():
-    spacing = (0.5, 1.0, 3.0)
-    truth = _box((40, 40, 20), (10, 10, 5), (20, 20, 12))
-    # Shift by 2 voxels along z (3 mm each): every surface voxel moves 6 mm at most.
-    shifted = _box((40, 40, 20), (10, 10, 7), (20, 20, 14))
-    assert sm.hd95(truth, truth, spacing) == 0.0
-    assert sm.hd95(shifted, truth, spacing) == pytest.approx(6.0)
-    assert sm.surface_dice(truth, truth, spacing, 1.0) == 1.0
-    # Side faces overlap (distance 0); the moved z faces are 6 mm away: tolerance decides.
-    assert sm.surface_dice(shifted, truth, spacing, 6.0) == 1.0
-    partial = sm.surface_dice(shifted, truth, spacing, 2.9)
-    assert 0.3 < partial < 1.0
-    # The same shift along x (0.5 mm voxels) is only 1 mm.
-    shifted_x = _box((40, 40, 20), (12, 10, 5), (22, 20, 12))
-    assert sm.hd95(shifted_x, truth, spacing) == pytest.approx(1.0)
-    assert sm.surface_dice(shifted_x, truth, spacing, 1.0) == 1.0
-
-
-def test_surface_metrics_match_brute_force_on_random_blobs():
-    from scipy import ndimage
-
-    rng = np.random.default_rng(3)
-    a = ndimage.binary_opening(rng.random((24, 20, 16)) > 0.55)
-    b = ndimage.binary_opening(rng.random((24, 20, 16)) > 0.55)
-    spacing = np.array([0.8, 1.1, 2.0])
-    pa = np.argwhere(sm.surface_voxels(a)) * spacing
-    pb = np.argwhere(sm.surface_voxels(b)) * spacing
-    d = np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1))
-    d_ab, d_ba = d.min(axis=1), d.min(axis=0)
-    expected_hd95 = max(np.percentile(d_ab, 95), np.percentile(d_ba, 95))
-    assert sm.hd95(a, b, spacing) == pytest.approx(expected_hd95, rel=1e-9)
-    expected_sd = ((d_ab <= 1.5).sum() + (d_ba <= 1.5).sum()) / (d_ab.size + d_ba.size)
-    assert sm.surface_dice(a, b, spacing, 1.5) == pytest.approx(expected_sd)
-
-
-def test_empty_masks_follow_the_documented_conventions():
-    empty = np.zeros((5, 5, 5), bool)
-    full = _box((5, 5, 5), (1, 1, 1), (3, 3, 3))
-    assert math.isnan(sm.hd95(empty, empty, (1, 1, 1))) and math.isnan(sm.surface_dice(empty, empty, (1, 1, 1), 1))
-    assert sm.hd95(empty, full, (1, 1, 1)) == math.inf and sm.surface_dice(full, empty, (1, 1, 1), 1) == 0.0
-    metrics = sm.label_metrics(full.astype(np.uint8) * 2, full.astype(np.uint8) * 2, (1, 1, 1), [1, 2], 1.0)
-    assert math.isnan(metrics[1]["dice"]) and metrics[2] == {"dice": 1.0, "hd95_mm": 0.0, "surface_dice": 1.0}
-    summary = sm.summarise([1.0, math.inf, math.nan, 3.0])
-    assert summary == {"mean": 2.0, "median": 2.0, "n": 3, "n_infinite": 1}
 
 
 def _metric_names(spec):
@@ -68,11 +13,11 @@ def test_segmentation_eval_config_gates_mean_dice_and_slices_by_modality_site_sp
     import tensorflow_model_analysis as tfma
 
     from modules import features as es
+    from components.segmentation_evaluator.eval_config import eval_config
     from pipeline.config import make_config
-    from pipeline.pipeline import eval_config
 
     cfg = make_config(min_mean_dice=0.6, max_dice_drop=0.05)
-    config = eval_config(cfg)
+    config = eval_config(cfg.evaluation, 3)
     assert [list(s.feature_keys) for s in config.slicing_specs] == [[], [es.MODALITY], [es.SITE], [es.SPACING_BIN]]
     assert _metric_names(config.metrics_specs[0]) == ["Dice", "Dice", "MeanDice"]
     # With a baseline, TFX gates on the value AND on the candidate-minus-baseline diff.
@@ -92,11 +37,11 @@ def test_classification_eval_config_has_auc_and_accuracy_with_a_macro_auc_gate()
     import tensorflow_model_analysis as tfma
     from tensorflow_model_analysis.metrics import metric_specs
 
-    from pipeline.config import make_config
-    from pipeline.pipeline import eval_config
+    from components.segmentation_evaluator.eval_config import eval_config
+    from pipeline.config import ConfigError, make_config
 
-    cfg = make_config(task="classification", num_classes=3, min_auc=0.8, max_auc_drop=0.01)
-    config = tfma.utils.update_eval_config_with_defaults(eval_config(cfg), has_baseline=False,
+    cfg = make_config(task="classification", min_auc=0.8, max_auc_drop=0.01)
+    config = tfma.utils.update_eval_config_with_defaults(eval_config(cfg.evaluation, 3), has_baseline=False,
                                                          rubber_stamp=True)
     tfma.utils.verify_eval_config(config)
     names = [n for spec in config.metrics_specs for n in _metric_names(spec)]
@@ -109,8 +54,8 @@ def test_classification_eval_config_has_auc_and_accuracy_with_a_macro_auc_gate()
     assert gated.name == "auc" and gated.aggregation_type.macro_average
     (spec, threshold), = thresholds[gated]
     assert spec == tfma.SlicingSpec() and threshold.lower_bound.value == pytest.approx(0.8)
-    with pytest.raises(ValueError, match="task"):
-        eval_config(make_config(task="detection"))
+    with pytest.raises(ConfigError, match="task"):
+        make_config(task="detection")
 
 
 def test_spacing_bins_name_the_coarsest_axis():
@@ -123,7 +68,8 @@ def test_spacing_bins_name_the_coarsest_axis():
 
 
 def test_report_with_perfect_predictions_and_its_files(tmp_path):
-    """A predictor returning the ground truth: Dice 1, HD95 0, surface Dice 1 on every slice;
+    """A predictor returning the ground truth: Dice 1, HD95 and mean distance 0, surface Dice 1 on
+    every slice;
     the JSON, markdown and PNG land in the output directory."""
     from modules import features as es
     from components.segmentation_evaluator import report
@@ -147,6 +93,7 @@ def test_report_with_perfect_predictions_and_its_files(tmp_path):
     for label in ("1", "2"):
         m = slices["overall"]["labels"][label]
         assert m["dice"]["mean"] == 1.0 and m["hd95_mm"]["mean"] == 0.0 and m["surface_dice"]["mean"] == 1.0
+        assert m["msd_mm"]["mean"] == 0.0
     paths = report.write_report(result, str(tmp_path / "evaluation"))
     with open(paths["json"]) as fh:
         assert json.load(fh)["surface"]["tolerance_mm"] == 2.0
@@ -170,6 +117,6 @@ def test_report_runs_the_exported_model_on_native_grids(tmp_path):
     for r in records:
         for metrics in r["labels"].values():
             assert 0.0 <= metrics["dice"] <= 1.0 and 0.0 <= metrics["surface_dice"] <= 1.0
-            assert metrics["hd95_mm"] >= 0.0
+            assert metrics["hd95_mm"] >= 0.0 and metrics["msd_mm"] >= 0.0
     # The band model finds something of each label somewhere.
     assert max(r["labels"]["1"]["dice"] for r in records) > 0.0

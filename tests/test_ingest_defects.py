@@ -12,7 +12,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from components.image_example_gen import cases
-from modules.io import dicom_reader
+from modules.io import dicom
 from modules.io.volume import CaseError, to_canonical
 from pipeline import cli
 from pipeline.phantoms import make_phantom
@@ -32,10 +32,10 @@ def _edit(path, **changes):
 
 
 def _read_only_stack(folder):
-    series, rejected = dicom_reader.scan_tree(str(folder))
+    series, rejected = dicom.scan_tree(str(folder))
     assert len(series) == 1, (list(series), rejected)
     key, paths = next(iter(series.items()))
-    return dicom_reader.read_series(paths, key)
+    return dicom.read_series(paths, key)
 
 
 def _truth(index):
@@ -54,7 +54,7 @@ def test_gantry_tilt_is_refused(phantom_dir, tmp_path, with_tag):
             ds.GantryDetectorTilt = 12.0
         ds.save_as(path)
     step = abs(float(np.diff([pydicom.dcmread(f).ImagePositionPatient[2] for f in files[:2]])[0]))
-    normal = dicom_reader.slice_normal(pydicom.dcmread(files[0]).ImageOrientationPatient)
+    normal = dicom.slice_normal(pydicom.dcmread(files[0]).ImageOrientationPatient)
     spacing = abs(np.diff([np.asarray(pydicom.dcmread(f).ImagePositionPatient, float) @ normal
                            for f in files[:2]])[0])
     with pytest.raises(CaseError, match=r"gantry tilt: slices are sheared by [0-9.]+ degrees") as info:
@@ -71,7 +71,7 @@ def test_missing_and_irregular_slices_are_named(phantom_dir, tmp_path):
         _read_only_stack(tmp_path / "gap")
     files = _copy_series(phantom_dir, "phantom_001", tmp_path / "irregular")
     ds = pydicom.dcmread(files[5])
-    normal = dicom_reader.slice_normal(ds.ImageOrientationPatient)
+    normal = dicom.slice_normal(ds.ImageOrientationPatient)
     _edit(files[5], ImagePositionPatient=[f"{v:.4f}" for v in np.asarray(ds.ImagePositionPatient, float) + 0.3 * normal])
     with pytest.raises(CaseError, match="non-uniform slice spacing") as info:
         _read_only_stack(tmp_path / "irregular")
@@ -89,18 +89,18 @@ def test_mixed_orientations_in_one_series_are_split_not_mixed(phantom_dir, tmp_p
             target = str(folder / ("cor_" + path))
             shutil.copy(os.path.join(phantom_dir, "dicom", "phantom_001", path), target)
             _edit(target, SeriesInstanceUID=uid)
-    series, rejected = dicom_reader.scan_tree(str(folder))
+    series, rejected = dicom.scan_tree(str(folder))
     assert rejected == [] and len(series) == 2
-    names = sorted(dicom_reader.describe(k) for k in series)
+    names = sorted(dicom.describe(k) for k in series)
     assert names[0].startswith("axial") or names[1].startswith("axial")
     for key, paths in series.items():
-        volume = dicom_reader.read_series(paths, key)
+        volume = dicom.read_series(paths, key)
         index = 0 if os.path.basename(paths[0]).startswith("slice") else 1
         image, affine = _truth(index)
         np.testing.assert_array_equal(volume.array, image)
         np.testing.assert_allclose(volume.affine, affine, atol=1e-3)
     with pytest.raises(CaseError, match="hold 2 image stacks"):
-        dicom_reader.read_series(sorted(p for ps in series.values() for p in ps))
+        dicom.read_series(sorted(p for ps in series.values() for p in ps))
     specs, _ = cases.find_cases(str(tmp_path))
     dicom_specs = [s for s in specs if s.kind == "dicom"]
     assert len(dicom_specs) == 2 and all("2 image stacks" in s.problem for s in dicom_specs)
@@ -148,11 +148,11 @@ def test_echoes_of_one_series_are_separate_stacks(phantom_dir, tmp_path):
     for path in files:
         _edit(path, EchoNumbers=1)
     _add_second_volume(files, folder, EchoNumbers=2)
-    series, _ = dicom_reader.scan_tree(str(folder))
+    series, _ = dicom.scan_tree(str(folder))
     assert sorted(k.echo for k in series) == ["1", "2"]
     image, _ = _truth(1)
     for key, paths in series.items():
-        np.testing.assert_array_equal(dicom_reader.read_series(paths, key).array, image)
+        np.testing.assert_array_equal(dicom.read_series(paths, key).array, image)
 
 
 def test_non_image_objects_and_non_dicom_files_are_rejected_with_reasons(tmp_path):
@@ -173,7 +173,7 @@ def test_non_image_objects_and_non_dicom_files_are_rejected_with_reasons(tmp_pat
     gsps.save_as(tmp_path / "state.dcm", enforce_file_format=True)
     (tmp_path / "notes.bin").write_bytes(os.urandom(300))
     (tmp_path / "scan.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 200)
-    series, rejected = dicom_reader.scan_tree(str(tmp_path))
+    series, rejected = dicom.scan_tree(str(tmp_path))
     assert series == {}
     reasons = {os.path.basename(p): r for p, r in rejected}
     assert "Comprehensive SR" in reasons["report.dcm"] and "not an image volume" in reasons["report.dcm"]

@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 import pytest
 
-from modules.io import dicom_reader
+from modules.io import dicom
 from modules.io.nifti_reader import write_nifti
 from modules.io.volume import to_canonical
 from pipeline import predict
@@ -128,7 +128,7 @@ def test_dicom_series_gives_nifti_and_a_readable_dicom_seg(model, in_process, ph
                           for label in range(1, model["num_classes"]))
     assert int(seg.NumberOfFrames) == expected_frames == record["seg_frames"]
     # Frames map back onto the source slices: the SEG read by source instance is the mask.
-    _, frames = predict.dicom_native_grid(dicom_reader.read_stack(
+    _, frames = predict.dicom_native_grid(dicom.read_stack(
         [os.path.join(series, f) for f in os.listdir(series) if f.endswith(".dcm")])[1])
     uids = [pydicom.dcmread(f.path, stop_before_pixels=True).SOPInstanceUID for f in frames]
     rebuilt = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True,
@@ -176,7 +176,7 @@ def test_enhanced_multiframe_input_gets_the_same_mask_and_a_frame_referencing_se
     assert mask.any()
     seg = hd.seg.segread(enhanced_record["outputs"]["dicom_seg"])
     source = pydicom.dcmread(enhanced, stop_before_pixels=True)
-    _, frames = predict.dicom_native_grid(dicom_reader.read_stack([enhanced])[1])
+    _, frames = predict.dicom_native_grid(dicom.read_stack([enhanced])[1])
     assert sorted(f.index for f in frames) == list(range(int(source.NumberOfFrames)))
     assert [f.index for f in frames] != sorted(f.index for f in frames)  # the shuffle took effect
     # Read by source frame number (1-based), in slice order: the mask, slice by slice.
@@ -227,7 +227,7 @@ def test_bad_inputs_fail_alone_with_reasons_naming_the_file(served, model, in_pr
     status = {os.path.basename(r["input"]): r for r in records}
     assert status["case_native.nii.gz"]["status"] == "ok"
     expected = {"flat.nii.gz": "3D", "fourd.nii.gz": "3D", "nan.nii.gz": "NaN", "thin.nii.gz": "at least 2",
-                "notes.txt": "not a NIfTI", "empty_dicom_dir": "found 0", "missing.nii.gz": "no such file"}
+                "notes.txt": "not a NIfTI", "empty_dicom_dir": "holds no DICOM image", "missing.nii.gz": "no such file"}
     for name, phrase in expected.items():
         r = status[name]
         assert r["status"] == "failed" and name in r["reason"] and phrase in r["reason"], r

@@ -10,7 +10,7 @@ import pytest
 
 from components.image_example_gen import cases
 from modules import features as example_schema
-from modules.io import dicom_reader
+from modules.io import dicom
 from modules.io.nifti_reader import read_nifti
 from modules.io.volume import CaseError, to_canonical
 from pipeline.phantoms import make_phantom
@@ -22,14 +22,14 @@ def test_nifti_and_dicom_readers_agree_with_the_phantom(phantom_dir, index):
     truth = make_phantom(index, seed=7)
     image, affine = to_canonical(truth.image, truth.affine)
     nifti = read_nifti(os.path.join(phantom_dir, "decathlon", "imagesTr", f"{truth.name}.nii.gz"))
-    series, rejected = dicom_reader.scan_tree(os.path.join(phantom_dir, "dicom", truth.name))
+    series, rejected = dicom.scan_tree(os.path.join(phantom_dir, "dicom", truth.name))
     assert rejected == [] and len(series) == 1
-    dicom = dicom_reader.read_series(next(iter(series.values())))
-    for volume in (nifti, dicom):
+    from_dicom = dicom.read_series(next(iter(series.values())))
+    for volume in (nifti, from_dicom):
         np.testing.assert_array_equal(volume.array, image)
         np.testing.assert_allclose(volume.affine, affine, atol=1e-3)
-    assert dicom.modality == truth.modality
-    assert dicom.array.dtype == np.int16
+    assert from_dicom.modality == truth.modality
+    assert from_dicom.array.dtype == np.int16
 
 
 def test_dicom_missing_slice_and_single_slice_are_refused(phantom_dir, tmp_path):
@@ -39,16 +39,16 @@ def test_dicom_missing_slice_and_single_slice_are_refused(phantom_dir, tmp_path)
     gap.mkdir()
     for f in files[:5] + files[6:]:
         shutil.copy(os.path.join(src, f), gap / f)
-    series, _ = dicom_reader.scan_tree(str(gap))
+    series, _ = dicom.scan_tree(str(gap))
     with pytest.raises(CaseError, match="non-uniform slice spacing"):
-        dicom_reader.read_series(next(iter(series.values())))
+        dicom.read_series(next(iter(series.values())))
     with pytest.raises(CaseError, match="single slice"):
-        dicom_reader.read_series([os.path.join(src, files[0])])
+        dicom.read_series([os.path.join(src, files[0])])
 
 
 def test_non_dicom_files_are_rejected_with_a_reason(tmp_path):
     (tmp_path / "notes.bin").write_bytes(b"hello")
-    series, rejected = dicom_reader.scan_tree(str(tmp_path))
+    series, rejected = dicom.scan_tree(str(tmp_path))
     assert series == {}
     assert rejected[0][0].endswith("notes.bin") and "not a DICOM file" in rejected[0][1]
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from modules import features as example_schema
-from modules.io import dicom_reader
+from modules.io import dicom
 from modules.io.nifti_reader import read_nifti
 from modules.io.volume import (CaseError, Volume, affines_match, compact_dtype,
                                                  label_values_ok, salted_hash)
@@ -49,7 +49,7 @@ class CaseSpec:
     modality: str = ""
     site: str = ""
     problem: Optional[str] = None
-    # DICOM: which stack of the files (dicom_reader.SeriesKey), needed when a file holds several.
+    # DICOM: which stack of the files (dicom.SeriesKey), needed when a file holds several.
     series_key: Optional[tuple] = None
 
     @property
@@ -117,7 +117,7 @@ def _decathlon_cases(root: str, require_labels: bool) -> Tuple[List[CaseSpec], D
 
 
 def _dicom_cases(root: str, require_labels: bool) -> Tuple[List[CaseSpec], DatasetInfo]:
-    series, rejected = dicom_reader.scan_tree(root)
+    series, rejected = dicom.scan_tree(root)
     dirs_to_series: Dict[str, List[tuple]] = {}
     for key, paths in series.items():
         for d in {os.path.dirname(p) for p in paths}:
@@ -160,9 +160,9 @@ def _manifest_cases(csv_path: str, require_labels: bool) -> Tuple[List[CaseSpec]
             modality = normalise_modality(row.get("modality", ""))
             site = (row.get("site") or "").strip()
             if os.path.isdir(image):
-                series, rejected = dicom_reader.scan_tree(image)
+                series, rejected = dicom.scan_tree(image)
                 if len(series) != 1:
-                    found = "; ".join(dicom_reader.describe(k) for k in series)
+                    found = "; ".join(dicom.describe(k) for k in series)
                     cases.append(CaseSpec("", "none", [image], label, problem=(
                         f"manifest image folder holds {len(series)} DICOM image stacks, expected one"
                         + (f" ({found})" if found else ""))))
@@ -229,7 +229,7 @@ def _unclaimed_reason(root: str, path: str) -> str:
     rel = os.path.relpath(path, root)
     if rel.split(os.sep)[0] == "imagesTs":
         return "test image (imagesTs) without label: not used for training"
-    if path.lower().endswith(dicom_reader.SKIPPED_SUFFIXES):
+    if path.lower().endswith(dicom.SKIPPED_SUFFIXES):
         return "sidecar or text file, not an image of any case"
     return "file belongs to no case"
 
@@ -240,7 +240,7 @@ def read_volume(spec: CaseSpec) -> Volume:
         volume = read_nifti(spec.image[0])
     elif spec.kind == "dicom":
         # The ExampleGen ingests 3D volumes: 4D series are refused before decoding their pixels.
-        volume = dicom_reader.read_series(spec.image, spec.series_key, allow_4d=False)
+        volume = dicom.read_series(spec.image, spec.series_key, allow_4d=False)
     else:
         raise CaseError(spec.problem or "no image")
     if spec.modality:
@@ -268,7 +268,7 @@ def read_label(path: str, image: Volume, label_set: Optional[set]) -> np.ndarray
 def _dicom_stack_id(spec: CaseSpec, salt: str) -> str:
     """'series-<hash>' from SeriesInstanceUID and the stack within it (echo, type, ...)."""
     if spec.series_key:
-        key = dicom_reader.SeriesKey(*spec.series_key)
+        key = dicom.SeriesKey(*spec.series_key)
         basis = "|".join([key.series_uid, repr(key.orientation), key.echo, key.image_type, repr(key.size)])
     else:
         basis = ",".join(spec.image)
@@ -291,7 +291,7 @@ def _patient_identifiers(spec: CaseSpec) -> set:
     found = set()
     for path in spec.image[:1] if spec.kind in ("dicom", "none") else []:
         try:
-            found.update(dicom_reader.read_file_info(path).identifiers)
+            found.update(dicom.read_file_info(path).identifiers)
         except Exception:  # not DICOM / not an image: nothing to scrub beyond the path
             continue
     return found
@@ -310,7 +310,7 @@ def process_case(spec: CaseSpec, salt: str, label_set: Optional[set]):
         fallback_id = _dicom_stack_id(spec, salt)
     else:
         fallback_id = spec.name or ("files-" + salted_hash(",".join(spec.inputs), salt, 12))
-    record = {"case_id": fallback_id, "inputs": [dicom_reader.scrub(path, identifiers) for path in spec.inputs],
+    record = {"case_id": fallback_id, "inputs": [dicom.scrub(path, identifiers) for path in spec.inputs],
               "status": "quarantined", "reason": ""}
     try:
         if spec.problem:
@@ -321,10 +321,10 @@ def process_case(spec: CaseSpec, salt: str, label_set: Optional[set]):
         label = read_label(spec.label, volume, label_set) if spec.label else None
         example = example_schema.encode_case(volume, label, record["case_id"], patient_hash, spec.kind)
     except CaseError as exc:
-        record["reason"] = dicom_reader.scrub(str(exc), identifiers)
+        record["reason"] = dicom.scrub(str(exc), identifiers)
         return None, record
     except Exception as exc:  # a reader bug must not take the run down with it
-        record["reason"] = dicom_reader.scrub(f"unexpected {type(exc).__name__} while reading: {exc}",
+        record["reason"] = dicom.scrub(f"unexpected {type(exc).__name__} while reading: {exc}",
                                               identifiers)
         return None, record
     record.update(status="ok", reason="")

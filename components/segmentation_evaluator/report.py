@@ -28,23 +28,8 @@ SUMMARY_MD = "summary.md"
 DICE_PLOT = "dice_per_label.png"
 SLICE_FEATURES = (es.MODALITY, es.SITE, es.SPACING_BIN)
 OVERALL = "overall"
-
-DEFAULT_REPORT_CONFIG = {
-    "labels": [1, 2],  # foreground label ids
-    "tolerance_mm": 2.0,  # surface Dice tolerance
-    "max_cases": 200,  # eval cases run through the model (0 = all)
-}
-
-
-def report_config(config: Optional[dict]) -> dict:
-    """DEFAULT_REPORT_CONFIG updated with `config`, validated."""
-    cfg = {**DEFAULT_REPORT_CONFIG, **(config or {})}
-    cfg["labels"] = [int(k) for k in cfg["labels"]]
-    if not cfg["labels"] or min(cfg["labels"]) < 1:
-        raise ValueError(f"report labels {cfg['labels']}: expected foreground ids >= 1")
-    if float(cfg["tolerance_mm"]) <= 0:
-        raise ValueError(f"tolerance_mm {cfg['tolerance_mm']}: expected > 0")
-    return cfg
+# Per-case metrics of surface_metrics.label_metrics that are summarised per slice.
+SURFACE_REPORT_METRICS = ("dice", "hd95_mm", "msd_mm", "surface_dice")
 
 
 def read_serialized_examples(file_pattern: str) -> Iterator[bytes]:
@@ -90,7 +75,8 @@ def evaluate_cases(predict: Callable[[List[bytes]], np.ndarray], serialized: Ite
       labels: foreground label ids; tolerance_mm: surface Dice tolerance.
       max_cases: stop after this many labelled cases (0 = all).
     Returns:
-      One record per case: case_info plus {'labels': {id: {'dice', 'hd95_mm', 'surface_dice'}}}.
+      One record per case: case_info plus {'labels': {id: metrics}}, metrics as returned by
+      surface_metrics.label_metrics ('dice', 'hd95_mm', 'msd_mm', 'surface_dice').
       Cases without a label map are skipped.
     """
     import tensorflow as tf
@@ -142,7 +128,7 @@ def aggregate(records: List[dict], labels: Sequence[int],
         per_label = {}
         for k in labels:
             per_label[str(k)] = {metric: surface_metrics.summarise(m["labels"][str(k)][metric] for m in members)
-                                 for metric in ("dice", "hd95_mm", "surface_dice")}
+                                 for metric in SURFACE_REPORT_METRICS}
         out[name] = {"cases": len(members), "labels": per_label}
     return out
 

@@ -28,7 +28,9 @@ def build_plan(fingerprint: Dict[str, Any], base_settings: Dict[str, Dict[str, A
     settings dict as configured). Raises ValueError (pydantic's) when the merged settings of a
     stage are invalid."""
     machine = machine or planner.detect_machine()
-    planned_overrides = {k: v for k, v in user_overrides.items() if k.split(".", 1)[0] in PLANNED_STAGES}
+    # The planner decides SETTINGS_KEYS; the user's other settings are merged in below.
+    planned_overrides = {k: v for k, v in user_overrides.items()
+                         if "." in k and k.split(".", 1)[1] in planner.SETTINGS_KEYS.get(k.split(".", 1)[0], ())}
     plan = planner.make_plan(fingerprint, planning.budget_minutes, machine, step_seconds,
                              overrides=planned_overrides, min_steps=planning.min_steps)
     for stage in PLANNED_STAGES:

@@ -1,0 +1,156 @@
+"""Grouping frames into stacks, and picking one stack of a folder.
+
+A stack is what can become one volume: frames of the same SeriesInstanceUID, orientation (within
+ORIENTATION_TOLERANCE), echo, image type and matrix size, because one series may mix them
+(dcm2niix splits the same way). A multi-frame file can contribute to several stacks (e.g. a
+Philips magnitude and field map in one file). `medtfx convert` and `medtfx predict` number the
+stacks of a folder in :func:`list_stacks` order and pick one with :func:`select_stack`.
+"""
+from __future__ import annotations
+
+import collections
+import os
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from modules.io.dicom.files import FileInfo, read_file_info
+from modules.io.dicom.frames import Frame
+from modules.io.dicom.geometry import ORIENTATION_TOLERANCE
+from modules.io.volume import CaseError
+
+# Files never looked at as DICOM: labels, sidecars, manifests (the case finder handles them).
+SKIPPED_SUFFIXES = (".nii", ".nii.gz", ".json", ".csv", ".txt", ".md", ".bval", ".bvec")
+
+
+class SeriesKey(NamedTuple):
+    """What one stack of frames has in common. A tuple, so usable as a dict key.
+
+    orientation: the stack's ImageOrientationPatient rounded to 4 decimals, () if the frames have none.
+    """
+
+    series_uid: str
+    orientation: tuple
+    echo: str
+    image_type: str
+    size: Tuple[int, int]
+
+
+def describe(key: SeriesKey) -> str:
+    """Readable, identifier-free description of a stack, e.g. 'axial 64x64, echo 2, FIELD_MAP'."""
+    parts = [f"{_plane_name(key.orientation)} {key.size[1]}x{key.size[0]}"]
+    if key.echo:
+        parts.append(f"echo {key.echo}")
+    if key.image_type:
+        parts.append(key.image_type)
+    return ", ".join(parts)
+
+
+def _plane_name(iop: tuple) -> str:
+    if len(iop) != 6:
+        return "no geometry"
+    normal = np.abs(np.cross(iop[:3], iop[3:]))
+    axis = int(np.argmax(normal))
+    name = ("sagittal", "coronal", "axial")[axis]
+    return name if normal[axis] > 0.99 else f"oblique ({name}-like)"
+
+
+def _group_frames(frames: Iterable[Frame]) -> Dict[SeriesKey, List[Frame]]:
+    """Splits frames into stacks: same series, orientation (within tolerance), echo, type, size."""
+    groups: Dict[SeriesKey, List[Frame]] = {}
+    reps: Dict[tuple, List[Tuple[np.ndarray, tuple]]] = collections.defaultdict(list)
+    for frame in frames:
+        base = (frame.series_uid, frame.echo, frame.image_type, (frame.rows, frame.cols))
+        orientation: tuple = ()
+        if frame.iop is not None:
+            for rep, rounded in reps[base]:
+                if np.max(np.abs(rep - frame.iop)) <= ORIENTATION_TOLERANCE:
+                    orientation = rounded
+                    break
+            else:
+                orientation = tuple(float(v) for v in np.round(frame.iop, 4) + 0.0)
+                reps[base].append((frame.iop, orientation))
+        key = SeriesKey(frame.series_uid, orientation, frame.echo, frame.image_type, (frame.rows, frame.cols))
+        groups.setdefault(key, []).append(frame)
+    return groups
+
+
+def _skipped(name: str) -> bool:
+    lower = name.lower()
+    return lower.endswith(SKIPPED_SUFFIXES)
+
+
+def scan_files(paths: Sequence[str]) -> Tuple[Dict[SeriesKey, List[Frame]], List[Tuple[str, str]], Dict[str, FileInfo]]:
+    """Reads the headers of `paths`. Returns (stacks: key -> frames, rejected: [(path, reason)],
+    infos: path -> FileInfo)."""
+    infos: Dict[str, FileInfo] = {}
+    rejected: List[Tuple[str, str]] = []
+    for path in paths:
+        try:
+            infos[path] = read_file_info(path)
+        except CaseError as exc:
+            rejected.append((path, str(exc)))
+        except OSError as exc:
+            rejected.append((path, f"{path}: unreadable ({exc.strerror or exc})"))
+    stacks = _group_frames(f for info in infos.values() for f in info.frames)
+    return stacks, rejected, infos
+
+
+def list_files(root: str) -> List[str]:
+    """Every file below `root` that could be DICOM (sorted; labels and sidecars left out)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        out.extend(os.path.join(dirpath, n) for n in sorted(filenames) if not _skipped(n))
+    return out
+
+
+def scan_tree(root: str) -> Tuple[Dict[SeriesKey, List[str]], List[Tuple[str, str]]]:
+    """Groups every DICOM image file under `root` into series (stacks).
+
+    Returns (series: key -> sorted [paths], rejected: [(path, reason)]) where rejected holds files
+    that are not DICOM, DICOMDIR, or DICOM objects without image volume (SR, RTSTRUCT, ...).
+    A multi-frame file holding several stacks (e.g. two echoes) is listed under each of them.
+    """
+    stacks, rejected, _ = scan_files(list_files(root))
+    series = {key: sorted({f.path for f in frames}) for key, frames in stacks.items()}
+    return series, rejected
+
+
+def list_stacks(dicom_dir: str) -> Tuple[List[Tuple[SeriesKey, List[str]]], List[Tuple[str, str]]]:
+    """Image stacks under `dicom_dir` in a stable order (by first file), and the rejected files."""
+    found, rejected = scan_tree(dicom_dir)
+    stacks = sorted(found.items(), key=lambda kv: (kv[1][0], describe(kv[0])))
+    return stacks, rejected
+
+
+def select_stack(stacks: Sequence[Tuple[SeriesKey, List[str]]], series: Optional[int], source: str,
+                 rejected: Sequence[Tuple[str, str]] = ()) -> Tuple[SeriesKey, List[str]]:
+    """The one stack of a folder that `medtfx convert` / `medtfx predict --series N` read.
+
+    Args:
+      stacks: the folder's stacks as :func:`list_stacks` returns them (that order is the numbering).
+      series: 1-based number of the stack to read; None when the folder must hold exactly one.
+      source: the folder, named in the messages.
+      rejected: the (path, reason) pairs list_stacks rejected; the first few reasons are quoted
+        when there is no stack at all.
+    Returns:
+      (key, paths) of the chosen stack.
+    Raises:
+      CaseError: the folder holds no image stack; it holds several and `series` is None (the
+        message lists them numbered, with their file count and sub-folder); `series` is not in
+        1..len(stacks).
+    """
+    if not stacks:
+        detail = "; ".join(reason for _, reason in rejected[:5])
+        raise CaseError(f"{source} holds no DICOM image series" + (f" ({detail})" if detail else ""))
+    if series is None and len(stacks) > 1:
+        listing = "; ".join(f"{i}: {describe(k)} ({len(p)} files in "
+                            f"{os.path.relpath(os.path.dirname(p[0]), source)})"
+                            for i, (k, p) in enumerate(stacks, 1))
+        raise CaseError(f"{source} holds {len(stacks)} image stacks; choose one with --series N: {listing}")
+    index = 1 if series is None else series
+    if not 1 <= index <= len(stacks):
+        raise CaseError(f"{source}: --series {index} is out of range: the folder holds "
+                        f"{len(stacks)} image stack(s)")
+    return stacks[index - 1]
