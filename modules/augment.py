@@ -9,47 +9,17 @@ Volumes are (X, Y, Z); seeds are (2,) int tensors.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Optional, Sequence
 
 import tensorflow as tf
 
 from modules import patches
+from modules.settings import AugmentationSettings
 
 
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Switches and ranges. A probability of 0 disables a transform."""
-
-    mirror: bool = True  # flip each axis with probability 0.5
-    p_rotation: float = 0.2  # per axis
-    max_rotation_deg: float = 15.0
-    p_scale: float = 0.2
-    scale_range: Sequence[float] = (0.85, 1.15)  # > 1 zooms out (sees more of the case)
-    p_intensity_scale: float = 0.15
-    intensity_scale_range: Sequence[float] = (0.75, 1.25)
-    p_intensity_shift: float = 0.15
-    intensity_shift_std: float = 0.1
-    p_noise: float = 0.1
-    max_noise_std: float = 0.3  # nnU-Net: variance up to 0.1
-
-    @classmethod
-    def from_dict(cls, d: Optional[dict]) -> "AugmentConfig":
-        d = dict(d or {})
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown augmentation keys {sorted(unknown)}")
-        return cls(**d)
-
-    @classmethod
-    def off(cls) -> "AugmentConfig":
-        return cls(mirror=False, p_rotation=0.0, p_scale=0.0, p_intensity_scale=0.0,
-                   p_intensity_shift=0.0, p_noise=0.0)
-
-    @property
-    def spatial(self) -> bool:
-        return self.p_rotation > 0 or self.p_scale > 0
+# The switches and ranges: training settings (modules/settings.py), one definition.
+AugmentConfig = AugmentationSettings
 
 
 def _u(seed, lo=0.0, hi=1.0, shape=()):

@@ -44,7 +44,7 @@ class PlanningSettings(StageSettings):
 
     enabled: bool = Field(True, description="plan from the dataset fingerprint; false = use the settings as given")
     budget_minutes: PositiveFloat = Field(30.0, description="Trainer wall time (training + validation + export)")
-    calibration_steps: PositiveInt = Field(4, description="timed training steps per calibrated network")
+    calibration_steps: PositiveInt = Field(6, description="timed training steps per calibrated network (the fastest counts)")
     min_steps: PositiveInt = Field(800, description="fewest training steps before the plan shrinks the network")
 
 

@@ -260,7 +260,7 @@ def train_from_records(cfg: TrainingSettings, train_files, eval_files, feature_s
     decoder = input_pipeline.case_decoder(feature_spec)
     train_cases = input_pipeline.cases(input_pipeline.list_files(train_files), decoder, cfg.cache)
     eval_cases = input_pipeline.cases(input_pipeline.list_files(eval_files), decoder, cfg.cache)
-    aug = augment.AugmentConfig.from_dict(cfg.augmentation.model_dump()) if cfg.augment else None
+    aug = cfg.augmentation if cfg.augment else None
     if is_classifier(cfg):
         train = input_pipeline.classification_batches(train_cases, global_batch, True, cfg.seed, aug)
         validation = input_pipeline.classification_batches(eval_cases, global_batch, False)

@@ -132,3 +132,27 @@ def test_exported_test_time_mirroring_is_the_mean_over_flips(network_and_transfo
     np.testing.assert_allclose(got, expected, atol=1e-5)
     unmirrored = plain.signatures["evaluate"](examples=examples)["probabilities"].numpy()
     assert np.abs(got - unmirrored).max() > 1e-3  # an untrained conv is not flip-equivariant
+
+
+def test_exported_model_knows_its_modality(network_and_transform, tmp_path):
+    """A model exported with modalities=('CT',) normalises an unnamed ('') input as CT, so the
+    mask equals the one for modality 'CT', and refuses an input that says 'MR' (its normalisation
+    would be MR's: a silently wrong mask). model_inputs.json records what it was trained on."""
+    import tensorflow_transform as tft
+
+    from modules import trainer
+
+    rows, serialized, graph_dir, network = network_and_transform
+    export_dir = str(tmp_path / "ct_model")
+    trainer.export(network, tft.TFTransformOutput(graph_dir), export_dir, modalities=("CT",),
+                   plan={"settings": {"training": {"num_classes": 3}}})
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    case = decoded(serialized[0])  # a CT case
+    as_named = _raw_inputs([(case["image"], case["spacing"], case["direction"], "CT")])
+    unnamed = _raw_inputs([(case["image"], case["spacing"], case["direction"], "")])
+    np.testing.assert_array_equal(serve(**as_named)["mask"].numpy(), serve(**unnamed)["mask"].numpy())
+    with pytest.raises(tf.errors.InvalidArgumentError, match="trained on \\['CT'\\]"):
+        serve(**_raw_inputs([(case["image"], case["spacing"], case["direction"], "MR")]))
+    inputs = trainer.read_model_inputs(export_dir)
+    assert inputs["modalities"] == ["CT"] and inputs["num_classes"] == 3
+    assert (tmp_path / "ct_model" / "assets.extra" / "plan.json").exists()
