@@ -10,7 +10,7 @@ Volumes are (X, Y, Z); seeds are (2,) int tensors.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import tensorflow as tf
 

@@ -2,7 +2,7 @@
 evaluation patches and whole cases; ingested records (voxels as raw bytes in their native dtype)
 -> float volumes.
 
-Speed (see pipeline/bench_io.py): files are read in parallel, records are parsed and decoded in
+Speed (see pipeline/tools/bench_io.py): files are read in parallel, records are parsed and decoded in
 parallel map calls, decoded cases are cached in memory when they fit (Transform's outputs for a
 dataset like Decathlon hippocampus are ~1 MB per case), and batches are prefetched. Patch
 sampling and augmentation are stateless functions of (seed, element index): the same seed gives
@@ -19,7 +19,7 @@ from modules import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Unbuffered reads: a record (a volume, MBs) is read straight into its string; a read buffer
-# would only add one more copy of every voxel (measured: ~15 % of streaming time).
+# would only add one more copy of every voxel (README: input pipeline figures).
 _READ_BUFFER = 0
 
 

@@ -9,7 +9,7 @@ Signatures of the exported model:
       endian), image_dtype string 'uint8' | 'int16' | 'float32' (send int16 for integral data,
       e.g. CT in HU: half the bytes of float32), image_shape int64 (3,) voxels, spacing float32
       (3,) mm per array axis, direction float32 (9,) row-major 3x3 direction cosines (columns =
-      array axes, RAS+), modality string ('CT', 'MR', ...). Client: pipeline/predict.py.
+      array axes, RAS+), modality string ('CT', 'MR', ...). Client: pipeline/client/predict.py.
   serving_examples(examples): the same from serialized tf.Examples (as ingested).
   evaluate(examples): probabilities on the network grid, for TFMA.
   transform_features(examples): Transform's outputs, for TFMA's labels.
@@ -28,7 +28,7 @@ import tensorflow_transform as tft
 
 from modules import features as es
 from modules import sliding_window, training, volume_ops
-from modules.preprocessing import GRID_SHAPE, GRID_SPACING, IMAGE, LABEL
+from modules.preprocessing import GRID_SHAPE, GRID_SPACING, IMAGE
 from modules.settings import TrainingSettings
 
 _log = logging.getLogger(__name__)

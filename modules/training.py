@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras  # Keras 2 explicitly: tf.keras may already be Keras 3 in TFX's process
 
-from modules import augment, input_pipeline, losses, resnet, sliding_window, unet
+from modules import input_pipeline, losses, resnet, sliding_window, unet
 from modules.dice import dice_per_label
 from modules.settings import TrainingSettings
 
@@ -27,7 +27,7 @@ from modules.settings import TrainingSettings
 def _skip_autograph_for_tf_keras() -> None:
     """AutoGraph leaves the `keras` package alone (its DoNotConvert rules) but not `tf_keras`, the
     Keras 2 that TFX uses: every Keras internal is then re-transpiled while tracing, which costs
-    10-40 s per traced function on this CPU (the first fit step, the export). tf_keras is the same
+    tens of seconds per traced function on a CPU (the first fit step, the export). tf_keras is the same
     code as keras 2 and never needed conversion, so add the rule keras had."""
     from tensorflow.python.autograph.core import config as autograph_config
 

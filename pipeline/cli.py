@@ -17,20 +17,48 @@ def _quiet_tensorflow() -> None:
     console.configure()
 
 
-def _progress(label: str):
+def _progress(label: str, unit: str = "case"):
+    """A `progress(done, total)` callback drawing a tqdm bar (rate and ETA) on stderr."""
+    from tqdm import tqdm
+
+    bar = None
+
     def report(done: int, total: int) -> None:
-        print(f"\r{label}: {done}/{total}", end="\n" if done == total else "", flush=True)
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, mininterval=1.0)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
     return report
 
 
 def cmd_synth(args) -> int:
-    from pipeline.phantoms import synthesize
+    from pipeline.tools.phantoms import synthesize, synthesize_ct
 
+    if args.kind == "ct":
+        out = synthesize_ct(args.out_dir, n_cases=args.cases, seed=args.seed, progress=_progress("CT phantoms"))
+        print(f"wrote {out['cases']} anisotropic CT phantoms (uint16 + intercept, organ + lesion): "
+              f"Decathlon NIfTI in {out['decathlon']}")
+        return 0
     out = synthesize(args.out_dir, n_cases=args.cases, seed=args.seed, n_structures=args.structures,
                      progress=_progress("phantoms"))
     print(f"wrote {out['cases']} phantoms: Decathlon NIfTI in {out['decathlon']}, "
           f"DICOM series in {out['dicom']}")
     return 0
+
+
+def _check_dicomweb_data(data: str) -> None:
+    """A PACS dataset URL passes through the config unchanged (ImageExampleGen reads it); refuse
+    one carrying credentials here, before it could reach pipeline metadata (exit code 2)."""
+    from modules.io import dicomweb
+
+    if dicomweb.is_dicomweb_url(data):
+        try:
+            dicomweb.parse_dataset_url(data)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
 
 
 def _config(args, **fields):
@@ -62,11 +90,11 @@ def _print_summary(summary: dict, elapsed: float) -> None:
 
 
 def _run(cfg) -> dict:
-    from pipeline import runners
+    from pipeline.runners import local
 
     start = time.time()
-    runners.run_local(cfg)
-    summary = runners.run_summary(cfg)
+    local.run_local(cfg)
+    summary = local.run_summary(cfg)
     summary["elapsed_s"] = round(time.time() - start, 1)
     _print_summary(summary, summary["elapsed_s"])
     with open(os.path.join(cfg.workdir, "run_summary.json"), "w") as fh:
@@ -76,6 +104,7 @@ def _run(cfg) -> dict:
 
 def cmd_run(args) -> int:
     _quiet_tensorflow()
+    _check_dicomweb_data(args.data)
     cfg = _config(args, data_root=args.data, workdir=args.workdir)
     summary = _run(cfg)
     return 0 if summary.get("pushed_to") else 3
@@ -86,13 +115,14 @@ def cmd_plan(args) -> int:
     _quiet_tensorflow()
     from components.dataset_planner import artifacts
     from modules.plan import planner
-    from pipeline import runners
+    from pipeline.runners import local
     from pipeline.pipeline import PLANNER_ID
 
     budget = [f"planning.budget_minutes={args.budget_minutes}"] if args.budget_minutes else []
+    _check_dicomweb_data(args.data)
     cfg = make_config_or_exit(args, budget, data_root=args.data, workdir=args.workdir)
-    runners.run_local(cfg, until=PLANNER_ID)
-    latest = runners.latest_artifacts(os.path.abspath(cfg.metadata_path))
+    local.run_local(cfg, until=PLANNER_ID)
+    latest = local.latest_artifacts(os.path.abspath(cfg.metadata_path))
     with open(os.path.join(latest["medtfx.Plan"].uri, artifacts.PLAN_FILE)) as fh:
         plan = json.load(fh)
     with open(args.output, "w") as fh:
@@ -123,7 +153,7 @@ def make_config_or_exit(args, extra=(), **fields):
 
 def cmd_demo(args) -> int:
     _quiet_tensorflow()
-    from pipeline.phantoms import synthesize
+    from pipeline.tools.phantoms import synthesize
 
     data_dir = os.path.join(args.workdir, "phantoms")
     start = time.time()
@@ -137,14 +167,14 @@ def cmd_demo(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    from pipeline import runners
+    from pipeline.runners import kubeflow
 
     if args.runner != "kubeflow":
         print(f"unknown runner {args.runner}", file=sys.stderr)
         return 2
     try:
         cfg = _kubeflow_config(args)
-        written = runners.compile_kubeflow(cfg, args.output)
+        written = kubeflow.compile_kubeflow(cfg, args.output)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -156,17 +186,17 @@ def cmd_compile(args) -> int:
 
 def _kubeflow_config(args):
     """Config for compile/deploy: ConfigMap keys (--configmap), then --set, then the flags."""
-    from pipeline import runners
+    from pipeline.runners import kubeflow
     from pipeline.config import make_config
 
-    overrides = runners.configmap_overrides(runners.read_configmap(args.configmap)) \
+    overrides = kubeflow.configmap_overrides(kubeflow.read_configmap(args.configmap)) \
         if args.configmap else []
     overrides += args.set + ([f"beam_profile={args.beam_profile}"] if args.beam_profile else [])
     return make_config(overrides, args.config or None, **({"data_root": args.data} if args.data else {}))
 
 
 def cmd_deploy(args) -> int:
-    from pipeline import deploy
+    from pipeline.runners import deploy
 
     try:
         plan = deploy.plan_deploy(
@@ -188,17 +218,39 @@ def cmd_deploy(args) -> int:
 def cmd_inventory(args) -> int:
     from components.image_example_gen import cases
 
+    import tempfile
+
+    from components.image_example_gen import pacs_source
+    from modules.io import dicomweb
+
+    from modules.io import limits
+
     salt = os.environ.get("MEDTFX_PATIENT_SALT", "") or args.salt
-    specs, info = cases.find_cases(args.path, require_labels=not args.images_only)
-    label_set = set(info.labels) if info.labels else None
-    records = []
-    progress = _progress("cases")
-    for i, spec in enumerate(specs):
-        records.append(cases.process_case(spec, salt, label_set)[1])
-        progress(i + 1, len(specs))
+    records, info, failure = [], None, ""
+    try:  # whatever happens while listing, the report is written
+        with tempfile.TemporaryDirectory(prefix="medtfx-pacs-") as cache:  # a PACS dataset is read here
+            if dicomweb.is_dicomweb_url(args.path):
+                specs, info = pacs_source.find_cases(args.path, cache, require_labels=not args.images_only)
+            else:
+                specs, info = cases.find_cases(args.path, require_labels=not args.images_only)
+            label_set = set(info.labels) if info.labels else None
+            progress = _progress("cases")
+            for i, spec in enumerate(specs):
+                records.append(cases.process_case(spec, salt, label_set)[1])
+                progress(i + 1, len(specs))
+    except BaseException as exc:
+        if limits.is_fatal(exc):
+            raise
+        failure = f"the dataset cannot be listed: {limits.describe_error(exc)}"
+    report = {"cases": records, **({"error": failure} if failure else {}),
+              **({"warnings": info.warnings} if info is not None and info.warnings else {})}
     with open(args.report, "w") as fh:
-        json.dump({"cases": records}, fh, indent=1)
-    print(f"{cases.summarise(records)} ({info.layout} layout); report: {args.report}")
+        json.dump(report, fh, indent=1)
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}")
+    if failure:
+        print(f"error: {failure}", file=sys.stderr)
+    print(f"{cases.summarise(records)} ({info.layout if info else 'unknown'} layout); report: {args.report}")
     for r in records:
         if r["status"] != "ok":
             print(f"  quarantined {r['case_id']}: {r['reason']}")
@@ -206,7 +258,7 @@ def cmd_inventory(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from modules.io import dicom
+    from modules.io import dicom, limits
     from modules.io.nifti_reader import write_nifti
     from modules.io.volume import CaseError
 
@@ -215,8 +267,20 @@ def cmd_convert(args) -> int:
         key, paths = dicom.select_stack(stacks, args.series, args.dicom_dir, rejected)
         volume = dicom.read_series(paths, key)
         write_nifti(args.output, volume.array, volume.affine)
-    except CaseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except BaseException as exc:  # decoders of hostile files raise anything, native panics included
+        if limits.is_fatal(exc):
+            raise
+        message = str(exc) if isinstance(exc, CaseError) else (
+            f"{args.dicom_dir}: the series cannot be converted: {limits.describe_error(exc)}")
+        # Folder and file names often carry the patient's name: scrub every identifier in the
+        # folder's DICOM headers (images, SR, truncated files) before printing.
+        names = dicom.identifiers_in(os.path.join(d, n) for d, _, files in os.walk(args.dicom_dir)
+                                     for n in files)
+        # The folder was named by the user; shown as DICOM_DIR since it may be a patient's name.
+        for given in sorted({args.dicom_dir.rstrip(os.sep), os.path.abspath(args.dicom_dir)}, key=len,
+                            reverse=True):
+            message = message.replace(given, "DICOM_DIR") if given else message
+        print(f"error: {dicom.scrub(message, names)}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}: shape {volume.array.shape}, spacing "
           f"{tuple(round(float(s), 4) for s in volume.spacing)} mm, {volume.modality}, {volume.meta['stack']}")
@@ -226,10 +290,16 @@ def cmd_convert(args) -> int:
 def cmd_predict(args) -> int:
     """Segments every input; exit code 1 when any input failed (see predict_report.json)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # per-file lines are the output here
-    from pipeline import predict
+    from pipeline.client import predict
 
     if bool(args.model) == bool(args.server):
         print("error: give exactly one of --model SAVED_MODEL_DIR or --server HOST:PORT", file=sys.stderr)
+        return 2
+    if args.dicomweb and (args.inputs or not args.study):
+        print("error: --dicomweb takes --study UID and no INPUT", file=sys.stderr)
+        return 2
+    if not args.dicomweb and (not args.inputs or args.study or args.store):
+        print("error: give INPUTs, or --dicomweb URL --study UID [--store]", file=sys.stderr)
         return 2
     if args.server and not args.model_name:
         print("error: --server needs --model-name (the TF Serving model name)", file=sys.stderr)
@@ -241,6 +311,8 @@ def cmd_predict(args) -> int:
     except predict.PredictError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.dicomweb:
+        return _predict_study(args, model)
     records = predict.predict_inputs(model, args.inputs, args.output, modality=args.modality,
                                      max_voxels=args.max_voxels, num_classes=args.num_classes,
                                      series=args.series)
@@ -250,22 +322,41 @@ def cmd_predict(args) -> int:
     return 1 if failed else 0
 
 
+def _predict_study(args, model) -> int:
+    """predict --dicomweb: exit 1 when a series failed or none was segmented, 2 for a bad URL."""
+    from modules.io import dicomweb
+    from pipeline.client import predict
+
+    try:
+        client = dicomweb.DicomWebClient(args.dicomweb)
+        records = predict.predict_study(model, client, args.study, args.output, store=args.store,
+                                        max_voxels=args.max_voxels, num_classes=args.num_classes)
+    except (ValueError, dicomweb.DicomWebError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    counts = {status: sum(r["status"] == status for r in records) for status in ("ok", "skipped", "failed")}
+    print(f"{counts['ok']} of {len(records)} series segmented ({counts['skipped']} skipped, "
+          f"{counts['failed']} failed){'; SEGs stored in the study' if args.store and counts['ok'] else ''}; "
+          f"report: {os.path.join(args.output, predict.REPORT_FILE)}")
+    return 1 if counts["failed"] or not counts["ok"] else 0
+
+
 def cmd_bench_dicom(args) -> int:
-    from pipeline import bench_dicom
+    from pipeline.tools import bench_dicom
 
     return bench_dicom.main(args)
 
 
 def cmd_bench_resample(args) -> int:
     _quiet_tensorflow()
-    from pipeline import bench_resample
+    from pipeline.tools import bench_resample
 
     return bench_resample.main(args)
 
 
 def cmd_bench_io(args) -> int:
     _quiet_tensorflow()
-    from pipeline import bench_io
+    from pipeline.tools import bench_io
 
     return bench_io.main(args)
 
@@ -295,19 +386,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write synthetic phantoms (Decathlon NIfTI + DICOM series)")
     p.add_argument("out_dir")
+    p.add_argument("--kind", default="mixed", choices=("mixed", "ct"),
+                   help="mixed: 64 mm CT/MR phantoms as DICOM and NIfTI; ct: 150 mm field of view, "
+                        "0.8 x 0.8 x 4 mm voxels, an organ with a small lesion (NIfTI)")
     p.add_argument("--cases", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--structures", type=int, default=2, choices=(2, 3))
     p.set_defaults(func=cmd_synth)
 
     p = with_budget(with_config(sub.add_parser("run", help="run the pipeline locally on a dataset")))
-    p.add_argument("--data", required=True, help="Decathlon folder, DICOM tree or manifest CSV")
+    p.add_argument("--data", required=True, help="Decathlon folder, DICOM tree, manifest CSV or "
+                   "dicomweb+http(s)://HOST/PATH[?QIDO keys, e.g. StudyDate=20240101-20241231]")
     p.add_argument("--workdir", required=True)
     p.set_defaults(func=cmd_run)
 
     p = with_budget(with_config(sub.add_parser(
         "plan", help="ingest, fingerprint and plan a dataset without training (prints the choices)")))
-    p.add_argument("--data", required=True, help="Decathlon folder, DICOM tree or manifest CSV")
+    p.add_argument("--data", required=True, help="Decathlon folder, DICOM tree, manifest CSV or "
+                   "dicomweb+http(s)://HOST/PATH[?QIDO keys, e.g. StudyDate=20240101-20241231]")
     p.add_argument("--output", required=True, metavar="PLAN.json")
     p.add_argument("--workdir", default="workdir/plan", help="ingestion and metadata go here")
     p.set_defaults(func=cmd_plan)
@@ -352,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("inventory", help="report every case of a dataset as ok or quarantined")
-    p.add_argument("path")
+    p.add_argument("path", help="Decathlon folder, DICOM tree, manifest CSV or dicomweb+http(s)://HOST/PATH")
     p.add_argument("--report", required=True)
     p.add_argument("--images-only", action="store_true", help="do not require labels")
     p.add_argument("--salt", default="medtfx-default-salt", help="patient hash salt "
@@ -368,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment NIfTI files / DICOM series folders with an exported "
                        "model (in process) or a TF Serving gRPC endpoint")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI file or folder holding one DICOM series")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="NIfTI file or folder holding one DICOM series")
     p.add_argument("--output", required=True, help="writes <name>.nii.gz (+ <name>.seg.dcm for DICOM)")
     p.add_argument("--model", default="", metavar="SAVED_MODEL_DIR", help="exported model, run in process")
     p.add_argument("--server", default="", metavar="HOST:PORT", help="TF Serving gRPC endpoint")
@@ -383,6 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classes incl. background for DICOM SEG segments (default: from the model)")
     p.add_argument("--series", type=int, default=None, metavar="N",
                    help="which image stack (1-based, as listed) of DICOM folders holding several")
+    p.add_argument("--dicomweb", default="", metavar="URL",
+                   help="DICOMweb root of a PACS (instead of INPUTs); credentials from MEDTFX_DICOMWEB_TOKEN "
+                        "or MEDTFX_DICOMWEB_USER/MEDTFX_DICOMWEB_PASSWORD")
+    p.add_argument("--study", default="", metavar="UID", help="StudyInstanceUID to segment (with --dicomweb)")
+    p.add_argument("--store", action="store_true",
+                   help="store each SEG into the study (STOW-RS); without it nothing is written to the PACS")
     p.set_defaults(func=cmd_predict)
 
     # `medtfx bench <what>`: one sub-subcommand per benchmark, each writing JSON.

@@ -10,7 +10,7 @@ SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory):
     """4 phantoms (CT and MR, three orientations) as Decathlon NIfTI and DICOM series."""
-    from pipeline.phantoms import synthesize
+    from pipeline.tools.phantoms import synthesize
 
     out = str(tmp_path_factory.mktemp("phantoms"))
     synthesize(out, n_cases=4, seed=7)

@@ -6,7 +6,7 @@ PredictionServiceServicer: Predict and GetModelMetadata) on loopback, loading Sa
 a TF Serving model base path the way the server's default policy does (the highest integer
 version directory; non-integer names are ignored). It is NOT TF Serving: no batching, no
 version policies beyond 'latest', no model reloading, no REST. What it does prove: requests
-built by pipeline/predict.py are valid PredictRequests for the exported signatures, responses
+built by pipeline/client/predict.py are valid PredictRequests for the exported signatures, responses
 are decoded correctly, message-size limits are set, and the client's retry logic works
 (`fail_first` makes the first N calls fail with a chosen status code).
 
@@ -140,7 +140,7 @@ def phantom_examples(n: int = 4, seed: int = 11):
     """n labelled phantom cases encoded as ingestion does (canonical, compact dtype)."""
     from modules import features as es
     from modules.io.volume import Volume, compact_dtype, to_canonical
-    from pipeline.phantoms import make_phantom
+    from pipeline.tools.phantoms import make_phantom
 
     examples = []
     for i in range(n):

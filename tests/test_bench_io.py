@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from pipeline import bench_io
+from pipeline.tools import bench_io
 from pipeline.cli import main
 
 

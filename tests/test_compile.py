@@ -19,7 +19,7 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from pipeline import runners
+from pipeline.runners import kubeflow
 from pipeline.config import BEAM_PROFILES, make_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +44,7 @@ def _pb2():
 
 def _compile(tmp_path, overrides, name="pipeline.json"):
     cfg = make_config(overrides, data_root="/data/input")
-    written = runners.compile_kubeflow(cfg, str(tmp_path / name))
+    written = kubeflow.compile_kubeflow(cfg, str(tmp_path / name))
     job = json.load(open(written["pipeline_job"])) if "pipeline_job" in written else None
     with open(written["kfp_package"]) as fh:
         docs = list(yaml.safe_load_all(fh))
@@ -134,7 +134,7 @@ def test_full_dag_and_image(gpu_compiled):
 def test_trainer_gets_gpu_resources_node_selector_and_tolerations(gpu_compiled):
     _, job, docs = gpu_compiled
     spec = job["pipelineSpec"]
-    trainer = runners.executor_label(spec, "Trainer")
+    trainer = kubeflow.executor_label(spec, "Trainer")
     executors = spec["deploymentSpec"]["executors"]
     resources = executors[trainer]["container"]["resources"]
     assert resources["accelerator"] == {"type": "nvidia.com/gpu", "count": "1"}
@@ -237,7 +237,7 @@ def test_bad_platform_settings_are_rejected(tmp_path):
                          ('trainer_tolerations=[{"key": "g", "colour": "red"}]', "keys")]:
         cfg = make_config([bad])
         with pytest.raises(ValueError, match=message):
-            runners.compile_kubeflow(cfg, str(tmp_path / "bad.json"))
+            kubeflow.compile_kubeflow(cfg, str(tmp_path / "bad.json"))
     with pytest.raises(ValueError, match="trainer_accelerator_count: Input should be greater than 0"):
         make_config(["trainer_accelerator=nvidia.com/gpu", "trainer_accelerator_count=0"])
 
@@ -245,20 +245,20 @@ def test_bad_platform_settings_are_rejected(tmp_path):
 @pytest.mark.parametrize("overlay", ["dev", "gpu-cloud"])
 def test_configmap_keys_of_the_overlays_map_onto_the_config(overlay):
     directory = os.path.join(REPO, "k8s", "overlays", overlay)
-    data = runners.read_configmap(directory)  # base literals merged with the overlay's
+    data = kubeflow.read_configmap(directory)  # base literals merged with the overlay's
     kubectl = shutil.which("kubectl")
     if kubectl:  # the same data kustomize itself renders
         render = subprocess.run([kubectl, "kustomize", directory], check=True,
                                 capture_output=True, text=True, timeout=60).stdout
         rendered = [d for d in yaml.safe_load_all(render) if d and d["kind"] == "ConfigMap"
-                    and d["metadata"]["name"] == runners.CONFIGMAP_NAME]
+                    and d["metadata"]["name"] == kubeflow.CONFIGMAP_NAME]
         assert rendered[0]["data"] == data
-    cfg = make_config(runners.configmap_overrides(data))
+    cfg = make_config(kubeflow.configmap_overrides(data))
     assert cfg.serving.serving_base == data["SERVING_MODEL_DIR"] and cfg.serving.model_name == data["MODEL_NAME"]
     if overlay == "dev":  # Pusher writes onto the serving PVC: it is mounted
         assert cfg.runner.kubeflow_pvc_mounts == {"medtfx-pipeline-root": "/mnt/pipeline-root",
                                            "medtfx-serving-models": "/mnt/serving-models"}
-        assert runners.trainer_resource_spec(cfg) is None
+        assert kubeflow.trainer_resource_spec(cfg) is None
         return
     # gpu-cloud pushes to S3 (its serving PVC is deleted): only the pipeline-root PVC.
     assert cfg.runner.kubeflow_pvc_mounts == {"medtfx-pipeline-root": "/mnt/pipeline-root"}
@@ -274,24 +274,24 @@ def test_read_configmap_from_a_render(tmp_path):
     render.write_text(yaml.safe_dump_all([
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "medtfx"}},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other"}, "data": {"A": "1"}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": runners.CONFIGMAP_NAME},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": kubeflow.CONFIGMAP_NAME},
          "data": {"TRAINER_MEMORY_LIMIT": "16Gi"}}]))
-    assert runners.read_configmap(str(render)) == {"TRAINER_MEMORY_LIMIT": "16Gi"}
-    assert runners.configmap_overrides({"TRAINER_MEMORY_LIMIT": "16Gi"}) == \
+    assert kubeflow.read_configmap(str(render)) == {"TRAINER_MEMORY_LIMIT": "16Gi"}
+    assert kubeflow.configmap_overrides({"TRAINER_MEMORY_LIMIT": "16Gi"}) == \
         [f"trainer_memory_limit={16 * 2 ** 30 / 1e9}"]
     with pytest.raises(ValueError, match="no ConfigMap named 'missing'"):
-        runners.read_configmap(str(render), name="missing")
+        kubeflow.read_configmap(str(render), name="missing")
 
 
 @pytest.mark.parametrize("text,value", [("8", 8.0), ("500m", 0.5), ("32G", 32e9),
                                         ("32Gi", 32 * 2 ** 30), ("1.5M", 1.5e6)])
 def test_parse_quantity(text, value):
-    assert runners.parse_quantity(text) == pytest.approx(value)
+    assert kubeflow.parse_quantity(text) == pytest.approx(value)
 
 
 def test_parse_quantity_rejects_garbage():
     with pytest.raises(ValueError, match="not a Kubernetes quantity"):
-        runners.parse_quantity("lots")
+        kubeflow.parse_quantity("lots")
 
 
 def test_cli_compile_with_configmap_and_beam_profile(tmp_path, capsys):
@@ -299,7 +299,7 @@ def test_cli_compile_with_configmap_and_beam_profile(tmp_path, capsys):
 
     render = tmp_path / "render.yaml"
     render.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": runners.CONFIGMAP_NAME},
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": kubeflow.CONFIGMAP_NAME},
         "data": {"TRAINER_ACCELERATOR_RESOURCE": "nvidia.com/gpu", "TRAINER_ACCELERATOR_LIMIT": "2",
                  "TRAINER_MEMORY_LIMIT": "16G", "TRAINER_NODE_SELECTOR": '{"pool": "gpu"}'}}))
     out = tmp_path / "medtfx.json"

@@ -11,7 +11,7 @@ from components.image_example_gen import cases
 from modules import features as example_schema
 from modules.io.nifti_reader import read_nifti
 from modules.io.volume import to_canonical
-from pipeline.phantoms import CT_LABELS, synthesize_ct
+from pipeline.tools.phantoms import CT_LABELS, synthesize_ct
 
 N_CASES = 9
 SEED = 3

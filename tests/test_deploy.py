@@ -17,7 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from pipeline import cli, deploy
+from pipeline import cli
+from pipeline.runners import deploy
 from pipeline.config import make_config
 
 API = "/apis/v2beta1"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from modules.io import dicom
-from pipeline import predict
+from pipeline.client import predict
 from tests.conftest import shared_path
 from tests.seg_checks import assert_seg_matches_mask_in_world
 from tests.serving_double import exported_test_model

@@ -15,7 +15,7 @@ from components.image_example_gen import cases
 from modules.io import dicom
 from modules.io.volume import CaseError, to_canonical
 from pipeline import cli
-from pipeline.phantoms import make_phantom
+from pipeline.tools.phantoms import make_phantom
 
 
 def _copy_series(phantom_dir, name, dest):

@@ -4,7 +4,6 @@ Checks every component produced its artifact, statistics skip voxel bytes, the s
 patient on one side, and the pushed SavedModel predicts masks on raw voxels.
 """
 import glob
-import gzip
 import os
 
 import numpy as np
@@ -15,9 +14,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
-    from pipeline import runners
+    from pipeline.runners import local
     from pipeline.config import make_config
-    from pipeline.phantoms import synthesize
+    from pipeline.tools.phantoms import synthesize
 
     work = str(tmp_path_factory.mktemp("e2e"))
     data = synthesize(os.path.join(work, "phantoms"), n_cases=8, seed=3)
@@ -25,8 +24,8 @@ def pipeline_run(tmp_path_factory):
     cfg = make_config(["train_steps=60", "epochs=1", "eval_steps=2", "planning.budget_minutes=1",
                        "planning.calibration_steps=1", "val_dice_cases=2"],
                       data_root=data["dicom"], workdir=work)
-    runners.run_local(cfg)
-    return cfg, runners.latest_artifacts(os.path.abspath(cfg.metadata_path)), runners.run_summary(cfg)
+    local.run_local(cfg)
+    return cfg, local.latest_artifacts(os.path.abspath(cfg.metadata_path)), local.run_summary(cfg)
 
 
 def _examples(split_dir):
@@ -90,7 +89,7 @@ def test_pushed_model_predicts_masks_on_raw_voxels(pipeline_run):
 
     from modules.io.volume import to_canonical
     from modules.dice import dice_per_label
-    from pipeline.phantoms import make_phantom
+    from pipeline.tools.phantoms import make_phantom
 
     assert summary["blessed"] is True and summary["pushed_to"], summary
     assert os.path.exists(os.path.join(summary["pushed_to"], "saved_model.pb"))

@@ -9,7 +9,7 @@ import pytest
 from modules.io import dicom
 from modules.io.nifti_reader import write_nifti
 from modules.io.volume import to_canonical
-from pipeline import predict
+from pipeline.client import predict
 from tests.seg_checks import assert_seg_matches_mask_in_world
 from tests.serving_double import exported_test_model, serving_double_for
 
@@ -41,7 +41,7 @@ def _grpc_model(target, model, **kwargs):
 def nifti_inputs(tmp_path_factory):
     """Phantom images in three NIfTI orientations: as generated (oblique, permuted axes), an
     extra flip+permutation of that, and the canonical copy of the first."""
-    from pipeline.phantoms import make_phantom
+    from pipeline.tools.phantoms import make_phantom
 
     out = tmp_path_factory.mktemp("nifti_inputs")
     p = make_phantom(2, seed=5)  # sagittal-like acquisition: permuted and flipped axes
@@ -62,7 +62,7 @@ def nifti_inputs(tmp_path_factory):
 
 def test_from_canonical_undoes_every_axis_permutation_and_flip():
     """All 48 orientations (slightly oblique): voxels come back exactly."""
-    from pipeline.phantoms import rotation
+    from pipeline.tools.phantoms import rotation
 
     array = np.arange(2 * 3 * 4).reshape(2, 3, 4)
     tilt = rotation(np.random.default_rng(0), 8.0)

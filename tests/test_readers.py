@@ -13,7 +13,7 @@ from modules import features as example_schema
 from modules.io import dicom
 from modules.io.nifti_reader import read_nifti
 from modules.io.volume import CaseError, to_canonical
-from pipeline.phantoms import make_phantom
+from pipeline.tools.phantoms import make_phantom
 from tests.conftest import shared_path
 
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from modules.io.volume import to_canonical as np_to_canonical
 from modules import resample, volume_ops
-from pipeline.phantoms import make_phantom, rotation
+from pipeline.tools.phantoms import make_phantom, rotation
 from tests.conftest import shared_path
 
 LINEAR_RTOL = 1e-6

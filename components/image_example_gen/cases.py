@@ -7,20 +7,24 @@ Three layouts are recognised (first match wins):
   * DICOM tree: every series below the root; a series' mask is ``label.nii.gz`` (or
     ``mask.nii.gz``) in the folder holding only that series.
 Every input file ends up in exactly one case; a case is either ingested or quarantined with a
-reason (nothing is lost, nothing crashes the run).
+reason (nothing is lost, nothing crashes the run). Broken dataset descriptions (dataset.json,
+manifests) quarantine the cases they would describe with one reason naming the problem; a
+Decathlon folder without dataset.json is paired by file name, with a warning.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
+import logging
 import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from modules import features as example_schema
-from modules.io import dicom
+from modules.io import dicom, limits
 from modules.io.nifti_reader import read_nifti
 from modules.io.volume import (CaseError, Volume, affines_match, compact_dtype,
                                                  label_values_ok, salted_hash)
@@ -29,6 +33,10 @@ LABEL_NAMES = ("label.nii.gz", "mask.nii.gz", "label.nii", "mask.nii")
 # Image and label grids agree when every corner maps within this distance (mm).
 AFFINE_TOLERANCE_MM = 0.01
 _MODALITY_ALIASES = {"MRI": "MR", "T1": "MR", "T2": "MR", "FLAIR": "MR", "ADC": "MR", "CT": "CT"}
+# dataset.json and manifests are small; anything bigger is not one.
+_DESCRIPTION_MAX_BYTES = 64 * 1024 * 1024
+_MANIFEST_DELIMITERS = ",;\t|"
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -51,6 +59,8 @@ class CaseSpec:
     problem: Optional[str] = None
     # DICOM: which stack of the files (dicom.SeriesKey), needed when a file holds several.
     series_key: Optional[tuple] = None
+    # Patient names/IDs/birth dates found in any DICOM header near the case: scrubbed from reports.
+    identifiers: tuple = ()
 
     @property
     def inputs(self) -> List[str]:
@@ -59,9 +69,15 @@ class CaseSpec:
 
 @dataclasses.dataclass
 class DatasetInfo:
-    layout: str  # 'decathlon' | 'manifest' | 'dicom'
-    labels: Optional[Dict[int, str]]  # declared label set, if any
+    """layout: 'decathlon' | 'manifest' | 'dicom'; labels: declared label set, if any;
+    warnings: things a person should know that do not stop ingestion (printed and logged);
+    problem: why the dataset description is unusable (every case then carries it), or ''."""
+
+    layout: str
+    labels: Optional[Dict[int, str]]
     modality: str = ""
+    warnings: List[str] = dataclasses.field(default_factory=list)
+    problem: str = ""
 
 
 def normalise_modality(name: str) -> str:
@@ -82,38 +98,131 @@ def _is_nifti(name: str) -> bool:
     return name.endswith((".nii.gz", ".nii")) and not name.startswith(".")
 
 
-def _decathlon_cases(root: str, require_labels: bool) -> Tuple[List[CaseSpec], DatasetInfo]:
-    with open(os.path.join(root, "dataset.json")) as fh:
-        meta = json.load(fh)
-    labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items()} or None
-    modality = normalise_modality((meta.get("modality") or {}).get("0", ""))
+def _read_text(path: str, what: str) -> str:
+    """The UTF-8 text of a small dataset description (a BOM is dropped). Raises CaseError."""
+    if os.path.isdir(path):
+        raise CaseError(f"{what} is a directory, not a file")
+    size = limits.check_regular_file(path, limits.Limits(max_bytes=_DESCRIPTION_MAX_BYTES))
+    with open(path, "rb") as fh:
+        raw = fh.read(size + 1)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CaseError(f"{what} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+
+def parse_dataset_json(path: str) -> Tuple[Optional[Dict[int, str]], str]:
+    """(labels {value: name} or None, modality) from a Decathlon or nnU-Net v2 dataset.json.
+
+    Decathlon: {"labels": {"0": "background", ...}, "modality": {"0": "CT"}}; nnU-Net v2:
+    {"labels": {"background": 0, ...}, "channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}.
+    Raises:
+      CaseError: one reason naming the first problem: unreadable, not UTF-8, not JSON, not an
+        object, labels not an object of integer values, region-based labels, several input
+        channels, a file ending other than NIfTI.
+    """
+    text = _read_text(path, "dataset.json")
+    if not text.strip():
+        raise CaseError("dataset.json is empty")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})" if hasattr(exc, "lineno") else ""
+        raise CaseError(f"dataset.json is not valid JSON{where}") from None
+    if not isinstance(meta, dict):
+        raise CaseError(f"dataset.json must hold a JSON object, found a {type(meta).__name__}")
+    raw_labels = meta.get("labels")
+    if raw_labels is not None and not isinstance(raw_labels, dict):
+        raise CaseError(f"dataset.json: 'labels' must be an object mapping label values to names "
+                        f"(Decathlon) or names to values (nnU-Net v2), found a {type(raw_labels).__name__}")
+    labels: Dict[int, str] = {}
+    for key, value in (raw_labels or {}).items():
+        if isinstance(value, list):
+            raise CaseError(f"dataset.json: label '{key}' is a region (list of values); region-based "
+                            "labels are not supported")
+        if isinstance(value, int) and not isinstance(value, bool):  # nnU-Net v2: name -> value
+            labels[value] = str(key)
+            continue
+        try:
+            labels[int(key)] = str(value)  # Decathlon: "value" -> name
+        except (TypeError, ValueError):
+            raise CaseError(f"dataset.json: label {key!r}: {value!r} has no integer label value") from None
+    channels = meta.get("channel_names", meta.get("modality"))
+    field = "channel_names" if "channel_names" in meta else "modality"
+    if channels is not None and not isinstance(channels, dict):
+        raise CaseError(f"dataset.json: '{field}' must be an object like {{\"0\": \"CT\"}}, found a "
+                        f"{type(channels).__name__}")
+    if channels and len(channels) > 1:
+        raise CaseError(f"dataset.json declares {len(channels)} input channels in '{field}'; "
+                        "multi-channel cases are not supported")
+    ending = meta.get("file_ending", ".nii.gz")
+    if ending not in (".nii.gz", ".nii"):
+        raise CaseError(f"dataset.json: file_ending {ending!r} is not supported (NIfTI only)")
+    modality = normalise_modality(str(next(iter(channels.values()), "")) if channels else "")
+    return labels or None, modality
+
+
+def _listdir(path: str) -> List[str]:
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def _decathlon_cases(root: str, require_labels: bool,
+                     has_json: bool = True) -> Tuple[List[CaseSpec], DatasetInfo]:
+    labels, modality, problem, warnings = None, "", "", []
+    if has_json:
+        try:
+            labels, modality = parse_dataset_json(os.path.join(root, "dataset.json"))
+        except CaseError as exc:
+            problem = str(exc)
+    else:
+        warnings.append("no dataset.json: images and labels paired by file name; label values "
+                        "and modality are not checked")
     images_dir, labels_dir = os.path.join(root, "imagesTr"), os.path.join(root, "labelsTr")
-    images = sorted(os.listdir(images_dir)) if os.path.isdir(images_dir) else []
-    label_files = sorted(os.listdir(labels_dir)) if os.path.isdir(labels_dir) else []
-    labels_by_case = {_nifti_stem(f): os.path.join(labels_dir, f) for f in label_files if _is_nifti(f)}
+    images, label_files = _listdir(images_dir), _listdir(labels_dir)
+    labels_by_case: Dict[str, List[str]] = {}
+    for f in label_files:
+        if _is_nifti(f):
+            labels_by_case.setdefault(_nifti_stem(f), []).append(os.path.join(labels_dir, f))
+    images_by_case: Dict[str, List[str]] = {}
     cases, used_labels = [], set()
     for fname in images:
         path = os.path.join(images_dir, fname)
         if not _is_nifti(fname):
             cases.append(CaseSpec(fname, "none", [path], problem="not a NIfTI file (.nii/.nii.gz)"))
             continue
-        stem = _nifti_stem(fname)
-        label = labels_by_case.get(stem)
-        if label:
-            used_labels.add(label)
-        problem = None
-        if label is None and require_labels:
-            problem = f"image has no label: labelsTr/{stem}.nii.gz is missing"
-        cases.append(CaseSpec(stem, "nifti", [path], label, modality=modality, problem=problem))
+        images_by_case.setdefault(_nifti_stem(fname), []).append(path)
+    for stem, paths in images_by_case.items():
+        found = labels_by_case.get(stem, [])
+        label = found[0] if len(found) == 1 else None
+        used_labels.update(found)
+        case_problem = None
+        if len(paths) > 1:
+            names = ", ".join(os.path.basename(p) for p in paths)
+            case_problem = (f"case {stem} has {len(paths)} image files ({names}): one image per case "
+                            "is expected (multi-channel cases and .nii/.nii.gz copies are not supported)")
+        elif len(found) > 1:
+            case_problem = (f"case {stem} has {len(found)} label files "
+                            f"({', '.join(os.path.basename(p) for p in found)}): keep one")
+        elif label is None and require_labels:
+            case_problem = f"image has no label: labelsTr/{stem}.nii.gz is missing"
+        if problem:
+            case_problem = f"not ingested: {problem}"
+        cases.append(CaseSpec(stem, "nifti", paths, label if len(paths) == 1 else None, modality=modality,
+                              problem=case_problem))
+        if len(paths) > 1 or len(found) > 1:
+            cases[-1].image = paths + [p for p in found]
+            cases[-1].label = None
     for fname in label_files:
         path = os.path.join(labels_dir, fname)
         if path in used_labels:
             continue
-        reason = (f"label without image: no imagesTr/{_nifti_stem(fname)}.nii.gz" if _is_nifti(fname)
-                  else "not a NIfTI file (.nii/.nii.gz)")
-        cases.append(CaseSpec(_nifti_stem(fname) if _is_nifti(fname) else fname, "none", [path],
-                              problem=reason))
-    return cases, DatasetInfo("decathlon", labels, modality)
+        stem = _nifti_stem(fname) if _is_nifti(fname) else fname
+        reason = (f"label without image: imagesTr holds no {stem}.nii.gz or {stem}_0000.nii.gz"
+                  if _is_nifti(fname) else "not a NIfTI file (.nii/.nii.gz)")
+        cases.append(CaseSpec(stem, "none", [path], problem=reason))
+    if problem:
+        cases.append(CaseSpec("dataset.json", "none", [os.path.join(root, "dataset.json")], problem=problem))
+    return cases, DatasetInfo("decathlon", labels, modality, warnings=warnings, problem=problem)
 
 
 def _dicom_cases(root: str, require_labels: bool) -> Tuple[List[CaseSpec], DatasetInfo]:
@@ -129,8 +238,8 @@ def _dicom_cases(root: str, require_labels: bool) -> Tuple[List[CaseSpec], Datas
         if len(dirs_to_series.get(folder, [])) == 1:
             label = next((os.path.join(folder, n) for n in LABEL_NAMES
                           if os.path.exists(os.path.join(folder, n))), None)
-        problem = None
-        if label is None and require_labels:
+        problem = dicom.broken_members(dicom.SeriesKey(*key), rejected)
+        if problem is None and label is None and require_labels:
             problem = f"DICOM series in {folder} has no label.nii.gz beside it"
             if len(dirs_to_series.get(folder, [])) > 1:
                 problem += (f" that can be paired (the folder holds {len(dirs_to_series[folder])} "
@@ -149,36 +258,81 @@ def _dicom_cases(root: str, require_labels: bool) -> Tuple[List[CaseSpec], Datas
     return cases, DatasetInfo("dicom", None)
 
 
+def _manifest_rows(csv_path: str, require_labels: bool) -> List[dict]:
+    """The non-blank rows of a manifest as dicts with stripped values.
+
+    The dialect (',', ';', tab, '|') is sniffed, a UTF-8 BOM (Excel) dropped, column names
+    compared case-insensitively. Raises CaseError naming the problem and the required columns.
+    """
+    text = _read_text(csv_path, f"manifest {os.path.basename(csv_path)}")
+    sample = text[:65536]
+    try:
+        dialect = csv.Sniffer().sniff(sample.splitlines()[0] if sample.strip() else ",",
+                                      delimiters=_MANIFEST_DELIMITERS)
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(text), dialect)
+    try:
+        rows = [row for row in reader]
+    except csv.Error as exc:
+        raise CaseError(f"manifest {os.path.basename(csv_path)} is not a readable CSV file ({exc})") from None
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    required = ["image"] + (["label"] if require_labels else [])
+    if not rows:
+        raise CaseError(f"manifest {os.path.basename(csv_path)} is empty: it needs a header row with "
+                        f"the columns {', '.join(required)}")
+    columns = [c.strip().lower() for c in rows[0]]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise CaseError(f"manifest {os.path.basename(csv_path)} has no column {', '.join(missing)} "
+                        f"(found: {', '.join(c for c in columns if c) or 'none'}); required columns: "
+                        f"{', '.join(required)}, optional: modality, site")
+    return [{name: (row[i].strip() if i < len(row) else "") for i, name in enumerate(columns) if name}
+            for row in rows[1:]]
+
+
 def _manifest_cases(csv_path: str, require_labels: bool) -> Tuple[List[CaseSpec], DatasetInfo]:
     base = os.path.dirname(os.path.abspath(csv_path))
+    try:
+        rows = _manifest_rows(csv_path, require_labels)
+    except CaseError as exc:
+        return ([CaseSpec(os.path.basename(csv_path), "none", [csv_path], problem=str(exc))],
+                DatasetInfo("manifest", None, problem=str(exc)))
     cases = []
-    with open(csv_path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            image = os.path.join(base, (row.get("image") or "").strip())
-            label = (row.get("label") or "").strip()
-            label = os.path.join(base, label) if label else None
-            modality = normalise_modality(row.get("modality", ""))
-            site = (row.get("site") or "").strip()
-            if os.path.isdir(image):
-                series, rejected = dicom.scan_tree(image)
-                if len(series) != 1:
-                    found = "; ".join(dicom.describe(k) for k in series)
-                    cases.append(CaseSpec("", "none", [image], label, problem=(
-                        f"manifest image folder holds {len(series)} DICOM image stacks, expected one"
-                        + (f" ({found})" if found else ""))))
-                    continue
-                key, paths = next(iter(series.items()))
-                cases.append(CaseSpec("", "dicom", sorted(paths), label, modality, site, series_key=key))
+    for number, row in enumerate(rows, start=2):
+        image_name = row.get("image", "")
+        image = os.path.join(base, image_name)
+        label = row.get("label", "")
+        label = os.path.join(base, label) if label else None
+        modality = normalise_modality(row.get("modality", ""))
+        site = row.get("site", "")
+        where = f"manifest row {number}"
+        if not image_name:
+            cases.append(CaseSpec(f"row-{number}", "none", [label] if label else [csv_path],
+                                  problem=f"{where} has an empty image column"))
+            continue
+        label_problem = None
+        if label is None and require_labels:
+            label_problem = f"{where} has no label"
+        elif label is not None and not os.path.isfile(label):
+            label_problem = f"{where} names a missing label file {label}"
+        if os.path.isdir(image):
+            series, rejected = dicom.scan_tree(image)
+            if len(series) != 1:
+                found = "; ".join(dicom.describe(k) for k in series)
+                cases.append(CaseSpec("", "none", [image], label, problem=(
+                    f"{where}: image folder {image} holds {len(series)} DICOM image stacks, expected one"
+                    + (f" ({found})" if found else ""))))
                 continue
-            problem = None
-            if not os.path.exists(image):
-                problem = f"manifest names a missing image file {image}"
-            elif label is None and require_labels:
-                problem = "manifest row has no label"
-            elif label is not None and not os.path.exists(label):
-                problem = f"manifest names a missing label file {label}"
-            cases.append(CaseSpec(_nifti_stem(os.path.basename(image)), "nifti", [image], label,
-                                  modality, site, problem))
+            key, paths = next(iter(series.items()))
+            cases.append(CaseSpec("", "dicom", sorted(paths), label, modality, site, series_key=key,
+                                  problem=label_problem))
+            continue
+        problem = label_problem
+        if not os.path.lexists(image):
+            problem = f"{where} names a missing image file {image}"
+        cases.append(CaseSpec(_nifti_stem(os.path.basename(image)), "nifti", [image], label,
+                              modality, site, problem))
     return cases, DatasetInfo("manifest", None)
 
 
@@ -186,26 +340,53 @@ def find_cases(root: str, require_labels: bool = True) -> Tuple[List[CaseSpec], 
     """All cases below `root` (a folder, or a manifest CSV), in a stable order.
 
     Every file below the dataset folder appears in the inputs of some case: files that belong to
-    no case (stray files, sidecars, test images) become cases of kind 'none' with a reason.
+    no case (stray files, sidecars, test images) become cases of kind 'none' with a reason. A
+    broken dataset description becomes a reason on the cases, never an exception; each case
+    carries the patient identifiers found in any DICOM header of the dataset so that reports
+    can scrub them.
+    Raises:
+      FileNotFoundError: `root` does not exist.
     """
-    if os.path.isfile(root) and root.endswith(".csv"):
-        return _manifest_cases(root, require_labels)
+    if os.path.isfile(root) and root.lower().endswith(".csv"):
+        cases, info = _manifest_cases(root, require_labels)
+        _attach_identifiers(os.path.dirname(os.path.abspath(root)), cases)
+        return cases, info
     if not os.path.isdir(root):
         raise FileNotFoundError(f"dataset path {root} does not exist")
-    if os.path.exists(os.path.join(root, "dataset.json")):
+    if os.path.lexists(os.path.join(root, "dataset.json")):
         cases, info = _decathlon_cases(root, require_labels)
-    elif os.path.exists(os.path.join(root, "manifest.csv")):
+    elif os.path.lexists(os.path.join(root, "manifest.csv")):
         cases, info = _manifest_cases(os.path.join(root, "manifest.csv"), require_labels)
+    elif os.path.isdir(os.path.join(root, "imagesTr")):
+        cases, info = _decathlon_cases(root, require_labels, has_json=False)
     else:
         cases, info = _dicom_cases(root, require_labels)
-    return cases + _unclaimed_files(root, cases), info
+    cases = cases + _unclaimed_files(root, cases, info.problem)
+    _attach_identifiers(root, cases)
+    return cases, info
+
+
+def _attach_identifiers(root: str, cases: List[CaseSpec]) -> None:
+    """Sets every case's `identifiers` to those of every readable DICOM header below `root`
+    (images, SR, truncated files, anything): a folder named after a patient may hold no DICOM
+    file of its own (a label left beside a moved series), so the whole dataset's identities are
+    scrubbed from every record."""
+    found: set = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            if not name.lower().endswith((".nii", ".nii.gz", ".json", ".csv")):
+                found.update(dicom.header_identifiers(os.path.join(dirpath, name)))
+    identifiers = tuple(sorted(found))
+    for spec in cases:
+        spec.identifiers = identifiers
 
 
 # Dataset-level files that describe the dataset rather than belong to a case.
 _DATASET_FILES = ("dataset.json", "manifest.csv")
 
 
-def _unclaimed_files(root: str, cases: List[CaseSpec]) -> List[CaseSpec]:
+def _unclaimed_files(root: str, cases: List[CaseSpec], dataset_problem: str = "") -> List[CaseSpec]:
     """'none' cases for files below `root` that no case lists (so nothing goes unreported)."""
     claimed = set()
     for spec in cases:
@@ -221,7 +402,10 @@ def _unclaimed_files(root: str, cases: List[CaseSpec]) -> List[CaseSpec]:
             path = os.path.join(dirpath, name)
             if os.path.normpath(path) in claimed or (dirpath == root and name in _DATASET_FILES):
                 continue
-            extra.append(CaseSpec(name, "none", [path], problem=_unclaimed_reason(root, path)))
+            reason = _unclaimed_reason(root, path)
+            if dataset_problem:
+                reason = f"{reason}; {dataset_problem}"
+            extra.append(CaseSpec(name, "none", [path], problem=reason))
     return extra
 
 
@@ -287,48 +471,69 @@ def case_identity(spec: CaseSpec, volume: Volume, salt: str) -> Tuple[str, str]:
 
 
 def _patient_identifiers(spec: CaseSpec) -> set:
-    """Patient names/IDs/birth dates in the case's DICOM headers, to scrub from reasons."""
-    found = set()
-    for path in spec.image[:1] if spec.kind in ("dicom", "none") else []:
-        try:
-            found.update(dicom.read_file_info(path).identifiers)
-        except Exception:  # not DICOM / not an image: nothing to scrub beyond the path
-            continue
+    """Patient names/IDs/birth dates to scrub from the case's record: those found near the case
+    by find_cases, plus those in the headers of the case's own files (any DICOM object)."""
+    found = set(spec.identifiers)
+    if spec.kind in ("dicom", "none"):
+        found |= dicom.identifiers_in(spec.image)
     return found
+
+
+def _error_reason(spec: CaseSpec, exc: BaseException) -> str:
+    """A reason naming the case's file and the problem, for an error no reader turned into words."""
+    where = spec.image[0] if len(spec.image) == 1 else (os.path.dirname(spec.image[0]) if spec.image else "?")
+    return f"{where}: cannot be read: {limits.describe_error(exc)}"
 
 
 def process_case(spec: CaseSpec, salt: str, label_set: Optional[set]):
     """Reads one case. Returns (tf.Example or None, report record).
 
     The record is {"case_id", "inputs", "status": "ok"|"quarantined", "reason"}; every failure
-    (CaseError or an unexpected exception) becomes a quarantine record, never a crash. Reasons
-    and input paths never contain patient names, IDs or birth dates (folders are often named
-    after the patient): those are replaced by '<redacted>'.
+    (CaseError, or anything a decoder raises, native panics included; never Ctrl-C or exit)
+    becomes a quarantine record, never a crash. Case ids, reasons and input paths never contain
+    patient names, IDs or birth dates found in any DICOM header of the case's folder (folders are
+    often named after the patient): those are replaced by '<redacted>'.
     """
-    identifiers = _patient_identifiers(spec)
-    if spec.kind == "dicom":
-        fallback_id = _dicom_stack_id(spec, salt)
-    else:
-        fallback_id = spec.name or ("files-" + salted_hash(",".join(spec.inputs), salt, 12))
-    record = {"case_id": fallback_id, "inputs": [dicom.scrub(path, identifiers) for path in spec.inputs],
-              "status": "quarantined", "reason": ""}
+    identifiers: set = set()
+    record = {"case_id": "", "inputs": [], "status": "quarantined", "reason": ""}
     try:
+        identifiers = _patient_identifiers(spec)
+        if spec.kind == "dicom":
+            fallback_id = _dicom_stack_id(spec, salt)
+        else:
+            fallback_id = spec.name or ("files-" + salted_hash(",".join(spec.inputs), salt, 12))
+            if dicom.scrub(fallback_id, identifiers) != fallback_id:  # a file named after the patient
+                fallback_id = "files-" + salted_hash(",".join(spec.inputs), salt, 12)
+        record["case_id"] = fallback_id
+        record["inputs"] = [dicom.scrub(path, identifiers) for path in spec.inputs]
         if spec.problem:
             raise CaseError(spec.problem)
         volume = read_volume(spec)
         record["case_id"], patient_hash = case_identity(spec, volume, salt)
+        if len(volume.patient_id) >= 3:
+            identifiers.add(volume.patient_id)
         volume.array = compact_dtype(volume.array)
         label = read_label(spec.label, volume, label_set) if spec.label else None
         example = example_schema.encode_case(volume, label, record["case_id"], patient_hash, spec.kind)
     except CaseError as exc:
         record["reason"] = dicom.scrub(str(exc), identifiers)
-        return None, record
-    except Exception as exc:  # a reader bug must not take the run down with it
-        record["reason"] = dicom.scrub(f"unexpected {type(exc).__name__} while reading: {exc}",
-                                              identifiers)
-        return None, record
-    record.update(status="ok", reason="")
-    return example, record
+    except BaseException as exc:  # a reader bug or a native panic must not take the run down with it
+        if limits.is_fatal(exc):
+            raise
+        record["reason"] = dicom.scrub(_error_reason(spec, exc), identifiers)
+    else:
+        record.update(status="ok", reason="")
+        return example, _scrubbed(record, identifiers)
+    if not record["case_id"]:
+        record["case_id"] = "files-" + salted_hash(",".join(spec.inputs), salt, 12)
+    if not record["inputs"]:
+        record["inputs"] = [dicom.scrub(path, identifiers) for path in spec.inputs]
+    return None, _scrubbed(record, identifiers)
+
+
+def _scrubbed(record: dict, identifiers: set) -> dict:
+    record["case_id"] = dicom.scrub(record["case_id"], identifiers)
+    return record
 
 
 def summarise(records: List[dict]) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any, Dict, List
 
 import apache_beam as beam
@@ -16,7 +18,8 @@ from tfx import types
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.types import artifact_utils, standard_component_specs
 
-from components.image_example_gen import cases
+from components.image_example_gen import cases, pacs_source
+from modules.io import dicomweb
 
 _log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ SALT_ENV_KEY = "salt_env"
 DEFAULT_SALT_KEY = "default_salt"
 REQUIRE_LABELS_KEY = "require_labels"
 _REPORT_URI_KEY = "_report_uri"  # private: set by Do() for the Beam transform
+_PACS_CACHE_KEY = "_pacs_cache"  # private: where a PACS dataset is materialised (removed after)
 
 
 def patient_salt(exec_properties: Dict[str, Any]) -> str:
@@ -61,7 +65,10 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     del split_pattern  # the whole dataset folder is one input split; we split by patient
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     require_labels = bool(exec_properties.get(REQUIRE_LABELS_KEY, 1))
-    specs, info = cases.find_cases(input_base, require_labels=require_labels)
+    if dicomweb.is_dicomweb_url(input_base):  # a PACS: cases materialised in the cache first
+        specs, info = pacs_source.find_cases(input_base, exec_properties[_PACS_CACHE_KEY], require_labels)
+    else:
+        specs, info = cases.find_cases(input_base, require_labels=require_labels)
     _log.info("found %d candidate cases in %s (%s layout)", len(specs), input_base, info.layout)
     label_set = set(info.labels) if info.labels else None
     outputs = (pipeline
@@ -97,8 +104,13 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         examples = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.EXAMPLES_KEY])
         report_dir = os.path.join(examples.uri, _REPORT_DIR)
-        exec_properties = dict(exec_properties, **{_REPORT_URI_KEY: report_dir})
-        super().Do(input_dict, output_dict, exec_properties)
+        # The PACS cache is local: Beam's workers read its files (DirectRunner, or one machine).
+        pacs_cache = tempfile.mkdtemp(prefix="medtfx-pacs-")
+        exec_properties = dict(exec_properties, **{_REPORT_URI_KEY: report_dir, _PACS_CACHE_KEY: pacs_cache})
+        try:
+            super().Do(input_dict, output_dict, exec_properties)
+        finally:
+            shutil.rmtree(pacs_cache, ignore_errors=True)  # the examples hold the voxels now
         records = merge_report(report_dir, os.path.join(examples.uri, INVENTORY_FILE))
         _log.info("ImageExampleGen: %s; report at %s", cases.summarise(records),
                      os.path.join(examples.uri, INVENTORY_FILE))

@@ -119,14 +119,22 @@ def compact_dtype(array: np.ndarray) -> np.ndarray:
     """Store voxels in the smallest lossless dtype of {uint8, int16, float32}.
 
     Integer-valued float volumes (common in NIfTI exports) become int16 so raw bytes are halved.
-    Raises CaseError on NaN/Inf.
+    Raises CaseError on NaN/Inf, non-real voxels (complex, structured) and values beyond float32.
     """
     if array.dtype == np.uint8 or array.dtype == np.int16:
         return array
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+            or array.dtype == np.bool_):
+        raise CaseError(f"image voxels are of type {array.dtype}, not real numbers")
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         raise CaseError("image contains NaN or Inf voxels")
     if array.size == 0:
         raise CaseError("image is empty")
+    if np.issubdtype(array.dtype, np.floating) and array.dtype.itemsize > 4:
+        largest = float(np.max(np.abs(array)))
+        if largest > float(np.finfo(np.float32).max):
+            raise CaseError(f"image values up to {largest:.3g} do not fit 32-bit floats (largest "
+                            f"{float(np.finfo(np.float32).max):.3g}); they would become infinite")
     lo, hi = float(array.min()), float(array.max())
     integral = np.issubdtype(array.dtype, np.integer) or bool(np.all(np.mod(array, 1) == 0))
     if integral and lo >= -32768 and hi <= 32767:

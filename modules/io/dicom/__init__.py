@@ -25,24 +25,26 @@ tensorflow-io (DCMTK) as the last resort for pixel data pydicom cannot decode.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Iterable, List, Optional, Tuple
 
-from modules.io.dicom.files import (FileInfo, clear_cache, file_info_from_dataset, non_image_reason,
-                                    read_file_info, read_header)
+from modules.io.dicom.files import (FileInfo, clear_cache, file_info_from_dataset, header_identifiers,
+                                    identifiers_in, non_image_reason, read_file_info, read_header)
 from modules.io.dicom.frames import Frame
 from modules.io.dicom.geometry import (LPS_TO_RAS, ORIENTATION_TOLERANCE, POSITION_TOLERANCE_MM,
                                        SLICE_GAP_TOLERANCE, TILT_TOLERANCE, Layout, slice_normal,
                                        stack_layout)
 from modules.io.dicom.pixels import _fill_pixels, decode_pixels
-from modules.io.dicom.stacks import (SKIPPED_SUFFIXES, SeriesKey, describe, list_files, list_stacks,
+from modules.io.dicom.stacks import (SKIPPED_SUFFIXES, SeriesKey, broken_members, describe, list_files, list_stacks,
                                      scan_files, scan_tree, select_stack)
+from modules.io import limits
 from modules.io.volume import CaseError, Volume, to_canonical
 
 __all__ = [
     "FileInfo", "Frame", "Layout", "SeriesKey", "LPS_TO_RAS", "ORIENTATION_TOLERANCE",
     "POSITION_TOLERANCE_MM", "SLICE_GAP_TOLERANCE", "SKIPPED_SUFFIXES", "TILT_TOLERANCE",
-    "clear_cache", "decode_pixels", "describe", "file_info_from_dataset", "list_files", "list_stacks",
+    "broken_members", "check_duplicates", "clear_cache", "decode_pixels", "header_identifiers", "identifiers_in", "describe", "file_info_from_dataset", "list_files", "list_stacks",
     "non_image_reason", "read_file_info", "read_header", "read_series", "read_stack", "scan_files",
     "scan_tree", "scrub", "select_stack", "slice_normal", "stack_layout",
 ]
@@ -54,6 +56,39 @@ def scrub(text: str, identifiers: Iterable[str]) -> str:
         if value:
             text = text.replace(value, "<redacted>")
     return text
+
+
+def check_duplicates(paths: List[str], infos: dict, where: str) -> None:
+    """Refuses a stack holding the same image twice: files sharing a SOPInstanceUID, or
+    byte-identical files (a copied series would otherwise pass as the volumes of a 4D series).
+
+    Raises:
+      CaseError: naming the first two files that are copies of each other and how many there are.
+    """
+    by_uid: dict = {}
+    by_size: dict = {}
+    for path in paths:
+        uid = infos[path].meta.get("sop_uid", "")
+        if uid:
+            by_uid.setdefault(uid, []).append(path)
+        else:
+            by_size.setdefault(os.path.getsize(path), []).append(path)
+    copies = [group for group in by_uid.values() if len(group) > 1]
+    if copies:
+        raise CaseError(f"{where}: {sum(len(g) for g in copies)} files are copies of the same images "
+                        f"(duplicate SOPInstanceUID), e.g. {copies[0][0]} and {copies[0][1]}; "
+                        "remove the duplicates")
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        digests: dict = {}
+        for path in group:
+            with open(path, "rb") as fh:
+                digest = hashlib.sha256(fh.read()).hexdigest()
+            if digest in digests:
+                raise CaseError(f"{where}: {digests[digest]} and {path} are byte-identical copies; "
+                                "remove the duplicates")
+            digests[digest] = path
 
 
 def read_stack(paths: List[str], key: Optional[tuple] = None,
@@ -77,6 +112,7 @@ def read_stack(paths: List[str], key: Optional[tuple] = None,
     where = os.path.dirname(paths[0]) if paths else "?"
     stacks, rejected, infos = scan_files(list(paths))
     identifiers = {v for info in infos.values() for v in info.identifiers}
+    identifiers |= identifiers_in(path for path, _ in rejected)
     try:
         if rejected:
             raise CaseError(rejected[0][1])
@@ -92,6 +128,7 @@ def read_stack(paths: List[str], key: Optional[tuple] = None,
                             + "; ".join(describe(k) for k in stacks) + "); pick one")
         frames = stacks[chosen]
         first_info = infos[frames[0].path]
+        check_duplicates(sorted({f.path for f in frames}), infos, where)
         layout = stack_layout(frames, where, first_info.meta.get("gantry_tilt", 0.0))
         n_volumes = layout.shape[3]
         if n_volumes > 1 and not allow_4d:
@@ -100,6 +137,11 @@ def read_stack(paths: List[str], key: Optional[tuple] = None,
         array = _fill_pixels(layout, infos)
     except CaseError as exc:
         raise CaseError(scrub(str(exc), identifiers)) from None
+    except BaseException as exc:  # decoders of hostile bytes raise anything, native panics included
+        if limits.is_fatal(exc):
+            raise
+        raise CaseError(scrub(f"{where}: the series cannot be read: {limits.describe_error(exc)}",
+                              identifiers)) from None
     if n_volumes == 1:
         array = array[..., 0]
     array, affine = to_canonical(array, LPS_TO_RAS @ layout.affine_lps)

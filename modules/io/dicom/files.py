@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import gzip
 import io
 import os
 import threading
-from typing import List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
+from modules.io import limits
 from modules.io.dicom import header
 from modules.io.dicom.frames import Frame, _classic_frames, _enhanced_frames, _int, _num, _sop_name
 from modules.io.volume import CaseError
@@ -28,7 +28,13 @@ _IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4",
                        "1.2.840.10008.5.1.4.1.1.130", "1.2.840.10008.5.1.4.1.1.7")
 _NOT_IMAGE_SOPS = ("1.2.840.10008.5.1.4.1.1.4.2",)  # MR spectroscopy (shares the MR prefix)
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
-_GZIP_MAGIC = b"\x1f\x8b"
+# Transfer syntaxes whose pixel data is stored raw, so its length follows from the header.
+NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
+                   "1.2.840.10008.1.2.1.99")
+# Patient identity tags, gathered from every readable header only to scrub them from messages.
+IDENTITY_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs")
+# Enough of a file to hold its header (pixel data comes last).
+_HEADER_BYTES = 1 << 20
 
 
 @dataclasses.dataclass
@@ -52,15 +58,9 @@ class FileInfo:
 
 
 def _read_bytes(path: str) -> Tuple[bytes, bool]:
-    """(content, was_gzipped): .dcm.gz (any gzip stream) is decompressed in memory."""
-    with open(path, "rb") as fh:
-        data = fh.read()
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            return gzip.decompress(data), True
-        except (OSError, EOFError) as exc:
-            raise CaseError(f"{path}: corrupt gzip file ({exc})") from exc
-    return data, False
+    """(content, was_gzipped) of a regular file within the byte limit; .dcm.gz (any gzip stream)
+    is decompressed with its CRC checked. Raises CaseError otherwise (see modules.io.limits)."""
+    return limits.read_file(path)
 
 
 def _dcmread(data: bytes, path: str, header_only: bool):
@@ -73,16 +73,28 @@ def _dcmread(data: bytes, path: str, header_only: bool):
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only)
     except InvalidDicomError:
         pass
-    except Exception as exc:
-        raise CaseError(f"{path}: not a DICOM file or corrupt header ({type(exc).__name__})") from exc
+    except BaseException as exc:  # parsers of hostile bytes raise anything, native panics included
+        if limits.is_fatal(exc):
+            raise
+        raise CaseError(f"{path}: not a DICOM file or corrupt header ({limits.describe_error(exc)})") from None
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only, force=True)
-        sop = str(ds.get("SOPClassUID", "") or "")
-    except Exception:
+        # Judge the first MB only: a forced parse of a large non-DICOM file (zeros parse as
+        # endless empty elements) would take minutes.
+        probe = pydicom.dcmread(io.BytesIO(data[:_HEADER_BYTES]), stop_before_pixels=True, force=True,
+                                specific_tags=["SOPClassUID"])
+        sop = str(probe.get("SOPClassUID", "") or "")
+    except BaseException as exc:
+        if limits.is_fatal(exc):
+            raise
         sop = ""
     if not sop or not all(ch.isdigit() or ch == "." for ch in sop):
         raise CaseError(f"{path}: not a DICOM file")
-    return ds
+    try:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only, force=True)
+    except BaseException as exc:
+        if limits.is_fatal(exc):
+            raise
+        raise CaseError(f"{path}: corrupt DICOM header ({limits.describe_error(exc)})") from None
 
 
 def read_header(path: str):
@@ -93,12 +105,74 @@ def read_header(path: str):
 
 def _identifiers(ds) -> Tuple[str, ...]:
     out = []
-    for tag in ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs"):
-        value = str(ds.get(tag, "") or "").strip()
+    for tag in IDENTITY_TAGS:
+        try:
+            value = str(ds.get(tag, "") or "").strip()
+        except Exception:  # a damaged value must not stop the scrubbing of the others
+            continue
         if len(value) >= 3:
             out.append(value)
-            out.extend(v for v in value.replace("^", " ").split() if len(v) >= 3)
+            out.extend(v for v in value.replace("^", " ").replace("\\", " ").split() if len(v) >= 3)
     return tuple(dict.fromkeys(out))
+
+
+def header_identifiers(path: str) -> Tuple[str, ...]:
+    """Patient names, IDs and birth dates in the header of any DICOM object at `path` (images,
+    SR, truncated files, anything whose header parses), for scrubbing; () when none can be read.
+    Never raises except for Ctrl-C / exit."""
+    hit = _cache_get(path)
+    if hit is not None:
+        return hit.identifiers
+    ds = _tolerant_header(path, list(IDENTITY_TAGS))
+    return _identifiers(ds) if ds is not None else ()
+
+
+def header_series_uid(path: str) -> str:
+    """SeriesInstanceUID in the header of any DICOM object at `path` (truncated, corrupt pixels,
+    ...), '' when none can be read. Never raises except for Ctrl-C / exit."""
+    ds = _tolerant_header(path, ["SeriesInstanceUID"])
+    try:
+        return str(ds.get("SeriesInstanceUID", "") or "") if ds is not None else ""
+    except Exception:
+        return ""
+
+
+def _tolerant_header(path: str, tags: List[str]):
+    """The header (fast reader or pydicom, `tags` at least) of the first MB of `path`, or None."""
+    try:
+        limits.check_regular_file(path)
+        with open(path, "rb") as fh:
+            data = fh.read(_HEADER_BYTES)
+        if data[:2] == b"\x1f\x8b":
+            data = _gunzip_head(data, path)
+        fast = header.parse(data)
+        if fast is not None:
+            return fast
+        import pydicom
+
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=tags)
+    except BaseException as exc:
+        if limits.is_fatal(exc):
+            raise
+        return None
+
+
+def _gunzip_head(data: bytes, path: str) -> bytes:
+    """The first _HEADER_BYTES decompressed bytes of a gzip file (for its header only)."""
+    import zlib
+
+    with open(path, "rb") as fh:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out = inflater.decompress(fh.read(_HEADER_BYTES), _HEADER_BYTES)
+    return out
+
+
+def identifiers_in(paths: Iterable[str]) -> set:
+    """Every patient identifier in the readable DICOM headers among `paths` (see header_identifiers)."""
+    found = set()
+    for path in paths:
+        found.update(header_identifiers(path))
+    return found
 
 
 def non_image_reason(ds, path: str) -> Optional[str]:
@@ -110,6 +184,9 @@ def non_image_reason(ds, path: str) -> Optional[str]:
     if sop.startswith(_NOT_IMAGE_SOPS) or (sop and not sop.startswith(_IMAGE_SOP_PREFIXES)):
         return f"DICOM object is not an image volume: {_sop_name(sop)}"
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        if sop.startswith(_IMAGE_SOP_PREFIXES):
+            return (f"{_sop_name(sop)} header without pixel data: the file is truncated or its "
+                    "pixel data element is missing")
         return f"DICOM object without pixel data: {_sop_name(sop)}"
     return None
 
@@ -120,6 +197,7 @@ def _meta(ds) -> dict:
             "series_uid": str(ds.get("SeriesInstanceUID", "") or ""),
             "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
             "sop_class": str(ds.get("SOPClassUID", "") or ""),
+            "sop_uid": str(ds.get("SOPInstanceUID", "") or ""),
             "gantry_tilt": _num(ds.get("GantryDetectorTilt", 0), 0.0)}
 
 
@@ -155,6 +233,16 @@ def _stat_key(path: str) -> tuple:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+def _cache_get(path: str) -> Optional[FileInfo]:
+    try:
+        stamp = _stat_key(path)
+    except OSError:
+        return None
+    with _cache_lock:
+        hit = _cache.get(path)
+    return hit[1] if hit is not None and hit[0] == stamp else None
+
+
 def read_file_info(path: str) -> FileInfo:
     """Frames and pixel location of one file; CaseError for non-DICOM and non-image files.
 
@@ -179,10 +267,67 @@ def _read_file_info(path: str) -> FileInfo:
     data, gzipped = _read_bytes(path)
     fast = None if gzipped else header.parse(data)
     if fast is not None and not fast.needs_pydicom:
+        ds = fast
         info = file_info_from_dataset(fast, path)
+        syntax, pixel_length = fast.transfer_syntax, fast.pixel_length
     else:
-        info = file_info_from_dataset(_dcmread(data, path, header_only=False), path)
+        ds = _dcmread(data, path, header_only=False)
+        info = file_info_from_dataset(ds, path)
+        syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+        pixel_length = len(ds.PixelData) if "PixelData" in ds and ds.PixelData is not None else None
+    _check_pixel_size(ds, info, syntax, pixel_length, path)
     if fast is not None and fast.pixel_dtype and info.frames and info.frames[0].tile < 0:
         # Uncompressed native pixels: read them straight from the file later.
         info.pixel_offset, info.pixel_dtype = fast.pixel_offset, fast.pixel_dtype
     return info
+
+
+def expected_pixel_bytes(ds) -> Optional[int]:
+    """Bytes of raw (native) pixel data that Rows x Columns x frames x samples x BitsAllocated
+    imply, or None when the header does not say."""
+    rows, cols = _int(ds.get("Rows", 0)), _int(ds.get("Columns", 0))
+    frames = max(_int(ds.get("NumberOfFrames", 1), 1), 1)
+    samples = max(_int(ds.get("SamplesPerPixel", 1), 1), 1)
+    bits = _int(ds.get("BitsAllocated", 0))
+    if rows <= 0 or cols <= 0 or bits <= 0:
+        return None
+    total_bits = rows * cols * frames * samples * bits
+    return (total_bits + 7) // 8
+
+
+def _zero_padding(ds, path: str, expected: int, length: int) -> bool:
+    """True when native pixel data longer than the header implies only carries trailing zero
+    bytes shorter than one frame (writers pad that way; pydicom drops them too). Longer or
+    non-zero excess means the header misdescribes the data (wrong BitsAllocated, Rows, ...)."""
+    frame_bytes = expected // max(_int(ds.get("NumberOfFrames", 1), 1), 1)
+    if not expected < length < expected + frame_bytes:
+        return False
+    if isinstance(ds, header.Header):
+        with open(path, "rb") as fh:
+            fh.seek(ds.pixel_offset + expected)
+            tail = fh.read(length - expected)
+    else:
+        tail = bytes(ds.PixelData[expected:])
+    return not tail.strip(b"\x00")
+
+
+def _check_pixel_size(ds, info: FileInfo, syntax: str, pixel_length: Optional[int], path: str) -> None:
+    """Refuses, before any pixel is decoded, files whose declared size is absurd and native pixel
+    data whose length differs from what the header implies (truncated files, wrong
+    BitsAllocated/Rows/Columns): such data would otherwise be padded or misread silently."""
+    if not info.frames or any(f.problem for f in info.frames):
+        return  # refused later with the frame's own reason
+    rows, cols = _int(ds.get("Rows", 0)), _int(ds.get("Columns", 0))
+    frames = max(_int(ds.get("NumberOfFrames", 1), 1), 1)
+    bits = _int(ds.get("BitsAllocated", 16), 16)
+    limits.check_size(f"{path}: pixel data", (frames, rows, cols), max(bits // 8, 1))
+    if syntax not in NATIVE_SYNTAXES or pixel_length is None or "PixelData" not in ds:
+        return
+    expected = expected_pixel_bytes(ds)
+    if expected is None:
+        return
+    if pixel_length != expected and not _zero_padding(ds, info.path, expected, pixel_length):
+        problem = "the file is truncated" if pixel_length < expected else "BitsAllocated, Rows or Columns is wrong"
+        raise CaseError(f"{path}: pixel data is {pixel_length} bytes but Rows x Columns x frames x "
+                        f"BitsAllocated ({rows} x {cols} x {frames} x {bits} bits) implies {expected}: "
+                        f"{problem}")

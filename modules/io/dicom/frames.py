@@ -72,12 +72,49 @@ def _sop_name(sop: str) -> str:
     return f"{name} ({sop})" if name and name != sop else f"SOP class {sop or 'missing'}"
 
 
+# Direction cosines must have unit length and be orthogonal within this (scanners write ~6 decimals).
+UNIT_TOLERANCE = 1e-3
+# Rescale values beyond this are not physical (HU, SUV, MR signal): refused, not overflowed.
+RESCALE_LIMIT = 1e9
+
+
 def _common_problem(ds) -> Optional[str]:
     if _int(ds.get("SamplesPerPixel", 1), 1) != 1:
         return (f"colour image ({ds.get('PhotometricInterpretation', '')}, "
                 f"{ds.get('SamplesPerPixel')} samples per pixel): not a grayscale cross-sectional slice")
     if "Rows" not in ds or "Columns" not in ds:
         return "image without Rows/Columns"
+    rows, cols = _int(ds.get("Rows", 0)), _int(ds.get("Columns", 0))
+    if rows <= 0 or cols <= 0:
+        return f"image has Rows={ds.get('Rows')} and Columns={ds.get('Columns')}: both must be positive"
+    for name in ("RescaleSlope", "RescaleIntercept"):
+        try:
+            value = float(ds.get(name, 0) or 0)
+        except (TypeError, ValueError):
+            continue  # unreadable: the default applies, as for a missing tag
+        if not math.isfinite(value) or abs(value) > RESCALE_LIMIT:
+            return f"{name} {ds.get(name)} is not a plausible rescale value (limit {RESCALE_LIMIT:g})"
+    return None
+
+
+def geometry_problem(iop: Optional[np.ndarray], spacing: Optional[np.ndarray]) -> Optional[str]:
+    """Why an ImageOrientationPatient (6,) / PixelSpacing (2,) pair cannot place a slice, or None:
+    spacing must be positive, direction cosines unit length and orthogonal (else the affine would
+    be scaled, sheared or mirrored silently)."""
+    if spacing is not None and not np.all(spacing > 0):
+        shown = "\\".join(f"{v:g}" for v in spacing)
+        return (f"PixelSpacing {shown} is not positive: "
+                "the voxel size must be greater than 0 mm")
+    if iop is not None:
+        row, col = iop[:3], iop[3:]
+        norms = (float(np.linalg.norm(row)), float(np.linalg.norm(col)))
+        if max(abs(n - 1.0) for n in norms) > UNIT_TOLERANCE:
+            return (f"ImageOrientationPatient direction cosines have lengths {norms[0]:.4f} and "
+                    f"{norms[1]:.4f}, not 1")
+        dot = float(np.dot(row, col))
+        if abs(dot) > UNIT_TOLERANCE:
+            return (f"ImageOrientationPatient row and column directions are not orthogonal "
+                    f"(angle {math.degrees(math.acos(max(-1.0, min(1.0, dot)))):.2f} degrees)")
     return None
 
 
@@ -110,6 +147,8 @@ def _classic_frames(ds, path: str) -> List[Frame]:
                                   ("PixelSpacing", spacing)) if v is None]
         problem = (f"{_sop_name(str(ds.get('SOPClassUID', '')))} has no patient geometry "
                    f"({', '.join(missing)}): not a slice of a volume")
+    if problem is None:
+        problem = geometry_problem(iop, spacing)
     n_frames = _int(ds.get("NumberOfFrames", 1), 1)
     if problem is None and n_frames > 1:
         problem = f"multi-frame image ({n_frames} frames) without per-frame geometry"
@@ -216,6 +255,10 @@ def _enhanced_frames(ds, path: str) -> List[Frame]:
         if frame_problem is None and (ipp is None or iop is None or spacing is None):
             frame_problem = (f"enhanced image frame {i + 1} has no plane position, orientation or "
                              "pixel spacing")
+        if frame_problem is None:
+            frame_problem = geometry_problem(iop, spacing)
+            if frame_problem:
+                frame_problem = f"enhanced image frame {i + 1}: {frame_problem}"
         source = transform if transform is not None else ds
         echo_label = ""
         if echo is not None and "EffectiveEchoTime" in echo:

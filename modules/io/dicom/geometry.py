@@ -15,6 +15,7 @@ from typing import Iterable, List, Tuple
 
 import numpy as np
 
+from modules.io import limits
 from modules.io.dicom.frames import Frame
 from modules.io.volume import CaseError
 
@@ -96,6 +97,16 @@ def stack_layout(frames: List[Frame], where: str, gantry_tilt: float = 0.0) -> L
         angle = math.degrees(math.atan2(np.linalg.norm(drift), height))
         raise CaseError(f"{where}: gantry tilt: slices are sheared by {angle:.2f} degrees "
                         f"(GantryDetectorTilt {gantry_tilt:g}); refused rather than resampled")
+    # Every slice, not just the ends: one slice shifted in-plane leaves first and last aligned.
+    along = slice_distance - slice_distance[0]
+    line = stack_positions[0] + np.outer(along, normal) + np.outer(along / height, drift)
+    offsets = np.linalg.norm(stack_positions - line, axis=1)
+    worst = int(np.argmax(offsets))
+    off_line_tolerance = max(POSITION_TOLERANCE_MM, 0.1 * min(first.pixel_spacing))
+    if offsets[worst] > off_line_tolerance:
+        raise CaseError(f"{where}: slice {worst + 1} of {len(slices)} ({grid[worst][0].path}) is "
+                        f"{offsets[worst]:.2f} mm off the line of the other slice positions "
+                        "(ImagePositionPatient not collinear)")
     gaps = np.diff(slice_distance)
     step = height / (len(slices) - 1)
     median = float(np.median(gaps))
@@ -110,6 +121,7 @@ def stack_layout(frames: List[Frame], where: str, gantry_tilt: float = 0.0) -> L
                     or abs(frame.pixel_spacing[0] - first.pixel_spacing[0]) > 1e-4
                     or abs(frame.pixel_spacing[1] - first.pixel_spacing[1]) > 1e-4):
                 raise CaseError(f"{where}: slices have different orientation or pixel spacing")
+    limits.check_size(f"{where}: series", (first.cols, first.rows, len(slices), n_volumes), 4)
     row_spacing, col_spacing = first.pixel_spacing
     origin = grid[0][0]
     affine = np.eye(4)

@@ -22,6 +22,7 @@ TAGS: Dict[int, tuple] = {
     0x00080005: ("SpecificCharacterSet", "CS"),
     0x00080008: ("ImageType", "CS"),
     0x00080016: ("SOPClassUID", "UI"),
+    0x00080018: ("SOPInstanceUID", "UI"),
     0x00080060: ("Modality", "CS"),
     0x00080070: ("Manufacturer", "LO"),
     0x00100010: ("PatientName", "PN"),

@@ -15,24 +15,35 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from modules.io.dicom.files import FileInfo, _dcmread, _read_bytes
+from modules.io import limits
+from modules.io.dicom.files import NATIVE_SYNTAXES, FileInfo, _dcmread, _read_bytes
 from modules.io.dicom.frames import Frame, _int
 from modules.io.dicom.geometry import Layout
 from modules.io.volume import CaseError
 
 
-def _decode_with_tfio(ds, path: str, cause: Exception) -> np.ndarray:
+def _decode_with_tfio(ds, path: str, cause: BaseException) -> np.ndarray:
     """(F, R, C) stored values via tensorflow-io's DCMTK decoder, for pixel data pydicom cannot
     decode. DCMTK renders through the modality LUT, so that is stripped first; its output is
-    then offset so the smallest storable value is 0, which we undo for signed data."""
+    then offset so the smallest storable value is 0, which we undo for signed data.
+
+    Only encapsulated (compressed) pixel data reaches DCMTK, and its output must have exactly the
+    frames, rows and columns the header declares: DCMTK pads short data and reinterprets
+    mislabelled data, which would give a volume that looks valid but is wrong.
+    """
+    reason = limits.describe_error(cause)
     try:
         import tensorflow as tf
         import tensorflow_io as tfio
     except Exception as exc:  # pragma: no cover - tfio is a dependency
-        raise CaseError(f"{path}: pixel data cannot be decoded ({type(cause).__name__}: {cause}); "
-                        f"tensorflow-io unavailable ({exc})") from cause
+        raise CaseError(f"{path}: pixel data cannot be decoded ({reason}); "
+                        f"tensorflow-io unavailable ({exc})") from None
     if str(ds.get("PhotometricInterpretation", "")) != "MONOCHROME2" or _int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise CaseError(f"{path}: pixel data cannot be decoded ({type(cause).__name__}: {cause})") from cause
+        raise CaseError(f"{path}: pixel data cannot be decoded ({reason})") from None
+    rows, cols = _int(ds.get("Rows", 0)), _int(ds.get("Columns", 0))
+    n_frames = max(_int(ds.get("NumberOfFrames", 1), 1), 1)
+    # DCMTK's uint32 output plus the int64 copy below: 12 bytes per voxel.
+    limits.check_size(f"{path}: pixel data", (n_frames, rows, cols), 12)
     clean = ds.copy()
     for tag in ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "WindowCenter",
                 "WindowWidth", "VOILUTSequence", "VOILUTFunction", "PresentationLUTShape"):
@@ -43,21 +54,52 @@ def _decode_with_tfio(ds, path: str, cause: Exception) -> np.ndarray:
         clean.save_as(buffer, enforce_file_format=False)
         decoded = tfio.image.decode_dicom_image(tf.constant(buffer.getvalue()), dtype=tf.uint32,
                                                 on_error="strict").numpy()
-    except Exception as exc:
-        raise CaseError(f"{path}: pixel data cannot be decoded by pydicom ({type(cause).__name__}: "
-                        f"{cause}) nor DCMTK ({type(exc).__name__})") from cause
+    except BaseException as exc:
+        if limits.is_fatal(exc):
+            raise
+        raise CaseError(f"{path}: pixel data cannot be decoded by pydicom ({reason}) "
+                        f"nor DCMTK ({type(exc).__name__})") from None
+    if decoded.shape[:3] != (n_frames, rows, cols):
+        raise CaseError(f"{path}: pixel data cannot be decoded by pydicom ({reason}); DCMTK returned "
+                        f"{'x'.join(map(str, decoded.shape[:3]))} values for the declared "
+                        f"{n_frames}x{rows}x{cols}, so its result is not used")
     values = decoded[..., 0].astype(np.int64)
     if _int(ds.get("PixelRepresentation", 0)) == 1:
         values -= 1 << (_int(ds.get("BitsStored", 16), 16) - 1)
     return values.astype(np.int32 if values.min() < 0 or values.max() > 65535 else np.uint16)
 
 
+def _encapsulated(ds) -> bool:
+    """True when the pixel data is compressed (a sequence of fragments), not stored raw."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if syntax in NATIVE_SYNTAXES:
+        return False
+    try:
+        data = ds.PixelData
+    except Exception:
+        return False
+    return bool(data) and data[:4] == b"\xfe\xff\x00\xe0"
+
+
 def decode_pixels(ds, path: str) -> np.ndarray:
     """(F, R, C) stored pixel values of a dataset: pydicom (with pylibjpeg, pyjpegls plugins),
-    else tensorflow-io (DCMTK)."""
+    else, for compressed data only, tensorflow-io (DCMTK).
+
+    Raises:
+      CaseError: neither decoder gives exactly the declared frames (corrupt fragments, truncated
+        or mislabelled data). Native panics of a decoder are caught here too.
+    """
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if syntax and syntax not in NATIVE_SYNTAXES and "PixelData" in ds and not _encapsulated(ds):
+        raise CaseError(f"{path}: the TransferSyntaxUID {syntax} says the pixel data is compressed, but "
+                        "it is stored raw: the header does not describe the data")
     try:
         pixels = ds.pixel_array
-    except Exception as exc:
+    except BaseException as exc:  # pydicom's Rust decoders panic (a BaseException) on corrupt data
+        if limits.is_fatal(exc):
+            raise
+        if type(exc).__name__ == "PanicException" or not _encapsulated(ds):
+            raise CaseError(f"{path}: pixel data cannot be decoded ({limits.describe_error(exc)})") from None
         pixels = _decode_with_tfio(ds, path, exc)
     pixels = np.asarray(pixels)
     if pixels.ndim == 2:
@@ -66,7 +108,11 @@ def decode_pixels(ds, path: str) -> np.ndarray:
 
 
 def _raw_pixels(info: FileInfo, count: int) -> Optional[np.ndarray]:
-    """Pixels read straight from an uncompressed file, or None when that is not possible."""
+    """Pixels read straight from an uncompressed file, or None when that is not possible.
+
+    Raises:
+      CaseError: the file holds fewer bytes than the header declared (changed since it was listed).
+    """
     if info.pixel_offset is None or not info.pixel_dtype:
         return None
     dtype = np.dtype(info.pixel_dtype)
@@ -77,7 +123,8 @@ def _raw_pixels(info: FileInfo, count: int) -> Optional[np.ndarray]:
     except OSError:
         return None
     if len(raw) < count * dtype.itemsize:
-        return None
+        raise CaseError(f"{info.path}: pixel data is {len(raw)} bytes, the header implies "
+                        f"{count * dtype.itemsize}: the file is truncated")
     return np.frombuffer(raw, dtype=dtype)
 
 
@@ -94,8 +141,10 @@ def _file_pixels(info: FileInfo) -> np.ndarray:
         pixels = decode_pixels(ds, info.path)
     except CaseError:
         raise
-    except Exception as exc:
-        raise CaseError(f"{info.path}: pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    except BaseException as exc:
+        if limits.is_fatal(exc):
+            raise
+        raise CaseError(f"{info.path}: pixel data cannot be decoded ({limits.describe_error(exc)})") from None
     if frame.tile >= 0:
         return _cut_mosaic(pixels[0], len(info.frames), frame.rows, frame.cols, info.path)
     return pixels
@@ -115,7 +164,11 @@ def _output_dtype(frames: List[Frame], raw_dtypes: set) -> np.dtype:
     if all(f.slope == 1.0 and f.intercept == 0.0 for f in frames) and len(raw_dtypes) == 1:
         return np.dtype(next(iter(raw_dtypes))).newbyteorder("=")
     if all(float(f.slope).is_integer() and float(f.intercept).is_integer() for f in frames):
-        return np.dtype(np.int32)
+        # int32 only when no stored value can overflow it (numpy wraps integers silently).
+        stored_max = max(float(np.iinfo(np.dtype(d)).max) if np.dtype(d).kind in "iu" else 2.0 ** 32
+                         for d in raw_dtypes) if raw_dtypes else 2.0 ** 32
+        bound = max(abs(f.slope) for f in frames) * stored_max + max(abs(f.intercept) for f in frames)
+        return np.dtype(np.int32 if bound < 2 ** 31 else np.int64)
     return np.dtype(np.float32)
 
 
@@ -143,6 +196,7 @@ def _fill_pixels(layout: Layout, infos: Dict[str, FileInfo]) -> np.ndarray:
         pixels[path] = _file_pixels(infos[path])
     frames = [f for row in layout.grid for f in row]
     dtype = _output_dtype(frames, {p.dtype.str for p in pixels.values()})
+    limits.check_size(f"{layout.grid[0][0].path}: series", (n_t, n_z, n_y, n_x), dtype.itemsize)
     out = np.empty((n_t, n_z, n_y, n_x), dtype=dtype)
     for path, items in wanted.items():
         stored = pixels[path]
@@ -153,8 +207,8 @@ def _fill_pixels(layout: Layout, infos: Dict[str, FileInfo]) -> np.ndarray:
                                 f"of {n_y}x{n_x}")
             plane = stored[index]
             if frame.slope != 1.0 or frame.intercept != 0.0:
-                if dtype == np.int32:
-                    plane = plane.astype(np.int32) * int(frame.slope) + int(frame.intercept)
+                if dtype.kind == "i":
+                    plane = plane.astype(dtype) * int(frame.slope) + int(frame.intercept)
                 else:
                     plane = plane.astype(np.float32) * np.float32(frame.slope) + np.float32(frame.intercept)
             out[t, z] = plane

@@ -14,7 +14,8 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from modules.io.dicom.files import FileInfo, read_file_info
+from modules.io import limits
+from modules.io.dicom.files import FileInfo, header_series_uid, read_file_info
 from modules.io.dicom.frames import Frame
 from modules.io.dicom.geometry import ORIENTATION_TOLERANCE
 from modules.io.volume import CaseError
@@ -92,6 +93,10 @@ def scan_files(paths: Sequence[str]) -> Tuple[Dict[SeriesKey, List[Frame]], List
             rejected.append((path, str(exc)))
         except OSError as exc:
             rejected.append((path, f"{path}: unreadable ({exc.strerror or exc})"))
+        except BaseException as exc:  # one hostile file must not stop the listing of the others
+            if limits.is_fatal(exc):
+                raise
+            rejected.append((path, f"{path}: cannot be read: {limits.describe_error(exc)}"))
     stacks = _group_frames(f for info in infos.values() for f in info.frames)
     return stacks, rejected, infos
 
@@ -153,4 +158,19 @@ def select_stack(stacks: Sequence[Tuple[SeriesKey, List[str]]], series: Optional
     if not 1 <= index <= len(stacks):
         raise CaseError(f"{source}: --series {index} is out of range: the folder holds "
                         f"{len(stacks)} image stack(s)")
+    problem = broken_members(stacks[index - 1][0], rejected)
+    if problem:
+        raise CaseError(problem)
     return stacks[index - 1]
+
+
+def broken_members(key: SeriesKey, rejected: Sequence[Tuple[str, str]]) -> Optional[str]:
+    """Why a stack is incomplete: a rejected file (truncated, corrupt) whose header still names
+    the stack's SeriesInstanceUID; without it the rest would read as a valid, shorter volume.
+    None when no rejected file belongs to the series."""
+    if not key.series_uid:
+        return None
+    for path, reason in rejected:
+        if header_series_uid(path) == key.series_uid:
+            return f"a file of this series cannot be read, so the volume would be incomplete: {reason}"
+    return None

@@ -505,3 +505,97 @@ def predict_inputs(model, inputs: Sequence[str], output_dir: str, modality: str 
     with open(os.path.join(output_dir, REPORT_FILE), "w") as fh:
         json.dump({"results": records}, fh, indent=1)
     return records
+
+
+# --------------------------------------------------------------------------------------------
+# A study in a PACS (DICOMweb)
+# --------------------------------------------------------------------------------------------
+
+def _series_locator(study_uid: str, series_uid: str) -> str:
+    return f"studies/{study_uid}/series/{series_uid}"
+
+
+def predict_study(model, client, study_uid: str, output_dir: str, store: bool = False,
+                  max_voxels: int = DEFAULT_MAX_VOXELS, num_classes: Optional[int] = None,
+                  log: Callable[[str], None] = print) -> List[dict]:
+    """Segments every image series of a PACS study, as `predict` does a DICOM folder.
+
+    Finds the study's series with QIDO-RS (`client`: modules.io.dicomweb.DicomWebClient),
+    retrieves each image series with WADO-RS in its stored transfer syntax into a temporary
+    folder, and runs :func:`predict_one` on that folder: <output_dir>/<SeriesInstanceUID>.nii.gz
+    on the series' own grid plus <SeriesInstanceUID>.seg.dcm. With `store`, each SEG is stored
+    into the same study with STOW-RS; without it nothing is written to the PACS.
+
+    Returns one record per series, also written to <output_dir>/predict_report.json: status
+    'ok'; 'skipped' for series the model cannot take (non-image objects such as SEG or SR, a
+    modality the model refuses, not a 3D volume) with the reason; 'failed' for transfer or
+    unexpected errors. Records name series by UID only (no patient attributes). A failure in
+    one series never stops the others. Raises DicomWebError only when the study cannot be
+    searched at all.
+    """
+    import tempfile
+
+    import grpc
+
+    from modules.io.dicomweb import DicomWebError
+
+    os.makedirs(output_dir, exist_ok=True)
+    if num_classes is None and hasattr(model, "num_classes"):
+        try:
+            num_classes = model.num_classes()
+        except Exception:  # metadata is a convenience: fall back to the masks' labels
+            num_classes = None
+    series = client.search_series(study_uid)
+    if not series:
+        log(f"study {study_uid}: no series found")
+    records = []
+    with tempfile.TemporaryDirectory(prefix="medtfx-study-") as scratch:
+        for info in series:
+            locator = _series_locator(study_uid, info.series_uid)
+            record = {"input": locator, "series_uid": info.series_uid, "modality": info.modality}
+            if not info.is_image:
+                record.update(status="skipped", reason=f"{locator}: not an image series (modality "
+                                                       f"{info.modality})")
+                records.append(record)
+                log(f"skipped {record['reason']}")
+                continue
+            folder = os.path.join(scratch, info.series_uid)
+            try:
+                client.retrieve_series_to_folder(study_uid, info.series_uid, folder)
+                result = predict_one(model, folder, output_dir, info.series_uid, max_voxels=max_voxels,
+                                     num_classes=num_classes)
+                result["input"] = locator  # the scratch folder is gone: name the series
+                if result.get("warnings"):
+                    result["warnings"] = [w.replace(folder, locator) for w in result["warnings"]]
+                record.update(result)
+                if store and "dicom_seg" in record["outputs"]:
+                    import pydicom
+
+                    seg = pydicom.dcmread(record["outputs"]["dicom_seg"])
+                    record["stored"] = client.store([seg], study_uid=study_uid)
+            except (PredictError, CaseError) as exc:
+                # The model cannot take this series (modality, dimensions, geometry): skip it.
+                record.update(status="skipped", reason=f"{locator}: {str(exc).replace(folder, locator)}")
+            except DicomWebError as exc:
+                record.update(status="failed", reason=f"{locator}: {exc}")
+            except grpc.RpcError as exc:
+                record.update(status="failed", reason=f"{locator}: server error "
+                                                      f"{status_name(exc) or 'UNKNOWN'}")
+            except Exception as exc:  # one bad series must not stop the others
+                record.update(status="failed", reason=f"{locator}: unexpected {type(exc).__name__}: "
+                                                      f"{str(exc).replace(folder, locator)}")
+            finally:
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)  # the study's pixels do not linger
+            records.append(record)
+            if record["status"] == "ok":
+                stored = f"; stored SEG {', '.join(record['stored'])}" if record.get("stored") else ""
+                log(f"ok      {locator} -> {', '.join(record['outputs'].values())}{stored}")
+                for warning in record.get("warnings", []):
+                    log(f"WARNING {warning}")
+            else:
+                log(f"{record['status'].upper():7s} {record['reason']}")
+    with open(os.path.join(output_dir, REPORT_FILE), "w") as fh:
+        json.dump({"study": study_uid, "results": records}, fh, indent=1)
+    return records

@@ -61,14 +61,15 @@ def plan_deploy(cfg: PipelineConfig, endpoint: str, output_dir: str, image: Opti
                 namespace: Optional[str] = None, env: Mapping[str, str] = os.environ,
                 now: Optional[datetime.datetime] = None) -> DeployPlan:
     """Compiles the pipeline (image and pipeline name resolved) into output_dir; sends nothing."""
-    from pipeline import runners
+    from pipeline.runners import kubeflow
 
     if not endpoint:
         raise ValueError("--endpoint is empty (CI: is the KFP_ENDPOINT secret set?)")
     name = pipeline_name or cfg.runner.pipeline_name
     # The KFP API server wants a DNS-like pipelineInfo.name; TFX uses it as the MLMD context too.
-    cfg = dataclasses.replace(cfg, pipeline_name=name, image=resolve_image(image, cfg, env))
-    written = runners.compile_kubeflow(cfg, os.path.join(output_dir, f"{name}.json"))
+    runner = cfg.runner.model_copy(update={"pipeline_name": name, "image": resolve_image(image, cfg, env)})
+    cfg = cfg.model_copy(update={"runner": runner})
+    written = kubeflow.compile_kubeflow(cfg, os.path.join(output_dir, f"{name}.json"))
     package_sha = sha256_file(written["kfp_package"])
     version = version_name(name, package_sha, now or datetime.datetime.now(datetime.timezone.utc))
     return DeployPlan(

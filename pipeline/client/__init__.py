@@ -1,0 +1,1 @@
+"""Clients of a trained model: in process, TF Serving gRPC, PACS (DICOMweb)."""

@@ -1,0 +1,1 @@
+"""Runners: local (the embedded default) and Kubeflow Pipelines v2."""

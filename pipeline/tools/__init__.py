@@ -1,0 +1,1 @@
+"""Tools around the pipeline: phantom generators and benchmarks."""
