@@ -14,7 +14,7 @@ TOOLS_STAMP := $(TOOLS)/.installed
 WORKDIR ?= workdir
 PYTEST_ARGS ?=
 
-.PHONY: setup tools demo test lint bench-hippocampus bench-ct bench-dicom bench-resample bench-io compile clean
+.PHONY: setup tools demo test lint bench-hippocampus bench-ct bench-dicom bench-resample bench-io compile clean fuzz
 
 setup: $(STAMP)
 
@@ -53,6 +53,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+# Hostile-input fuzzing: the seeded mutation corpus of tests/fuzz_corpus.py over many seeds, under a
+# 3 GB address-space limit (`make test` runs one seed); nice: the machine's cores are shared.
+MEDTFX_FUZZ_SEEDS ?= 20
+fuzz: setup
+	MEDTFX_FUZZ_SEEDS=$(MEDTFX_FUZZ_SEEDS) nice -n 10 $(PY) -m pytest -q -s tests/test_hostile_input.py -k fuzz_many_seeds
 
 compile: setup
 	$(VENV)/bin/medtfx compile --runner kubeflow --output $(WORKDIR)/medtfx_pipeline.json

@@ -129,7 +129,7 @@ def m_rle_fragment(rng, root):
     data = bytearray(ds.PixelData)
     # The RLE header (segment count and offsets) follows the item tags; corrupt it.
     start = 16 if data[4:8] == b"\0\0\0\0" else 8 + int.from_bytes(data[4:8], "little") + 8
-    for k in range(4):
+    for _ in range(4):
         data[start + int(rng.integers(0, 64))] ^= 0xFF
     ds.PixelData = bytes(data)
     ds.save_as(path)

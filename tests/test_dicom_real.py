@@ -21,7 +21,8 @@ from pydicom.data import get_testdata_file
 from components.image_example_gen import cases
 from modules.io import dicom
 from modules.io.volume import CaseError, to_canonical
-from pipeline.tools import bench_dicom, cli
+from pipeline import cli
+from pipeline.tools import bench_dicom
 from tests.conftest import shared_path
 
 NIBABEL_DATA = os.path.join(os.path.dirname(nib.__file__), "nicom", "tests", "data")

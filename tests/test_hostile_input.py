@@ -40,7 +40,8 @@ EXPECTED_REASON = {
     "manifest_bom": None, "manifest_semicolon": None, "manifest_without_image_column": "no column image",
     "manifest_blank_row": None, "manifest_dicom_without_label": "has no label",
     "phi_in_folder_and_file_names": "truncated", "phi_convert_two_stacks": None,
-    "nifti_complex": "complex", "nifti_declares_2048x2048x512": "truncated", "dcm_gz_bomb": ("limit", "not a DICOM file"),
+    "nifti_complex": "complex", "nifti_declares_2048x2048x512": "truncated",
+    "dcm_gz_bomb": ("limit", "not a DICOM file"),
     "random_header_bytes": None, "random_truncation": None, "random_nifti_truncation": None,
 }
 # Mutations after which every clean case must still be ingested (nothing was broken).

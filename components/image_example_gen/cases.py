@@ -26,8 +26,7 @@ import numpy as np
 from modules import features as example_schema
 from modules.io import dicom, limits
 from modules.io.nifti_reader import read_nifti
-from modules.io.volume import (CaseError, Volume, affines_match, compact_dtype,
-                                                 label_values_ok, salted_hash)
+from modules.io.volume import CaseError, Volume, affines_match, compact_dtype, label_values_ok, salted_hash
 
 LABEL_NAMES = ("label.nii.gz", "mask.nii.gz", "label.nii", "mask.nii")
 # Image and label grids agree when every corner maps within this distance (mm).
@@ -126,9 +125,11 @@ def parse_dataset_json(path: str) -> Tuple[Optional[Dict[int, str]], str]:
         raise CaseError("dataset.json is empty")
     try:
         meta = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        where = f" (line {exc.lineno}, column {exc.colno}: {exc.msg})" if hasattr(exc, "lineno") else ""
-        raise CaseError(f"dataset.json is not valid JSON{where}") from None
+    except json.JSONDecodeError as exc:
+        raise CaseError(f"dataset.json is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                        f"{exc.msg})") from None
+    except (ValueError, RecursionError):
+        raise CaseError("dataset.json is not valid JSON (nested too deeply or not text)") from None
     if not isinstance(meta, dict):
         raise CaseError(f"dataset.json must hold a JSON object, found a {type(meta).__name__}")
     raw_labels = meta.get("labels")
@@ -207,11 +208,9 @@ def _decathlon_cases(root: str, require_labels: bool,
             case_problem = f"image has no label: labelsTr/{stem}.nii.gz is missing"
         if problem:
             case_problem = f"not ingested: {problem}"
-        cases.append(CaseSpec(stem, "nifti", paths, label if len(paths) == 1 else None, modality=modality,
-                              problem=case_problem))
-        if len(paths) > 1 or len(found) > 1:
-            cases[-1].image = paths + [p for p in found]
-            cases[-1].label = None
+        if len(paths) > 1 or len(found) > 1:  # quarantined: every file listed as an input
+            paths, label = paths + found, None
+        cases.append(CaseSpec(stem, "nifti", paths, label, modality=modality, problem=case_problem))
     for fname in label_files:
         path = os.path.join(labels_dir, fname)
         if path in used_labels:
@@ -238,7 +237,7 @@ def _dicom_cases(root: str, require_labels: bool) -> Tuple[List[CaseSpec], Datas
         if len(dirs_to_series.get(folder, [])) == 1:
             label = next((os.path.join(folder, n) for n in LABEL_NAMES
                           if os.path.exists(os.path.join(folder, n))), None)
-        problem = dicom.broken_members(dicom.SeriesKey(*key), rejected)
+        problem = dicom.broken_members(dicom.SeriesKey(*key), rejected, paths)
         if problem is None and label is None and require_labels:
             problem = f"DICOM series in {folder} has no label.nii.gz beside it"
             if len(dirs_to_series.get(folder, [])) > 1:
@@ -495,7 +494,7 @@ def process_case(spec: CaseSpec, salt: str, label_set: Optional[set]):
     often named after the patient): those are replaced by '<redacted>'.
     """
     identifiers: set = set()
-    record = {"case_id": "", "inputs": [], "status": "quarantined", "reason": ""}
+    record: dict = {"case_id": "", "inputs": [], "status": "quarantined", "reason": ""}
     try:
         identifiers = _patient_identifiers(spec)
         if spec.kind == "dicom":

@@ -70,6 +70,8 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     else:
         specs, info = cases.find_cases(input_base, require_labels=require_labels)
     _log.info("found %d candidate cases in %s (%s layout)", len(specs), input_base, info.layout)
+    for warning in getattr(info, "warnings", []):
+        _log.warning("%s: %s", input_base, warning)
     label_set = set(info.labels) if info.labels else None
     outputs = (pipeline
                | "CaseSpecs" >> beam.Create(specs, reshuffle=True)

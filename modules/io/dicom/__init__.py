@@ -29,22 +29,47 @@ import hashlib
 import os
 from typing import Iterable, List, Optional, Tuple
 
-from modules.io.dicom.files import (FileInfo, clear_cache, file_info_from_dataset, header_identifiers,
-                                    identifiers_in, non_image_reason, read_file_info, read_header)
-from modules.io.dicom.frames import Frame
-from modules.io.dicom.geometry import (LPS_TO_RAS, ORIENTATION_TOLERANCE, POSITION_TOLERANCE_MM,
-                                       SLICE_GAP_TOLERANCE, TILT_TOLERANCE, Layout, slice_normal,
-                                       stack_layout)
-from modules.io.dicom.pixels import _fill_pixels, decode_pixels
-from modules.io.dicom.stacks import (SKIPPED_SUFFIXES, SeriesKey, broken_members, describe, list_files, list_stacks,
-                                     scan_files, scan_tree, select_stack)
 from modules.io import limits
+from modules.io.dicom.files import (
+    FileInfo,
+    clear_cache,
+    file_info_from_dataset,
+    header_identifiers,
+    identifiers_in,
+    non_image_reason,
+    read_file_info,
+    read_header,
+)
+from modules.io.dicom.frames import Frame
+from modules.io.dicom.geometry import (
+    LPS_TO_RAS,
+    ORIENTATION_TOLERANCE,
+    POSITION_TOLERANCE_MM,
+    SLICE_GAP_TOLERANCE,
+    TILT_TOLERANCE,
+    Layout,
+    slice_normal,
+    stack_layout,
+)
+from modules.io.dicom.pixels import _fill_pixels, decode_pixels
+from modules.io.dicom.stacks import (
+    SKIPPED_SUFFIXES,
+    SeriesKey,
+    broken_members,
+    describe,
+    list_files,
+    list_stacks,
+    scan_files,
+    scan_tree,
+    select_stack,
+)
 from modules.io.volume import CaseError, Volume, to_canonical
 
 __all__ = [
     "FileInfo", "Frame", "Layout", "SeriesKey", "LPS_TO_RAS", "ORIENTATION_TOLERANCE",
     "POSITION_TOLERANCE_MM", "SLICE_GAP_TOLERANCE", "SKIPPED_SUFFIXES", "TILT_TOLERANCE",
-    "broken_members", "check_duplicates", "clear_cache", "decode_pixels", "header_identifiers", "identifiers_in", "describe", "file_info_from_dataset", "list_files", "list_stacks",
+    "broken_members", "check_duplicates", "clear_cache", "decode_pixels", "describe",
+    "file_info_from_dataset", "header_identifiers", "identifiers_in", "list_files", "list_stacks",
     "non_image_reason", "read_file_info", "read_header", "read_series", "read_stack", "scan_files",
     "scan_tree", "scrub", "select_stack", "slice_normal", "stack_layout",
 ]

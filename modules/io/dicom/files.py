@@ -150,7 +150,13 @@ def _tolerant_header(path: str, tags: List[str]):
             return fast
         import pydicom
 
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=tags)
+        try:
+            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True, specific_tags=tags)
+        except BaseException as exc:
+            if limits.is_fatal(exc):
+                raise
+        raw = _RawHeader({name: _raw_tag(data, *tag) for name, tag in _RAW_TAGS.items()})
+        return raw if any(raw.values()) else None
     except BaseException as exc:
         if limits.is_fatal(exc):
             raise
@@ -158,18 +164,59 @@ def _tolerant_header(path: str, tags: List[str]):
 
 
 def _gunzip_head(data: bytes, path: str) -> bytes:
-    """The first _HEADER_BYTES decompressed bytes of a gzip file (for its header only)."""
+    """Up to _HEADER_BYTES decompressed bytes of a gzip file (for its header only): as much as
+    inflates before any damage, so a corrupt .dcm.gz still shows whose and which series it is."""
     import zlib
 
-    with open(path, "rb") as fh:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        out = inflater.decompress(fh.read(_HEADER_BYTES), _HEADER_BYTES)
-    return out
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = []
+    total = 0
+    for start in range(0, len(data), 4096):
+        try:
+            piece = inflater.decompress(data[start:start + 4096], _HEADER_BYTES - total)
+        except zlib.error:
+            break
+        out.append(piece)
+        total += len(piece)
+        if total >= _HEADER_BYTES or inflater.eof:
+            break
+    return b"".join(out)
+
+
+def _raw_tag(data: bytes, group: int, element: int) -> str:
+    """The text value of a top-level tag found by its bytes (explicit or implicit little endian),
+    '' when absent: the last resort for headers too damaged to parse."""
+    import struct
+
+    key = struct.pack("<HH", group, element)
+    pos = data.find(key, 132 if data[128:132] == b"DICM" else 0)
+    while pos >= 0 and pos + 8 <= len(data):
+        vr = data[pos + 4:pos + 6]
+        if vr.isalpha() and vr.isupper():
+            length, start = struct.unpack_from("<H", data, pos + 6)[0], pos + 8
+        else:
+            length, start = struct.unpack_from("<I", data, pos + 4)[0], pos + 8
+        if 0 < length <= 256 and start + length <= len(data):
+            try:
+                return data[start:start + length].rstrip(b"\x00 ").decode("ascii")
+            except UnicodeDecodeError:
+                pass
+        pos = data.find(key, pos + 1)
+    return ""
+
+
+class _RawHeader(dict):
+    """The few tags :func:`_raw_tag` recovers, readable like a Dataset (``get``)."""
+
+
+_RAW_TAGS = {"PatientName": (0x0010, 0x0010), "PatientID": (0x0010, 0x0020),
+             "PatientBirthDate": (0x0010, 0x0030), "OtherPatientIDs": (0x0010, 0x1000),
+             "SeriesInstanceUID": (0x0020, 0x000E)}
 
 
 def identifiers_in(paths: Iterable[str]) -> set:
     """Every patient identifier in the readable DICOM headers among `paths` (see header_identifiers)."""
-    found = set()
+    found: set = set()
     for path in paths:
         found.update(header_identifiers(path))
     return found
@@ -269,7 +316,8 @@ def _read_file_info(path: str) -> FileInfo:
     if fast is not None and not fast.needs_pydicom:
         ds = fast
         info = file_info_from_dataset(fast, path)
-        syntax, pixel_length = fast.transfer_syntax, fast.pixel_length
+        syntax = fast.transfer_syntax
+        pixel_length: Optional[int] = fast.pixel_length
     else:
         ds = _dcmread(data, path, header_only=False)
         info = file_info_from_dataset(ds, path)
@@ -304,7 +352,7 @@ def _zero_padding(ds, path: str, expected: int, length: int) -> bool:
         return False
     if isinstance(ds, header.Header):
         with open(path, "rb") as fh:
-            fh.seek(ds.pixel_offset + expected)
+            fh.seek((ds.pixel_offset or 0) + expected)
             tail = fh.read(length - expected)
     else:
         tail = bytes(ds.PixelData[expected:])

@@ -158,19 +158,31 @@ def select_stack(stacks: Sequence[Tuple[SeriesKey, List[str]]], series: Optional
     if not 1 <= index <= len(stacks):
         raise CaseError(f"{source}: --series {index} is out of range: the folder holds "
                         f"{len(stacks)} image stack(s)")
-    problem = broken_members(stacks[index - 1][0], rejected)
+    problem = broken_members(stacks[index - 1][0], rejected, stacks[index - 1][1])
     if problem:
         raise CaseError(problem)
     return stacks[index - 1]
 
 
-def broken_members(key: SeriesKey, rejected: Sequence[Tuple[str, str]]) -> Optional[str]:
+# Reasons of rejected files that mean "damaged DICOM" rather than "not an image" (SR, junk, ...).
+_DAMAGE_MARKS = ("corrupt gzip", "truncated", "corrupt DICOM header", "corrupt header", "cannot be read")
+
+
+def broken_members(key: SeriesKey, rejected: Sequence[Tuple[str, str]],
+                   paths: Sequence[str] = ()) -> Optional[str]:
     """Why a stack is incomplete: a rejected file (truncated, corrupt) whose header still names
-    the stack's SeriesInstanceUID; without it the rest would read as a valid, shorter volume.
-    None when no rejected file belongs to the series."""
+    the stack's SeriesInstanceUID, or a damaged file whose series cannot be told in a folder of
+    the stack's `paths`; without it the rest would read as a valid, shorter volume.
+    None when no rejected file can belong to the series."""
+    folders = {os.path.dirname(p) for p in paths}
     if not key.series_uid:
         return None
     for path, reason in rejected:
-        if header_series_uid(path) == key.series_uid:
+        uid = header_series_uid(path)
+        if uid == key.series_uid:
             return f"a file of this series cannot be read, so the volume would be incomplete: {reason}"
+        if not uid and any(mark in reason for mark in _DAMAGE_MARKS) and (
+                os.path.dirname(path) in folders):
+            return (f"a damaged DICOM file in the series' folder may belong to it, so the volume could be "
+                    f"incomplete: {reason}")
     return None
