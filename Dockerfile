@@ -68,7 +68,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     TF_ENABLE_ONEDNN_OPTS=1
 
 # Sources also under /app (owned by root, read-only for the user) so a
-# module_file given as a repo-relative path (e.g. modules/trainer.py) resolves.
+# module_file given as a repo-relative path (e.g. modules/train/trainer.py) resolves.
 WORKDIR /app
 COPY pyproject.toml constraints.txt ./
 COPY components/ components/

@@ -115,8 +115,8 @@ def cmd_plan(args) -> int:
     _quiet_tensorflow()
     from components.dataset_planner import artifacts
     from modules.plan import planner
-    from pipeline.runners import local
     from pipeline.pipeline import PLANNER_ID
+    from pipeline.runners import local
 
     budget = [f"planning.budget_minutes={args.budget_minutes}"] if args.budget_minutes else []
     _check_dicomweb_data(args.data)
@@ -186,8 +186,8 @@ def cmd_compile(args) -> int:
 
 def _kubeflow_config(args):
     """Config for compile/deploy: ConfigMap keys (--configmap), then --set, then the flags."""
-    from pipeline.runners import kubeflow
     from pipeline.config import make_config
+    from pipeline.runners import kubeflow
 
     overrides = kubeflow.configmap_overrides(kubeflow.read_configmap(args.configmap)) \
         if args.configmap else []
@@ -216,14 +216,10 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_inventory(args) -> int:
-    from components.image_example_gen import cases
-
     import tempfile
 
-    from components.image_example_gen import pacs_source
-    from modules.io import dicomweb
-
-    from modules.io import limits
+    from components.image_example_gen import cases, pacs_source
+    from modules.io import dicomweb, limits
 
     salt = os.environ.get("MEDTFX_PATIENT_SALT", "") or args.salt
     records, info, failure = [], None, ""

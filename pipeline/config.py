@@ -15,8 +15,16 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from modules.settings import (STAGES, EvaluationSettings, IngestionSettings, PlanningSettings,
-                              RunnerSettings, ServingSettings, TrainingSettings, TransformSettings)
+from modules.settings import (
+    STAGES,
+    EvaluationSettings,
+    IngestionSettings,
+    PlanningSettings,
+    RunnerSettings,
+    ServingSettings,
+    TrainingSettings,
+    TransformSettings,
+)
 
 
 class ConfigError(ValueError):

@@ -39,7 +39,7 @@ def output_config(cfg: PipelineConfig) -> example_gen_pb2.Output:
 
 
 def trainer_custom_config(cfg: PipelineConfig) -> dict:
-    """The Trainer's custom_config without a plan (modules.trainer.trainer_config)."""
+    """The Trainer's custom_config without a plan (modules.train.trainer.trainer_config)."""
     return {"training": cfg.training.model_dump(mode="json"), "inputs": {"modalities": []}, "plan": {}}
 
 
@@ -88,10 +88,10 @@ def _training_components(cfg: PipelineConfig, example_gen, plan, baseline_resolv
     # TFX's Transform with the plan's settings, plus preview.png in transform_graph.
     transform = PlannedTransform(
         examples=example_gen.outputs["examples"], schema=full_schema.outputs["schema"],
-        preprocessing_fn="modules.preprocessing.preprocessing_fn",
+        preprocessing_fn="modules.transform.preprocessing.preprocessing_fn",
         custom_config=cfg.transform.model_dump(mode="json"), plan=plan).with_id("Transform")
     trainer = PlannedTrainer(
-        run_fn="modules.trainer.run_fn",
+        run_fn="modules.train.trainer.run_fn",
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         train_steps=cfg.training.train_steps, eval_steps=cfg.training.eval_steps,

@@ -11,7 +11,7 @@ are decoded correctly, message-size limits are set, and the client's retry logic
 (`fail_first` makes the first N calls fail with a chosen status code).
 
 `exported_test_model()` builds, once per process, a small model exported by the project's own
-modules.trainer.export from a real Transform graph (modules.preprocessing over 4 phantoms via
+modules.train.trainer.export from a real Transform graph (modules.transform.preprocessing over 4 phantoms via
 TFT Beam): the network is an untrained, hand-set 1x1x1 convolution (three intensity bands ->
 three classes) so masks are non-trivial and deterministic without spending test time training.
 """
@@ -153,7 +153,7 @@ def phantom_examples(n: int = 4, seed: int = 11):
 
 
 def _analyze_transform(examples, transform_config: dict, out_dir: str) -> str:
-    """Runs modules.preprocessing's analyzers over `examples` (TFT Beam, in memory) and writes a
+    """Runs modules.transform.preprocessing's analyzers over `examples` (TFT Beam, in memory) and writes a
     transform graph directory as TFX's Transform does (transform_fn/, transformed_metadata/,
     metadata/ with the raw schema)."""
     import apache_beam as beam
@@ -162,7 +162,7 @@ def _analyze_transform(examples, transform_config: dict, out_dir: str) -> str:
     from tfx_bsl.public import tfxio
 
     from modules import features as es
-    from modules import preprocessing
+    from modules.transform import preprocessing
 
     schema = es.tfmd_schema(include_voxels=True, require_label=True)
     record_tfxio = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["medtfx-tests"],
@@ -206,7 +206,7 @@ def exported_test_model() -> dict:
 
     import tensorflow_transform as tft
 
-    from modules import trainer
+    from modules.train import trainer
     from pipeline.config import make_config
 
     cfg = make_config(["target_spacing=[2,2,2]"])  # 64 mm phantoms on the default 32^3 grid

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules import augment, input_pipeline
+from modules.train import augment, input_pipeline
 
 PATCH = [8, 8, 6]
 

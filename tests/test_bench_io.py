@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 
-from pipeline.tools import bench_io
 from pipeline.cli import main
+from pipeline.tools import bench_io
 
 
 def test_bench_io_writes_all_timings(tmp_path):

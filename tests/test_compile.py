@@ -19,8 +19,8 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
-from pipeline.runners import kubeflow
 from pipeline.config import BEAM_PROFILES, make_config
+from pipeline.runners import kubeflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(REPO, "tests", "golden", "kubeflow_pipeline.json")
@@ -124,9 +124,9 @@ def test_full_dag_and_image(gpu_compiled):
         assert container["command"][-1] == "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
     # Modules by import path: nothing to upload, the image has them.
     params = tasks["Trainer"]["inputs"]["parameters"]
-    assert params["run_fn"]["runtimeValue"]["constant"] == "modules.trainer.run_fn"
+    assert params["run_fn"]["runtimeValue"]["constant"] == "modules.train.trainer.run_fn"
     transform = tasks["Transform"]["inputs"]["parameters"]
-    assert transform["preprocessing_fn"]["runtimeValue"]["constant"] == "modules.preprocessing.preprocessing_fn"
+    assert transform["preprocessing_fn"]["runtimeValue"]["constant"] == "modules.transform.preprocessing.preprocessing_fn"
     # Cluster default push target: below the pipeline root, not a workdir-relative path.
     assert "s3://medtfx/pipeline-root/serving/medtfx-seg" in json.dumps(tasks)
 

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from pipeline import cli
-from pipeline.runners import deploy
 from pipeline.config import make_config
+from pipeline.runners import deploy
 
 API = "/apis/v2beta1"
 IMAGE = "registry.example/medtfx-pipeline@sha256:" + "1" * 64

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -18,7 +17,6 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from components.image_example_gen import cases
 from modules.io import dicom
 from modules.io.volume import CaseError, to_canonical
 from pipeline import cli

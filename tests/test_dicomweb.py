@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
-from components.image_example_gen import cases, pacs_source
+from components.image_example_gen import pacs_source
 from modules.io import dicom, dicomweb
 from modules.io.nifti_reader import read_nifti
 from modules.io.volume import to_canonical
@@ -281,7 +281,7 @@ def ct_only_model(tmp_path_factory):
     """The tests' band model exported with modalities=['CT']: it refuses anything else."""
     import tensorflow_transform as tft
 
-    from modules import trainer
+    from modules.train import trainer
 
     base = exported_test_model()
     output = tft.TFTransformOutput(os.path.join(base["root"], "transform"))

@@ -12,8 +12,8 @@ def _metric_names(spec):
 def test_segmentation_eval_config_gates_mean_dice_and_slices_by_modality_site_spacing():
     import tensorflow_model_analysis as tfma
 
-    from modules import features as es
     from components.segmentation_evaluator.eval_config import eval_config
+    from modules import features as es
     from pipeline.config import make_config
 
     cfg = make_config(min_mean_dice=0.6, max_dice_drop=0.05)
@@ -71,8 +71,8 @@ def test_report_with_perfect_predictions_and_its_files(tmp_path):
     """A predictor returning the ground truth: Dice 1, HD95 and mean distance 0, surface Dice 1 on
     every slice;
     the JSON, markdown and PNG land in the output directory."""
-    from modules import features as es
     from components.segmentation_evaluator import report
+    from modules import features as es
     from tests.serving_double import phantom_examples
 
     examples = phantom_examples(3)

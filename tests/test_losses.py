@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules import losses
+from modules.train import losses
 
 
 def _probs_2class(p1):

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from modules import augment, resnet, training, unet
+from modules.networks import resnet, unet
+from modules.train import augment, training
 
 
 @pytest.mark.parametrize("norm,residual", [("instance", False), ("group", True), ("batch", False)])
@@ -66,7 +67,7 @@ def _segmentation_data(n=4, shape=(12, 12, 8)):
 
 
 def test_fit_in_mirrored_strategy_with_callbacks(tmp_path):
-    from modules import input_pipeline
+    from modules.train import input_pipeline
 
     cfg = training.config({"patch_size": [8, 8, 8], "filters": [4, 8], "epochs": 2, "train_steps": 6,
                            "distribution": "mirrored", "early_stopping_patience": 5, "time_limit_minutes": 5,
@@ -84,7 +85,7 @@ def test_fit_in_mirrored_strategy_with_callbacks(tmp_path):
 
 
 def test_per_label_dice_matches_numpy(tmp_path):
-    from modules.dice import dice_per_label
+    from modules.metrics.dice import dice_per_label
 
     cfg = training.config({"patch_size": [12, 12, 8], "filters": [4, 8]})
     model = training.build_model(cfg)
@@ -102,7 +103,7 @@ def test_per_label_dice_matches_numpy(tmp_path):
 
 
 def test_classification_fit(tmp_path):
-    from modules import input_pipeline
+    from modules.train import input_pipeline
 
     rng = np.random.default_rng(0)
     labels = np.array([0, 1, 0, 1, 0, 1], np.int32)
@@ -132,7 +133,7 @@ def test_config_rejects_unknown_choices():
 def test_slicewise_unet_exports_with_sliding_window(tmp_path, slice_axis):
     """The serving graph's shape: a SavedModel applying the (2D slice-wise) network through the
     sliding window to a grid larger than its patch, reloaded, gives the eager result."""
-    from modules import sliding_window
+    from modules.inference import sliding_window
 
     model = unet.build_unet2d_slicewise((4, 8, 8), 3, filters=(4, 8), slice_axis=slice_axis)
 

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
-    from pipeline.runners import local
     from pipeline.config import make_config
+    from pipeline.runners import local
     from pipeline.tools.phantoms import synthesize
 
     work = str(tmp_path_factory.mktemp("e2e"))
@@ -58,8 +58,8 @@ def test_every_component_produced_its_artifact(pipeline_run):
 
 def test_statistics_cover_metadata_not_voxels(pipeline_run):
     cfg, latest, _ = pipeline_run
-    from tfx.utils import io_utils
     from tensorflow_metadata.proto.v0 import statistics_pb2
+    from tfx.utils import io_utils
 
     from modules import features as es
 
@@ -88,7 +88,7 @@ def test_pushed_model_predicts_masks_on_raw_voxels(pipeline_run):
     import tensorflow as tf
 
     from modules.io.volume import to_canonical
-    from modules.dice import dice_per_label
+    from modules.metrics.dice import dice_per_label
     from pipeline.tools.phantoms import make_phantom
 
     assert summary["blessed"] is True and summary["pushed_to"], summary

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from modules import features as es
 from modules.io.volume import Volume, to_canonical
-from modules import preprocessing, volume_ops
+from modules.transform import preprocessing, volume_ops
 from pipeline.tools.phantoms import make_phantom
 
 SEED = 7

@@ -119,9 +119,9 @@ def test_rejects_a_directory_without_saved_model(tmp_path):
 
 
 def _run_executor(tmp_path, blessed: bool, base: str):
+    from tfx.proto import pusher_pb2
     from tfx.types import standard_artifacts
     from tfx.utils import proto_utils
-    from tfx.proto import pusher_pb2
 
     from components.atomic_pusher.executor import Executor
 

@@ -2,7 +2,6 @@
 moto's S3 server on 127.0.0.1 (components/atomic_pusher/push.py). Every request goes to loopback."""
 import json
 import logging
-import os
 import re
 import subprocess
 import sys

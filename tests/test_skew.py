@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from modules import features as es
-from modules import preprocessing
+from modules.transform import preprocessing
 from tests.test_preprocessing import ct_run, decoded, phantom_case
 
 SKEW_TOL = 1e-5
@@ -34,7 +34,7 @@ def exported(network_and_transform, tmp_path_factory):
     """(transformed rows, serialized examples, loaded SavedModel) for CT 0, MR 1, CT 2."""
     import tensorflow_transform as tft
 
-    from modules import trainer
+    from modules.train import trainer
 
     rows, serialized, graph_dir, model = network_and_transform
     export_dir = str(tmp_path_factory.mktemp("model") / "serving")
@@ -115,7 +115,7 @@ def test_exported_test_time_mirroring_is_the_mean_over_flips(network_and_transfo
     signature: `evaluate` then returns the mean of the network over all flips of the grid."""
     import tensorflow_transform as tft
 
-    from modules import trainer
+    from modules.train import trainer
 
     rows, serialized, graph_dir, network = network_and_transform
     plain = exported[2]
@@ -140,7 +140,7 @@ def test_exported_model_knows_its_modality(network_and_transform, tmp_path):
     would be MR's: a silently wrong mask). model_inputs.json records what it was trained on."""
     import tensorflow_transform as tft
 
-    from modules import trainer
+    from modules.train import trainer
 
     rows, serialized, graph_dir, network = network_and_transform
     export_dir = str(tmp_path / "ct_model")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from modules import sliding_window
+from modules.inference import sliding_window
 
 PATCH = (8, 8, 4)
 

@@ -1,4 +1,4 @@
-"""Surface metrics (modules/surface_metrics.py): surfel areas, distances, surface Dice, HD95 and
+"""Surface metrics (modules/metrics/surface_metrics.py): surfel areas, distances, surface Dice, HD95 and
 mean surface distance against closed forms, a brute-force reference, DeepMind's surface-distance
 library (when importable) and real hippocampus masks."""
 import math
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from modules import surface_metrics as sm
-from modules.dice import dice_per_label
+from modules.metrics import surface_metrics as sm
+from modules.metrics.dice import dice_per_label
 from tests.conftest import shared_path
 
 SQRT3 = math.sqrt(3.0)

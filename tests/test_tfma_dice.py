@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from modules.dice import dice_per_label
+from modules.metrics.dice import dice_per_label
 
 
 def _onehot(label, num_classes=3):
@@ -31,7 +31,7 @@ def test_dice_per_label_known_values():
 def test_combiner_matches_numpy_mean_of_per_case_dice():
     from tensorflow_model_analysis.metrics import metric_types
 
-    from modules import tfma_dice
+    from modules.metrics import tfma_dice
 
     cases = _cases()
     for metric, labels in ((tfma_dice.Dice(label=2), [2]), (tfma_dice.MeanDice(labels=[1, 2]), [1, 2])):
@@ -53,7 +53,7 @@ def test_combiner_matches_numpy_mean_of_per_case_dice():
 
 
 def test_batched_inputs_give_one_dice_per_case():
-    from modules.tfma_dice import case_dice
+    from modules.metrics.tfma_dice import case_dice
 
     cases = _cases(3, seed=1)
     truth = np.stack([t for t, _ in cases])

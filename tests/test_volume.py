@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from modules.io.volume import (CaseError, compact_dtype, label_values_ok,
-                                                 salted_hash, to_canonical)
+from modules.io.volume import CaseError, compact_dtype, label_values_ok, salted_hash, to_canonical
 
 
 def _world(affine, ijk):

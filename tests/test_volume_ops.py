@@ -1,4 +1,4 @@
-"""Pure TF volume ops (modules.resample, modules.volume_ops) against references.
+"""Pure TF volume ops (modules.transform.resample, modules.transform.volume_ops) against references.
 
 Resampling is checked against SimpleITK's ResampleImageFilter on real volumes (Decathlon
 hippocampus via shared_path) and phantoms, with the same grid convention: identity direction,
@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from modules.io.volume import to_canonical as np_to_canonical
-from modules import resample, volume_ops
+from modules.transform import resample, volume_ops
 from pipeline.tools.phantoms import make_phantom, rotation
 from tests.conftest import shared_path
 

@@ -16,8 +16,8 @@ SCHEMA_FILE = "schema.pbtxt"
 @component
 def ExampleSchemaGen(schema: OutputArtifact[Schema], require_labels: Parameter[int] = 1):
     """Writes <schema.uri>/schema.pbtxt (the only file there, as TFX readers expect)."""
-    from google.protobuf import text_format
     import tensorflow as tf
+    from google.protobuf import text_format
 
     from modules.features import tfmd_schema
 

@@ -25,7 +25,7 @@ class PlannedTrainerSpec(standard_component_specs.TrainerSpec):
 
 class PlannedTrainer(base_component.BaseComponent):
     """tfx.components.Trainer with custom_config {'training', 'inputs', 'plan'} taken from the
-    plan (modules/trainer.py `trainer_config` reads it)."""
+    plan (modules/train/trainer.py `trainer_config` reads it)."""
 
     SPEC_CLASS = PlannedTrainerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)

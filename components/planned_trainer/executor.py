@@ -12,7 +12,7 @@ from components.dataset_planner import artifacts
 
 
 def custom_config_from_plan(plan: Dict[str, Any]) -> Dict[str, Any]:
-    """The Trainer's custom_config (modules.trainer.trainer_config) of a plan."""
+    """The Trainer's custom_config (modules.train.trainer.trainer_config) of a plan."""
     return {"training": plan["settings"]["training"], "inputs": plan.get("inputs", {}), "plan": plan}
 
 

@@ -8,8 +8,8 @@ from typing import List, Sequence
 import tensorflow_model_analysis as tfma
 
 from components.segmentation_evaluator.report import SLICE_FEATURES
-from modules.preprocessing import LABEL
 from modules.settings import EvaluationSettings
+from modules.transform.preprocessing import LABEL
 
 
 def _gate(lower_bound: float, max_drop: float):
@@ -39,13 +39,13 @@ def classification_metrics_specs(settings: EvaluationSettings, num_classes: int)
 
 
 def segmentation_metrics_specs(settings: EvaluationSettings, labels: Sequence[int]) -> List[tfma.MetricsSpec]:
-    """Per-label and mean Dice (modules.tfma_dice); mean Dice gates the blessing."""
+    """Per-label and mean Dice (modules.metrics.tfma_dice); mean Dice gates the blessing."""
     labels = [int(k) for k in labels]
-    metrics = [tfma.MetricConfig(class_name="Dice", module="modules.tfma_dice",
+    metrics = [tfma.MetricConfig(class_name="Dice", module="modules.metrics.tfma_dice",
                                  config=json.dumps({"label": k, "name": f"dice_label_{k}"}))
                for k in labels]
     metrics.append(tfma.MetricConfig(
-        class_name="MeanDice", module="modules.tfma_dice",
+        class_name="MeanDice", module="modules.metrics.tfma_dice",
         config=json.dumps({"labels": labels, "name": "mean_dice"}),
         per_slice_thresholds=_gate(settings.min_mean_dice, settings.max_dice_drop)))
     return [tfma.MetricsSpec(metrics=metrics)]

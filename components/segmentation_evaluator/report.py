@@ -6,7 +6,7 @@ Files written into the evaluation directory (the Evaluator's ModelEvaluation art
   summary.md                a short human-readable summary (blessing, Dice, HD95, surface Dice)
   dice_per_label.png        per-label Dice: TFMA (network grid) and native grid, per slice
 
-Why two Dice: TFMA's Dice (modules/tfma_dice.py) compares on the network grid, which is what the
+Why two Dice: TFMA's Dice (modules/metrics/tfma_dice.py) compares on the network grid, which is what the
 blessing thresholds gate. The surface report runs the exported `serving_examples` signature,
 i.e. exactly what a client gets, on each eval case's own grid, where millimetre tolerances mean
 something (spacing from the example).
@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 import numpy as np
 
 from modules import features as es
-from modules import surface_metrics
+from modules.metrics import surface_metrics
 
 REPORT_JSON = "segmentation_report.json"
 SUMMARY_MD = "summary.md"
@@ -102,7 +102,7 @@ def evaluate_cases(predict: Callable[[List[bytes]], np.ndarray], serialized: Ite
 
 def saved_model_predictor(model_dir: str) -> Callable[[List[bytes]], List[np.ndarray]]:
     """predict(serialized examples) -> masks cropped to each case's shape, via the exported
-    model's `serving_examples` signature (modules/trainer.py)."""
+    model's `serving_examples` signature (modules/train/trainer.py)."""
     import tensorflow as tf
 
     signature = tf.saved_model.load(model_dir).signatures["serving_examples"]

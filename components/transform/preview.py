@@ -68,7 +68,7 @@ def collect_cases(serialized: List[bytes], transform_graph_uri: str) -> List[Pre
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from modules.preprocessing import GRID_SHAPE, GRID_SPACING, IMAGE, LABEL
+    from modules.transform.preprocessing import GRID_SHAPE, GRID_SPACING, IMAGE, LABEL
 
     if not serialized:
         return []

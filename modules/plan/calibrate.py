@@ -1,6 +1,6 @@
 """Step time of a planned network, measured on this machine: the planner's cost model.
 
-Builds the network exactly as the Trainer will (modules.training.build_model / compile_model),
+Builds the network exactly as the Trainer will (modules.train.training.build_model / compile_model),
 then times a few training steps on random patches of the planned size. The first two steps
 trace and compile the graph and are not counted.
 """
@@ -25,8 +25,8 @@ def measure_step_seconds(training: Dict, steps: int = 4, seed: int = 0) -> float
     """
     import tensorflow as tf
 
-    from modules import training as training_lib
     from modules.settings import TrainingSettings
+    from modules.train import training as training_lib
 
     cfg = TrainingSettings.model_validate(training)
     if cfg.patch_size is None:

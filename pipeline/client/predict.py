@@ -5,7 +5,7 @@ Per input:
   1. read it as ingestion does (modules.io readers): a canonical (RAS+) volume
      in its compact dtype (int16 for integral data: half the bytes of float32 on the wire);
   2. check it (3D, each axis >= 2 voxels, at most `max_voxels`, uint8/int16/float32, finite);
-  3. query `serving_default` with raw voxels + geometry (modules/trainer.py); the mask comes back
+  3. query `serving_default` with raw voxels + geometry (modules/train/trainer.py); the mask comes back
      on the canonical grid it was sent on;
   4. undo the canonical reorientation (pure axis permutation/flip, no resampling) and write
      <output>/<name>.nii.gz with the input's own shape and affine, plus <output>/<name>.seg.dcm
@@ -29,8 +29,7 @@ import numpy as np
 
 from modules.io import dicom
 from modules.io.nifti_reader import read_nifti, write_nifti
-from modules.io.volume import (CaseError, Volume, affines_match, axis_codes,
-                                                 compact_dtype, to_canonical)
+from modules.io.volume import CaseError, Volume, affines_match, axis_codes, compact_dtype, to_canonical
 
 SIGNATURE = "serving_default"
 DEFAULT_MAX_VOXELS = 512 * 512 * 512  # int16: 256 MiB on the wire
@@ -175,7 +174,7 @@ def request_arrays(volume: Volume, array: np.ndarray) -> Dict[str, np.ndarray]:
         "image_shape": np.array([array.shape], dtype=np.int64),
         "spacing": np.array([volume.spacing], dtype=np.float32),
         "direction": np.array([volume.direction.reshape(-1)], dtype=np.float32),
-        # Empty = "the model's own": a model knows what it was trained on (modules/trainer.py).
+        # Empty = "the model's own": a model knows what it was trained on (modules/train/trainer.py).
         "modality": np.array([(volume.modality or "").encode()], dtype=object),
     }
 

@@ -9,7 +9,6 @@ from typing import Dict, List
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 
-
 # --- Kubeflow Pipelines v2 ------------------------------------------------------------------
 # KubeflowV2DagRunner writes a PipelineJob (Vertex AI's format: displayName, labels,
 # runtimeConfig and the PipelineSpec under `pipelineSpec`). KFP's open-source API server takes a

@@ -29,7 +29,7 @@ def newest_version(serving_base: str) -> str:
 def main(argv=None) -> int:
     import nibabel as nib
 
-    from modules.dice import dice_per_label
+    from modules.metrics.dice import dice_per_label
     from pipeline.client import predict
     from pipeline.tools.phantoms import synthesize_ct
 

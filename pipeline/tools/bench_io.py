@@ -11,7 +11,7 @@ volumes of 128x224x224x1 float32 over 10 volumes) with synthetic CT-like int16 v
   medtfx_tfrecord_s        medtfx, as the seed ran it (10 volumes repeated, caching allowed):
                            ImageExampleGen's records (voxels as raw little-endian int16 bytes,
                            modules/features.py), parallel reads and
-                           decode, decoded volumes cached in memory (modules/input_pipeline.py);
+                           decode, decoded volumes cached in memory (modules/train/input_pipeline.py);
                            batches stay int16 HU: the cast + normalisation is the model's first op
                            (input_pipeline.normalise), on the accelerator, half the bytes to copy
   seed_tfrecord_streaming_s / medtfx_streaming_s   the same two TFRecord paths streaming: no cache,
@@ -140,7 +140,7 @@ def run(workdir: str, n_volumes: int = 10, shape: Sequence[int] = SEED_SHAPE, ba
     import SimpleITK as sitk
     import tensorflow as tf
 
-    from modules import input_pipeline
+    from modules.train import input_pipeline
 
     shape = tuple(int(s) for s in shape)
     os.makedirs(workdir, exist_ok=True)

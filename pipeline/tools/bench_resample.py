@@ -1,4 +1,4 @@
-"""`medtfx bench resample`: the project's trilinear resampling (modules.resample.to_network_grid,
+"""`medtfx bench resample`: the project's trilinear resampling (modules.transform.resample.to_network_grid,
 the TF op Transform and the serving graph run) against SimpleITK's ResampleImageFilter
 (sitkLinear) on the same volumes and the same output grids, in one run.
 
@@ -88,7 +88,7 @@ def benchmark(data_root: str, repeats: int = 3, targets=TARGETS_MM) -> Dict[str,
     import SimpleITK as sitk
     import tensorflow as tf
 
-    from modules import resample
+    from modules.transform import resample
 
     fn = tf.function(lambda v, s, t: resample.to_network_grid(v, s, t)[0], input_signature=[
         tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([3], tf.float64),

@@ -1,4 +1,4 @@
-"""The training loop behind modules.trainer.run_fn, free of TFX so it is unit-testable.
+"""The training loop behind modules.train.trainer.run_fn, free of TFX so it is unit-testable.
 
 model choice (unet3d | unet2d | resnet3d) -> distribution strategy scope (default | mirrored |
 multi_worker) and precision policy -> compile (loss by name, Adam with polynomial decay, optional
@@ -19,9 +19,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras  # Keras 2 explicitly: tf.keras may already be Keras 3 in TFX's process
 
-from modules import input_pipeline, losses, resnet, sliding_window, unet
-from modules.dice import dice_per_label
+from modules.inference import sliding_window
+from modules.metrics.dice import dice_per_label
+from modules.networks import resnet, unet
 from modules.settings import TrainingSettings
+from modules.train import input_pipeline, losses
 
 
 def _skip_autograph_for_tf_keras() -> None:
@@ -133,7 +135,7 @@ def compile_model(model: keras.Model, cfg: TrainingSettings) -> None:
 
 class PerLabelDice(keras.callbacks.Callback):
     """Per-case Dice of each foreground label on whole validation cases (sliding window), averaged
-    over cases (modules.dice.dice_per_label: a label absent from truth and prediction of a case
+    over cases (modules.metrics.dice.dice_per_label: a label absent from truth and prediction of a case
     does not count). Adds val_dice_label_<k> and val_mean_dice to the epoch logs, so the
     TensorBoard callback after it logs them and EarlyStopping / ModelCheckpoint can monitor them."""
 
@@ -248,7 +250,7 @@ def fit(cfg: TrainingSettings, train: tf.data.Dataset, validation: Optional[tf.d
 
 
 def train_from_records(cfg: TrainingSettings, train_files, eval_files, feature_spec: dict, model_run_dir: str):
-    """Datasets from Transform's records (see modules.input_pipeline), then `fit`.
+    """Datasets from Transform's records (see modules.train.input_pipeline), then `fit`.
     Returns (model, history, cfg with the patch size resolved)."""
     grid = getattr(feature_spec["image"], "shape", None)  # None: whole-volume Transform output
     if cfg.patch_size is None and not grid:

@@ -3,14 +3,14 @@
 No TFX here, so each op is unit-testable. Volumes are (X, Y, Z) tensors in array order; batches
 are (B, X, Y, Z). The per-case path raw voxels -> network grid is `to_network` (image) and
 `label_to_network`; its inverse for predictions is `probabilities_to_mask`. Geometry lives in
-modules.resample.
+modules.transform.resample.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
-from modules import resample
 from modules.settings import INTENSITY_MODES
+from modules.transform import resample
 
 # Intensity normalisation modes (index = position; the graph gathers per-mode parameters by index):
 #   dataset: clip to the training set's foreground 0.5/99.5 percentiles, then z-score with the

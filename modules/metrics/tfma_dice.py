@@ -2,7 +2,7 @@
 
 TFMA's Keras-metric wrapper chokes on non-scalar labels (tfx#5191, model-analysis#97), so the
 combiner here reads each example's label map (X, Y, Z) and class probabilities (X, Y, Z, C)
-directly. Dice is computed per case by modules.dice.dice_per_label and averaged over cases
+directly. Dice is computed per case by modules.metrics.dice.dice_per_label and averaged over cases
 (nnU-Net's convention); a case where a label is absent from both truth and prediction (NaN
 there) does not count for that label.
 """
@@ -14,7 +14,7 @@ import apache_beam as beam
 import numpy as np
 from tensorflow_model_analysis.metrics import metric_types
 
-from modules.dice import dice_per_label
+from modules.metrics.dice import dice_per_label
 
 PREDICTION_KEY = "probabilities"
 

@@ -27,9 +27,11 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from modules import features as es
-from modules import sliding_window, training, volume_ops
-from modules.preprocessing import GRID_SHAPE, GRID_SPACING, IMAGE
+from modules.inference import sliding_window
 from modules.settings import TrainingSettings
+from modules.train import training
+from modules.transform import volume_ops
+from modules.transform.preprocessing import GRID_SHAPE, GRID_SPACING, IMAGE
 
 _log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ class _ExportModule(tf.Module):
 
         def one(args):
             # Inverse of Transform's spatial path: un-crop/pad, resample to the raw grid, undo
-            # the canonical reorientation (modules.volume_ops.probabilities_to_mask).
+            # the canonical reorientation (modules.transform.volume_ops.probabilities_to_mask).
             probs, shape, spacing, direction, grid_spacing, grid_shape = args
             mask = volume_ops.probabilities_to_mask(probs, shape, spacing, direction, grid_spacing,
                                                     grid_shape)
@@ -147,7 +149,7 @@ class _ExportModule(tf.Module):
 
 
 class _ClassifierExportModule(_ExportModule):
-    """Same signatures for a classifier (modules.resnet): serving_default / serving_examples return
+    """Same signatures for a classifier (modules.networks.resnet): serving_default / serving_examples return
     probabilities (B, C) and class_id (B,); evaluate returns probabilities (B, C) for TFMA."""
 
     def _predict(self, image):

@@ -3,7 +3,7 @@
 nnU-Net's scheme: a share `foreground_oversample` (0.33) of patches is centred on a foreground
 voxel (a random foreground class present in the case, then a random voxel of that class); the
 others are placed uniformly at random. The training patch itself (placement, then the spatial
-augmentation that reads around it) is cut by modules.augment.training_patch, which uses these
+augmentation that reads around it) is cut by modules.train.augment.training_patch, which uses these
 building blocks. Volumes are (X, Y, Z) tensors; seeds are (2,) int tensors (see
 tf.random.stateless_uniform).
 """

@@ -1,6 +1,6 @@
 """TFX Transform module: `preprocessing_fn` turns raw ingested cases into network inputs.
 
-Per case (modules.volume_ops.to_network): decode raw voxels, bring them to canonical RAS+ voxel
+Per case (modules.transform.volume_ops.to_network): decode raw voxels, bring them to canonical RAS+ voxel
 order (a no-op for ingested cases, which ingestion already canonicalised; serving requests may
 come in any orientation), normalise intensity by modality, resample to the target spacing
 (trilinear image, nearest label), then centre crop/pad to the network grid ('fixed_shape') or
@@ -26,8 +26,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from modules import features as es
-from modules import resample, volume_ops
 from modules.settings import TransformSettings
+from modules.transform import resample, volume_ops
 
 # Outputs.
 IMAGE = "image"  # fixed_shape: (B, X, Y, Z) float32 on the network grid; whole_volume: (B, None) flattened

@@ -1,6 +1,6 @@
 """Volumetric Dice in numpy: the one definition every Dice in medtfx uses.
 
-Callers: the TFMA metrics (modules/tfma_dice.py), the native-grid surface report
+Callers: the TFMA metrics (modules/metrics/tfma_dice.py), the native-grid surface report
 (modules/surface_metrics.label_metrics) and the training callback's validation Dice.
 
 A label absent from both the truth and the prediction of a case has no Dice (0/0): it scores

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-import tensorflow as tf
 import tf_keras as keras  # Keras 2 explicitly: tf.keras may already be Keras 3 in TFX's process
 
-from modules.unet import conv_block, normalization
+from modules.networks.unet import conv_block, normalization
 
 
 def build_resnet3d(input_shape: Sequence[Optional[int]], num_classes: int,

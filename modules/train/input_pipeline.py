@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import tensorflow as tf
 
 from modules import features as es
-from modules import augment
+from modules.train import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Unbuffered reads: a record (a volume, MBs) is read straight into its string; a read buffer
@@ -160,7 +160,7 @@ def raw_volume_decoder(shape: Sequence[int], dtype: str = "int16"):
     Voxels are raw little-endian bytes of `dtype` (int16 CT is half the bytes of float32): parsed
     as one bytes feature (no per-value protobuf decoding) and decode_raw'd; no float conversion
     here (see normalise). For a fixed, known `shape` and dtype: the fast path of a homogeneous
-    dataset (mixed dtypes / shapes go through modules.volume_ops.decode_voxels).
+    dataset (mixed dtypes / shapes go through modules.transform.volume_ops.decode_voxels).
     """
     spec = {es.IMAGE_RAW: tf.io.FixedLenFeature([], tf.string)}
     shape = [int(s) for s in shape] + [1]

@@ -46,7 +46,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from modules.dice import dice_per_label
+from modules.metrics.dice import dice_per_label
 
 # Marching-cubes surfel normals of each 2x2x2 neighbourhood code, in units of 1/8 voxel face
 # area; a normal's length is its triangle's area. Entry i is code i, whose bits are the
@@ -332,7 +332,7 @@ def label_metrics(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[f
     """Per-label metrics of two (X, Y, Z) integer label maps on one grid.
 
     Returns {label: {'dice', 'hd95_mm', 'msd_mm', 'surface_dice'}}: volumetric Dice
-    (modules.dice), HD95 and mean surface distance in mm, surface Dice at `tolerance_mm`; the
+    (modules.metrics.dice), HD95 and mean surface distance in mm, surface Dice at `tolerance_mm`; the
     surface metrics share one SurfaceDistances per label.
     Raises:
       ValueError: as surface_distances, or for a negative `tolerance_mm`.

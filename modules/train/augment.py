@@ -14,9 +14,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from modules import patches
 from modules.settings import AugmentationSettings
-
+from modules.train import patches
 
 # The switches and ranges: training settings (modules/settings.py), one definition.
 AugmentConfig = AugmentationSettings
@@ -118,7 +117,7 @@ def training_patch(image: tf.Tensor, label: tf.Tensor, patch_size: Sequence[int]
                    foreground_oversample: float, cfg: AugmentConfig, seed):
     """One class-balanced, augmented training patch of an (X, Y, Z) case: the patch sampler of
     the input pipeline. The case is padded to the patch size, the patch placed by
-    modules.patches (a share `foreground_oversample` centred on foreground), then read through
+    modules.train.patches (a share `foreground_oversample` centred on foreground), then read through
     the spatial transform, mirrored and intensity-augmented as `cfg` says
     (AugmentConfig.off(): the case's own voxels at the placed start).
 

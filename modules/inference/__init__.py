@@ -1,0 +1,1 @@
+"""Inference: Gaussian-weighted sliding windows and test-time mirroring."""

@@ -1,0 +1,1 @@
+"""Training: the TFX Trainer module, the training loop, input pipeline, augmentation, losses."""

@@ -1,0 +1,1 @@
+"""Transform: decoding, intensity normalisation, resampling, the network grid (TFX Transform module)."""
