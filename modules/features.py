@@ -4,6 +4,7 @@ One tf.Example per case. Voxels are raw bytes in their native dtype (not float_l
 per voxel costs 4-5 bytes plus parsing); everything else is small metadata that
 StatisticsGen/SchemaGen/ExampleValidator look at. Geometry is after canonicalisation (RAS+).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -100,12 +101,15 @@ def intensity_summary(array: np.ndarray) -> dict:
         sample = sample[:: sample.size // 1_000_000]
     sample = sample.astype(np.float64)
     p01, p99 = np.percentile(sample, [1.0, 99.0])
-    return {"intensity_mean": float(sample.mean()), "intensity_std": float(sample.std()),
-            "intensity_p01": float(p01), "intensity_p99": float(p99)}
+    return {
+        "intensity_mean": float(sample.mean()),
+        "intensity_std": float(sample.std()),
+        "intensity_p01": float(p01),
+        "intensity_p99": float(p99),
+    }
 
 
-def encode_case(volume: Volume, label: Optional[np.ndarray], case_id: str, patient_hash: str,
-                source_format: str):
+def encode_case(volume: Volume, label: Optional[np.ndarray], case_id: str, patient_hash: str, source_format: str):
     """Builds the tf.Example of one case.
 
     Args:
@@ -159,7 +163,9 @@ def decode_case(example) -> dict:
     affine[:3, :3] = direction * spacing[np.newaxis, :]
     affine[:3, 3] = np.array(f[ORIGIN].float_list.value, dtype=np.float64)
     return {
-        "image": image.reshape(shape).astype(dtype), "label": label, "affine": affine,
+        "image": image.reshape(shape).astype(dtype),
+        "label": label,
+        "affine": affine,
         "modality": f[MODALITY].bytes_list.value[0].decode(),
         "case_id": f[CASE_ID].bytes_list.value[0].decode(),
         "patient_hash": f[PATIENT_HASH].bytes_list.value[0].decode(),

@@ -1,4 +1,5 @@
 """The medtfx pipeline: DAG, typed config, runners and the `medtfx` CLI."""
+
 import os
 
 # oneDNN kernels make 3D convolution gradients several times faster on CPU (README:

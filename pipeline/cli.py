@@ -1,4 +1,5 @@
 """The `medtfx` command line: synth, run, demo, compile, deploy, inventory, convert, predict."""
+
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,7 @@ def _progress(label: str, unit: str = "case"):
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
+
     return report
 
 
@@ -38,13 +40,15 @@ def cmd_synth(args) -> int:
 
     if args.kind == "ct":
         out = synthesize_ct(args.out_dir, n_cases=args.cases, seed=args.seed, progress=_progress("CT phantoms"))
-        print(f"wrote {out['cases']} anisotropic CT phantoms (uint16 + intercept, organ + lesion): "
-              f"Decathlon NIfTI in {out['decathlon']}")
+        print(
+            f"wrote {out['cases']} anisotropic CT phantoms (uint16 + intercept, organ + lesion): "
+            f"Decathlon NIfTI in {out['decathlon']}"
+        )
         return 0
-    out = synthesize(args.out_dir, n_cases=args.cases, seed=args.seed, n_structures=args.structures,
-                     progress=_progress("phantoms"))
-    print(f"wrote {out['cases']} phantoms: Decathlon NIfTI in {out['decathlon']}, "
-          f"DICOM series in {out['dicom']}")
+    out = synthesize(
+        args.out_dir, n_cases=args.cases, seed=args.seed, n_structures=args.structures, progress=_progress("phantoms")
+    )
+    print(f"wrote {out['cases']} phantoms: Decathlon NIfTI in {out['decathlon']}, DICOM series in {out['dicom']}")
     return 0
 
 
@@ -76,9 +80,11 @@ def _print_summary(summary: dict, elapsed: float) -> None:
     for slice_name, values in sorted(summary.get("dice", {}).items()):
         if slice_name != "overall" and "mean_dice" in values:
             print(f"  mean_dice [{slice_name}]: {values['mean_dice']:.4f}")
-    for label, path in (("evaluation report", summary.get("evaluation_summary")),
-                        ("Dice plot", summary.get("dice_plot")),
-                        ("preprocessing preview", summary.get("transform_preview"))):
+    for label, path in (
+        ("evaluation report", summary.get("evaluation_summary")),
+        ("Dice plot", summary.get("dice_plot")),
+        ("preprocessing preview", summary.get("transform_preview")),
+    ):
         if path:
             print(f"{label}: {path}")
     for label, key in (("plan", "plan"), ("dataset fingerprint", "fingerprint")):
@@ -189,8 +195,7 @@ def _kubeflow_config(args):
     from pipeline.config import make_config
     from pipeline.runners import kubeflow
 
-    overrides = kubeflow.configmap_overrides(kubeflow.read_configmap(args.configmap)) \
-        if args.configmap else []
+    overrides = kubeflow.configmap_overrides(kubeflow.read_configmap(args.configmap)) if args.configmap else []
     overrides += args.set + ([f"beam_profile={args.beam_profile}"] if args.beam_profile else [])
     return make_config(overrides, args.config or None, **({"data_root": args.data} if args.data else {}))
 
@@ -200,9 +205,14 @@ def cmd_deploy(args) -> int:
 
     try:
         plan = deploy.plan_deploy(
-            _kubeflow_config(args), endpoint=args.endpoint, output_dir=args.output_dir,
-            image=args.image, experiment=args.experiment, pipeline_name=args.pipeline_name,
-            namespace=args.namespace)
+            _kubeflow_config(args),
+            endpoint=args.endpoint,
+            output_dir=args.output_dir,
+            image=args.image,
+            experiment=args.experiment,
+            pipeline_name=args.pipeline_name,
+            namespace=args.namespace,
+        )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -238,8 +248,11 @@ def cmd_inventory(args) -> int:
         if limits.is_fatal(exc):
             raise
         failure = f"the dataset cannot be listed: {limits.describe_error(exc)}"
-    report = {"cases": records, **({"error": failure} if failure else {}),
-              **({"warnings": info.warnings} if info is not None and info.warnings else {})}
+    report = {
+        "cases": records,
+        **({"error": failure} if failure else {}),
+        **({"warnings": info.warnings} if info is not None and info.warnings else {}),
+    }
     with open(args.report, "w") as fh:
         json.dump(report, fh, indent=1)
     for warning in report.get("warnings", []):
@@ -266,20 +279,23 @@ def cmd_convert(args) -> int:
     except BaseException as exc:  # decoders of hostile files raise anything, native panics included
         if limits.is_fatal(exc):
             raise
-        message = str(exc) if isinstance(exc, CaseError) else (
-            f"{args.dicom_dir}: the series cannot be converted: {limits.describe_error(exc)}")
+        message = (
+            str(exc)
+            if isinstance(exc, CaseError)
+            else (f"{args.dicom_dir}: the series cannot be converted: {limits.describe_error(exc)}")
+        )
         # Folder and file names often carry the patient's name: scrub every identifier in the
         # folder's DICOM headers (images, SR, truncated files) before printing.
-        names = dicom.identifiers_in(os.path.join(d, n) for d, _, files in os.walk(args.dicom_dir)
-                                     for n in files)
+        names = dicom.identifiers_in(os.path.join(d, n) for d, _, files in os.walk(args.dicom_dir) for n in files)
         # The folder was named by the user; shown as DICOM_DIR since it may be a patient's name.
-        for given in sorted({args.dicom_dir.rstrip(os.sep), os.path.abspath(args.dicom_dir)}, key=len,
-                            reverse=True):
+        for given in sorted({args.dicom_dir.rstrip(os.sep), os.path.abspath(args.dicom_dir)}, key=len, reverse=True):
             message = message.replace(given, "DICOM_DIR") if given else message
         print(f"error: {dicom.scrub(message, names)}", file=sys.stderr)
         return 1
-    print(f"wrote {args.output}: shape {volume.array.shape}, spacing "
-          f"{tuple(round(float(s), 4) for s in volume.spacing)} mm, {volume.modality}, {volume.meta['stack']}")
+    print(
+        f"wrote {args.output}: shape {volume.array.shape}, spacing "
+        f"{tuple(round(float(s), 4) for s in volume.spacing)} mm, {volume.modality}, {volume.meta['stack']}"
+    )
     return 0
 
 
@@ -301,20 +317,36 @@ def cmd_predict(args) -> int:
         print("error: --server needs --model-name (the TF Serving model name)", file=sys.stderr)
         return 2
     try:
-        model = (predict.InProcessModel(args.model) if args.model else predict.GrpcModel(
-            args.server, args.model_name, timeout_s=args.timeout, attempts=args.attempts,
-            max_message_bytes=args.max_message_mb * 1024 * 1024))
+        model = (
+            predict.InProcessModel(args.model)
+            if args.model
+            else predict.GrpcModel(
+                args.server,
+                args.model_name,
+                timeout_s=args.timeout,
+                attempts=args.attempts,
+                max_message_bytes=args.max_message_mb * 1024 * 1024,
+            )
+        )
     except predict.PredictError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.dicomweb:
         return _predict_study(args, model)
-    records = predict.predict_inputs(model, args.inputs, args.output, modality=args.modality,
-                                     max_voxels=args.max_voxels, num_classes=args.num_classes,
-                                     series=args.series)
+    records = predict.predict_inputs(
+        model,
+        args.inputs,
+        args.output,
+        modality=args.modality,
+        max_voxels=args.max_voxels,
+        num_classes=args.num_classes,
+        series=args.series,
+    )
     failed = sum(r["status"] != "ok" for r in records)
-    print(f"{len(records) - failed} of {len(records)} inputs segmented; report: "
-          f"{os.path.join(args.output, predict.REPORT_FILE)}")
+    print(
+        f"{len(records) - failed} of {len(records)} inputs segmented; report: "
+        f"{os.path.join(args.output, predict.REPORT_FILE)}"
+    )
     return 1 if failed else 0
 
 
@@ -325,15 +357,24 @@ def _predict_study(args, model) -> int:
 
     try:
         client = dicomweb.DicomWebClient(args.dicomweb)
-        records = predict.predict_study(model, client, args.study, args.output, store=args.store,
-                                        max_voxels=args.max_voxels, num_classes=args.num_classes)
+        records = predict.predict_study(
+            model,
+            client,
+            args.study,
+            args.output,
+            store=args.store,
+            max_voxels=args.max_voxels,
+            num_classes=args.num_classes,
+        )
     except (ValueError, dicomweb.DicomWebError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = {status: sum(r["status"] == status for r in records) for status in ("ok", "skipped", "failed")}
-    print(f"{counts['ok']} of {len(records)} series segmented ({counts['skipped']} skipped, "
-          f"{counts['failed']} failed){'; SEGs stored in the study' if args.store and counts['ok'] else ''}; "
-          f"report: {os.path.join(args.output, predict.REPORT_FILE)}")
+    print(
+        f"{counts['ok']} of {len(records)} series segmented ({counts['skipped']} skipped, "
+        f"{counts['failed']} failed){'; SEGs stored in the study' if args.store and counts['ok'] else ''}; "
+        f"report: {os.path.join(args.output, predict.REPORT_FILE)}"
+    )
     return 1 if counts["failed"] or not counts["ok"] else 0
 
 
@@ -368,38 +409,66 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p):
-        p.add_argument("--config", default="", metavar="FILE.yaml",
-                       help="settings file: stage sections (training: {filters: [16, 32]}) or flat keys")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="one setting, e.g. augment=false or training.augment=false (repeatable; "
-                            "`medtfx settings` lists them)")
+        p.add_argument(
+            "--config",
+            default="",
+            metavar="FILE.yaml",
+            help="settings file: stage sections (training: {filters: [16, 32]}) or flat keys",
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="one setting, e.g. augment=false or training.augment=false (repeatable; `medtfx settings` lists them)",
+        )
         return p
 
     def with_budget(p, default=None):
-        p.add_argument("--budget-minutes", type=float, default=default, metavar="N",
-                       help="Trainer wall time the plan fits into (default: planning.budget_minutes, 30)")
+        p.add_argument(
+            "--budget-minutes",
+            type=float,
+            default=default,
+            metavar="N",
+            help="Trainer wall time the plan fits into (default: planning.budget_minutes, 30)",
+        )
         return p
 
     p = sub.add_parser("synth", help="write synthetic phantoms (Decathlon NIfTI + DICOM series)")
     p.add_argument("out_dir")
-    p.add_argument("--kind", default="mixed", choices=("mixed", "ct"),
-                   help="mixed: 64 mm CT/MR phantoms as DICOM and NIfTI; ct: 150 mm field of view, "
-                        "0.8 x 0.8 x 4 mm voxels, an organ with a small lesion (NIfTI)")
+    p.add_argument(
+        "--kind",
+        default="mixed",
+        choices=("mixed", "ct"),
+        help="mixed: 64 mm CT/MR phantoms as DICOM and NIfTI; ct: 150 mm field of view, "
+        "0.8 x 0.8 x 4 mm voxels, an organ with a small lesion (NIfTI)",
+    )
     p.add_argument("--cases", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--structures", type=int, default=2, choices=(2, 3))
     p.set_defaults(func=cmd_synth)
 
     p = with_budget(with_config(sub.add_parser("run", help="run the pipeline locally on a dataset")))
-    p.add_argument("--data", required=True, help="Decathlon folder, DICOM tree, manifest CSV or "
-                   "dicomweb+http(s)://HOST/PATH[?QIDO keys, e.g. StudyDate=20240101-20241231]")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="Decathlon folder, DICOM tree, manifest CSV or "
+        "dicomweb+http(s)://HOST/PATH[?QIDO keys, e.g. StudyDate=20240101-20241231]",
+    )
     p.add_argument("--workdir", required=True)
     p.set_defaults(func=cmd_run)
 
-    p = with_budget(with_config(sub.add_parser(
-        "plan", help="ingest, fingerprint and plan a dataset without training (prints the choices)")))
-    p.add_argument("--data", required=True, help="Decathlon folder, DICOM tree, manifest CSV or "
-                   "dicomweb+http(s)://HOST/PATH[?QIDO keys, e.g. StudyDate=20240101-20241231]")
+    p = with_budget(
+        with_config(
+            sub.add_parser("plan", help="ingest, fingerprint and plan a dataset without training (prints the choices)")
+        )
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="Decathlon folder, DICOM tree, manifest CSV or "
+        "dicomweb+http(s)://HOST/PATH[?QIDO keys, e.g. StudyDate=20240101-20241231]",
+    )
     p.add_argument("--output", required=True, metavar="PLAN.json")
     p.add_argument("--workdir", default="workdir/plan", help="ingestion and metadata go here")
     p.set_defaults(func=cmd_plan)
@@ -407,8 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("settings", help="every setting with its default and description")
     p.set_defaults(func=cmd_settings)
 
-    p = with_budget(with_config(sub.add_parser("demo", help="generate phantoms and run the pipeline on them")),
-                    default=DEMO_BUDGET_MINUTES)
+    p = with_budget(
+        with_config(sub.add_parser("demo", help="generate phantoms and run the pipeline on them")),
+        default=DEMO_BUDGET_MINUTES,
+    )
     p.add_argument("--workdir", default="workdir/demo")
     p.add_argument("--cases", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -421,21 +492,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compile)
 
     def with_kubeflow(p):
-        p.add_argument("--beam-profile", choices=sorted(BEAM_PROFILES), default=None,
-                       help="Beam runner profile (same as --set beam_profile=...)")
-        p.add_argument("--configmap", default="", metavar="PATH",
-                       help="ConfigMap medtfx-pipeline-config (Trainer GPU settings, PVCs, push "
-                            "target) from a kustomization dir (k8s/overlays/gpu-cloud) or a YAML file "
-                            "(`kubectl kustomize ...` / `kubectl get configmap -o yaml` output)")
+        p.add_argument(
+            "--beam-profile",
+            choices=sorted(BEAM_PROFILES),
+            default=None,
+            help="Beam runner profile (same as --set beam_profile=...)",
+        )
+        p.add_argument(
+            "--configmap",
+            default="",
+            metavar="PATH",
+            help="ConfigMap medtfx-pipeline-config (Trainer GPU settings, PVCs, push "
+            "target) from a kustomization dir (k8s/overlays/gpu-cloud) or a YAML file "
+            "(`kubectl kustomize ...` / `kubectl get configmap -o yaml` output)",
+        )
         return p
 
     with_kubeflow(p)
-    p = with_kubeflow(with_config(sub.add_parser(
-        "deploy", help="compile, upload a new pipeline version to Kubeflow Pipelines, start a run")))
+    p = with_kubeflow(
+        with_config(
+            sub.add_parser("deploy", help="compile, upload a new pipeline version to Kubeflow Pipelines, start a run")
+        )
+    )
     p.add_argument("--endpoint", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
     p.add_argument("--dry-run", action="store_true", help="print what would be sent; send nothing")
-    p.add_argument("--image", default=None, help=f"component image (default: ${{MEDTFX_IMAGE}}, "
-                   "else the config's image)")
+    p.add_argument(
+        "--image", default=None, help=f"component image (default: ${{MEDTFX_IMAGE}}, else the config's image)"
+    )
     p.add_argument("--experiment", default="medtfx")
     p.add_argument("--pipeline-name", default=None, help="default: the config's pipeline_name")
     p.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user)")
@@ -447,40 +530,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="Decathlon folder, DICOM tree, manifest CSV or dicomweb+http(s)://HOST/PATH")
     p.add_argument("--report", required=True)
     p.add_argument("--images-only", action="store_true", help="do not require labels")
-    p.add_argument("--salt", default="medtfx-default-salt", help="patient hash salt "
-                   "(MEDTFX_PATIENT_SALT overrides)")
+    p.add_argument("--salt", default="medtfx-default-salt", help="patient hash salt (MEDTFX_PATIENT_SALT overrides)")
     p.set_defaults(func=cmd_inventory)
 
     p = sub.add_parser("convert", help="convert one DICOM series to NIfTI as ingestion sees it")
     p.add_argument("dicom_dir")
     p.add_argument("output")
-    p.add_argument("--series", type=int, default=None, metavar="N",
-                   help="which image stack (1-based, as listed) when the folder holds several")
+    p.add_argument(
+        "--series",
+        type=int,
+        default=None,
+        metavar="N",
+        help="which image stack (1-based, as listed) when the folder holds several",
+    )
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("predict", help="segment NIfTI files / DICOM series folders with an exported "
-                       "model (in process) or a TF Serving gRPC endpoint")
+    p = sub.add_parser(
+        "predict",
+        help="segment NIfTI files / DICOM series folders with an exported "
+        "model (in process) or a TF Serving gRPC endpoint",
+    )
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="NIfTI file or folder holding one DICOM series")
     p.add_argument("--output", required=True, help="writes <name>.nii.gz (+ <name>.seg.dcm for DICOM)")
     p.add_argument("--model", default="", metavar="SAVED_MODEL_DIR", help="exported model, run in process")
     p.add_argument("--server", default="", metavar="HOST:PORT", help="TF Serving gRPC endpoint")
     p.add_argument("--model-name", default="", help="TF Serving model name (with --server)")
-    p.add_argument("--modality", default="", help="modality of NIfTI inputs (CT, MR, ...); default: the one the model was trained on; DICOM "
-                   "inputs use their header")
-    p.add_argument("--max-voxels", type=int, default=512 ** 3, help="refuse larger volumes")
+    p.add_argument(
+        "--modality",
+        default="",
+        help="modality of NIfTI inputs (CT, MR, ...); default: the one the model was trained on; DICOM "
+        "inputs use their header",
+    )
+    p.add_argument("--max-voxels", type=int, default=512**3, help="refuse larger volumes")
     p.add_argument("--max-message-mb", type=int, default=1024, help="gRPC send/receive limit")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per gRPC call")
     p.add_argument("--attempts", type=int, default=4, help="gRPC tries per input (transient errors)")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="classes incl. background for DICOM SEG segments (default: from the model)")
-    p.add_argument("--series", type=int, default=None, metavar="N",
-                   help="which image stack (1-based, as listed) of DICOM folders holding several")
-    p.add_argument("--dicomweb", default="", metavar="URL",
-                   help="DICOMweb root of a PACS (instead of INPUTs); credentials from MEDTFX_DICOMWEB_TOKEN "
-                        "or MEDTFX_DICOMWEB_USER/MEDTFX_DICOMWEB_PASSWORD")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes incl. background for DICOM SEG segments (default: from the model)",
+    )
+    p.add_argument(
+        "--series",
+        type=int,
+        default=None,
+        metavar="N",
+        help="which image stack (1-based, as listed) of DICOM folders holding several",
+    )
+    p.add_argument(
+        "--dicomweb",
+        default="",
+        metavar="URL",
+        help="DICOMweb root of a PACS (instead of INPUTs); credentials from MEDTFX_DICOMWEB_TOKEN "
+        "or MEDTFX_DICOMWEB_USER/MEDTFX_DICOMWEB_PASSWORD",
+    )
     p.add_argument("--study", default="", metavar="UID", help="StudyInstanceUID to segment (with --dicomweb)")
-    p.add_argument("--store", action="store_true",
-                   help="store each SEG into the study (STOW-RS); without it nothing is written to the PACS")
+    p.add_argument(
+        "--store",
+        action="store_true",
+        help="store each SEG into the study (STOW-RS); without it nothing is written to the PACS",
+    )
     p.set_defaults(func=cmd_predict)
 
     # `medtfx bench <what>`: one sub-subcommand per benchmark, each writing JSON.
@@ -489,17 +599,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench_sub.add_parser("dicom", help="our DICOM reader vs dcm2niix on real series")
     p.add_argument("--json", required=True, metavar="FILE", help="where to write the timings")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per series (median is kept)")
-    p.add_argument("--data", default="", help="folder holding dcm_qa_nih / dcm_qa_enh "
-                   "(default: ../shared/data/dicom beside the repository)")
+    p.add_argument(
+        "--data",
+        default="",
+        help="folder holding dcm_qa_nih / dcm_qa_enh (default: ../shared/data/dicom beside the repository)",
+    )
     p.set_defaults(func=cmd_bench_dicom)
     p = bench_sub.add_parser("resample", help="our TF trilinear resampling vs SimpleITK")
     p.add_argument("--json", required=True, metavar="FILE", help="where to write the timings")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per volume (median is kept)")
-    p.add_argument("--data", default="", help="Decathlon folder (default: ../shared/data/"
-                   "hippocampus beside the repository; phantoms only when absent)")
+    p.add_argument(
+        "--data",
+        default="",
+        help="Decathlon folder (default: ../shared/data/hippocampus beside the repository; phantoms only when absent)",
+    )
     p.set_defaults(func=cmd_bench_resample)
-    p = bench_sub.add_parser("io", help="volume input pipelines: the seed's in-memory / float_list "
-                             "TFRecord / generator vs medtfx's int16 records (cached and streaming)")
+    p = bench_sub.add_parser(
+        "io",
+        help="volume input pipelines: the seed's in-memory / float_list "
+        "TFRecord / generator vs medtfx's int16 records (cached and streaming)",
+    )
     p.add_argument("--json", required=True, metavar="FILE", help="where to write the timings")
     p.add_argument("--iterations", type=int, default=100, help="batches timed per method")
     p.add_argument("--batch", type=int, default=5)

@@ -5,6 +5,7 @@ flat where only one stage has it (`--set augment=false`) or prefixed by its stag
 (`--set training.augment=false`). The dotted keys a user set are remembered (`user_keys`): the
 planner fills everything else from the dataset fingerprint and records where each value came from.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -43,7 +44,9 @@ class PipelineConfig(BaseModel):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
-    user_keys: Tuple[str, ...] = Field((), description="dotted keys set by --config/--set (the planner leaves them alone)")
+    user_keys: Tuple[str, ...] = Field(
+        (), description="dotted keys set by --config/--set (the planner leaves them alone)"
+    )
 
     @property
     def pipeline_root(self) -> str:
@@ -72,23 +75,28 @@ class PipelineConfig(BaseModel):
         if r.beam_profile == "direct":
             args = list(r.beam_args)
         elif r.beam_profile == "dataflow":
-            missing = [name for name in ("beam_project", "beam_region", "beam_temp_location")
-                       if not getattr(r, name)]
+            missing = [name for name in ("beam_project", "beam_region", "beam_temp_location") if not getattr(r, name)]
             if missing:
                 raise ConfigError(f"beam_profile 'dataflow' needs --set {'=... --set '.join(missing)}=...")
-            args = ["--runner=DataflowRunner", f"--project={r.beam_project}",
-                    f"--region={r.beam_region}", f"--temp_location={r.beam_temp_location}",
-                    # Workers import the Transform module etc.: they need the project's code.
-                    f"--sdk_container_image={r.beam_sdk_container_image or r.image}"]
+            args = [
+                "--runner=DataflowRunner",
+                f"--project={r.beam_project}",
+                f"--region={r.beam_region}",
+                f"--temp_location={r.beam_temp_location}",
+                # Workers import the Transform module etc.: they need the project's code.
+                f"--sdk_container_image={r.beam_sdk_container_image or r.image}",
+            ]
         else:  # flink / spark: a Beam job server (PortableRunner)
             defaults = BEAM_PROFILES[r.beam_profile]
             env_type = r.beam_environment_type or defaults["environment_type"]
             env_config = r.beam_environment_config or (
-                r.beam_sdk_container_image or r.image if env_type == "DOCKER"
-                else defaults["environment_config"])
-            args = ["--runner=PortableRunner",
-                    f"--job_endpoint={r.beam_job_endpoint or defaults['job_endpoint']}",
-                    f"--environment_type={env_type}"]
+                r.beam_sdk_container_image or r.image if env_type == "DOCKER" else defaults["environment_config"]
+            )
+            args = [
+                "--runner=PortableRunner",
+                f"--job_endpoint={r.beam_job_endpoint or defaults['job_endpoint']}",
+                f"--environment_type={env_type}",
+            ]
             if env_config:
                 args.append(f"--environment_config={env_config}")
         return args + list(r.beam_extra_args)
@@ -101,10 +109,12 @@ class PipelineConfig(BaseModel):
 BEAM_PROFILES = {
     "direct": {},
     "dataflow": {},
-    "flink": {"job_endpoint": "localhost:8099", "environment_type": "EXTERNAL",
-              "environment_config": "localhost:50000"},
-    "spark": {"job_endpoint": "localhost:8099", "environment_type": "DOCKER",
-              "environment_config": ""},
+    "flink": {
+        "job_endpoint": "localhost:8099",
+        "environment_type": "EXTERNAL",
+        "environment_config": "localhost:50000",
+    },
+    "spark": {"job_endpoint": "localhost:8099", "environment_type": "DOCKER", "environment_config": ""},
 }
 
 TOP_LEVEL = ("data_root", "workdir")
@@ -131,8 +141,11 @@ def resolve_key(key: str) -> str:
             raise ConfigError(f"{key!r} is a setting of several stages: use one of {', '.join(keys[key])}")
         return keys[key][0]
     near = difflib.get_close_matches(key, sorted(set(keys) | dotted), n=3)
-    hint = f" (did you mean {' or '.join(repr(n) for n in near)}?)" if near else \
-        f"; stages: {', '.join(STAGES)} (`medtfx settings` lists every key)"
+    hint = (
+        f" (did you mean {' or '.join(repr(n) for n in near)}?)"
+        if near
+        else f"; stages: {', '.join(STAGES)} (`medtfx settings` lists every key)"
+    )
     raise ConfigError(f"unknown setting {key!r}{hint}")
 
 
@@ -221,8 +234,9 @@ def load_config_file(path: str) -> Dict[str, Any]:
     return _flatten(tree)
 
 
-def make_config(overrides: Optional[Iterable[str]] = None, config_file: Optional[str] = None,
-                **fields) -> PipelineConfig:
+def make_config(
+    overrides: Optional[Iterable[str]] = None, config_file: Optional[str] = None, **fields
+) -> PipelineConfig:
     """Defaults, then `config_file`, then keyword fields (data_root, workdir or any key), then
     'key=value' overrides."""
     cfg = PipelineConfig()

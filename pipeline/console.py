@@ -1,4 +1,5 @@
 """Console output for the CLI: stage progress and real problems, not library chatter."""
+
 from __future__ import annotations
 
 import logging

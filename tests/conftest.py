@@ -1,4 +1,5 @@
 """Shared fixtures: small synthetic phantoms written once per session."""
+
 import os
 
 import pytest

@@ -16,6 +16,7 @@ special files, malformed JSON/CSV, patient identity in paths. The worker checks,
 
 Run directly: python -m tests.fuzz_corpus --seeds N --rlimit-gb 3 (prints one JSON summary line).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -390,8 +391,9 @@ def m_phi_convert_two_stacks(rng, root):
     m_phi_in_paths(rng, root)
     target = os.path.join(root, FAKE_PATIENT_DIR)
     other = next(d for d in sorted(os.listdir(root)) if d != FAKE_PATIENT_DIR)
-    for path in sorted(os.path.join(root, other, f) for f in os.listdir(os.path.join(root, other))
-                       if f.endswith(".dcm")):
+    for path in sorted(
+        os.path.join(root, other, f) for f in os.listdir(os.path.join(root, other)) if f.endswith(".dcm")
+    ):
         shutil.move(path, os.path.join(target, "b_" + os.path.basename(path)))
 
 
@@ -478,8 +480,7 @@ def build_base(out_dir: str) -> Dict[str, str]:
         os.rename(os.path.join(root, folder), target)
         for f in sorted(os.listdir(target)):
             if f.endswith(".dcm"):
-                _edit(os.path.join(target, f), PatientName=f"{name}^{given}", PatientID=pid,
-                      PatientBirthDate=birth)
+                _edit(os.path.join(target, f), PatientName=f"{name}^{given}", PatientID=pid, PatientBirthDate=birth)
     return {"dicom": paths["dicom"], "decathlon": paths["decathlon"]}
 
 
@@ -525,8 +526,12 @@ def _alarm(signum, frame):
 
 def _same(got, ref) -> bool:
     array, affine = got
-    return (ref is not None and array.shape == ref[0].shape and np.array_equal(array, ref[0])
-            and np.allclose(affine, ref[1], atol=1e-4))
+    return (
+        ref is not None
+        and array.shape == ref[0].shape
+        and np.array_equal(array, ref[0])
+        and np.allclose(affine, ref[1], atol=1e-4)
+    )
 
 
 def _dataset_files(root: str) -> List[str]:
@@ -539,8 +544,7 @@ def _dataset_files(root: str) -> List[str]:
     return out
 
 
-def run_dataset(root: str, mutation: Mutation, refs: Dict[str, tuple], phi: List[str],
-                workdir: str) -> dict:
+def run_dataset(root: str, mutation: Mutation, refs: Dict[str, tuple], phi: List[str], workdir: str) -> dict:
     """Runs inventory (and convert on each DICOM folder) on one mutated dataset; returns
     {"name", "crash", "hang", "silent_wrong", "leak", "unclear", "memory", "report_missing",
     "files_lost", "seconds", "details"}."""
@@ -550,8 +554,10 @@ def run_dataset(root: str, mutation: Mutation, refs: Dict[str, tuple], phi: List
     from modules.io.volume import compact_dtype
     from pipeline import cli
 
-    result = {k: 0 for k in ("crash", "hang", "silent_wrong", "leak", "unclear", "memory",
-                             "report_missing", "files_lost", "runs")}
+    result = {
+        k: 0
+        for k in ("crash", "hang", "silent_wrong", "leak", "unclear", "memory", "report_missing", "files_lost", "runs")
+    }
     result["name"], result["details"] = os.path.basename(root), []
     started = time.monotonic()
     old = signal.signal(signal.SIGALRM, _alarm)
@@ -577,7 +583,8 @@ def run_dataset(root: str, mutation: Mutation, refs: Dict[str, tuple], phi: List
             listed = {dicom.scrub(p, phi) for r in records for p in r["inputs"]}
             for path in _dataset_files(root):
                 if dicom.scrub(path, phi) not in listed and not any(
-                        dicom.scrub(path, phi).startswith(p.rstrip("/") + "/") for p in listed):
+                    dicom.scrub(path, phi).startswith(p.rstrip("/") + "/") for p in listed
+                ):
                     result["files_lost"] += 1
                     result["details"].append(f"file not in report: {dicom.scrub(path, phi)}")
             for r in records:
@@ -659,8 +666,7 @@ def run_corpus(out_dir: str, seeds: List[int], names: List[str] = ()) -> dict:
             results.append(run_dataset(root, mutation, refs, phi, work))
             shutil.rmtree(root, ignore_errors=True)
     ran = [r for r in results if "skipped" not in r]
-    summary = {"datasets": len(ran), "skipped": len(results) - len(ran),
-               "runs": sum(r["runs"] for r in ran)}
+    summary = {"datasets": len(ran), "skipped": len(results) - len(ran), "runs": sum(r["runs"] for r in ran)}
     for key in ("crash", "hang", "silent_wrong", "leak", "unclear", "memory", "report_missing", "files_lost"):
         summary[key] = sum(r[key] > 0 for r in ran)
     summary["peak_rss_mb"] = _peak_rss_mb()
@@ -682,11 +688,11 @@ def main(argv=None) -> int:
     parser.add_argument("--rlimit-gb", type=float, default=3.0)
     args = parser.parse_args(argv)
     # The default byte limit (4 GB) is above the address-space limit the fuzzing runs under.
-    os.environ.setdefault("MEDTFX_MAX_BYTES", str(512 * 1024 ** 2))
+    os.environ.setdefault("MEDTFX_MAX_BYTES", str(512 * 1024**2))
     if args.rlimit_gb > 0:
         import resource
 
-        limit = int(args.rlimit_gb * 1024 ** 3)
+        limit = int(args.rlimit_gb * 1024**3)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     outcome = run_corpus(args.out, list(range(args.first_seed, args.first_seed + args.seeds)), args.only)

@@ -25,6 +25,7 @@ turns that into a 502. What it proves: the HTTP API calls TF's real GCS client m
 uploads, listings, stats, deletes, ranged reads) succeed and leave the right objects, over TLS
 that TF verifies against the given CA.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -61,12 +62,14 @@ def loopback_netns_available() -> Tuple[bool, str]:
     return True, ""
 
 
-def run_in_loopback_netns(argv: Sequence[str], timeout_s: float, env: Optional[Dict[str, str]] = None,
-                          cwd: Optional[str] = None) -> subprocess.CompletedProcess:
+def run_in_loopback_netns(
+    argv: Sequence[str], timeout_s: float, env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None
+) -> subprocess.CompletedProcess:
     """Runs `argv` under `unshare -n` (a new, empty network namespace). The child must call
     :func:`enter_loopback_only` first to bring `lo` up."""
-    return subprocess.run(["unshare", "-n", "--", *argv], capture_output=True, text=True,
-                          timeout=timeout_s, env=env, cwd=cwd)
+    return subprocess.run(
+        ["unshare", "-n", "--", *argv], capture_output=True, text=True, timeout=timeout_s, env=env, cwd=cwd
+    )
 
 
 def enter_loopback_only() -> None:
@@ -97,36 +100,60 @@ def make_ca_and_server_cert(out_dir: str, hosts: Sequence[str] = GOOGLE_HOSTS) -
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "medtfx test CA (throwaway)")])
-    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(start).not_valid_after(end)
-               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                            content_commitment=False, key_encipherment=False,
-                                            data_encipherment=False, key_agreement=False,
-                                            encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-               .sign(ca_key, hashes.SHA256()))
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = {name: os.path.join(out_dir, f) for name, f in
-             (("ca", "ca.pem"), ("cert", "server.pem"), ("key", "server.key"))}
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {
+        name: os.path.join(out_dir, f) for name, f in (("ca", "ca.pem"), ("cert", "server.pem"), ("key", "server.key"))
+    }
     with open(paths["ca"], "wb") as f:
         f.write(ca_cert.public_bytes(serialization.Encoding.PEM))
     with open(paths["cert"], "wb") as f:
         f.write(cert.public_bytes(serialization.Encoding.PEM))
     with open(paths["key"], "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     return paths
 
 
@@ -153,7 +180,6 @@ class Emulator:
     def __exit__(self, *exc) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
-
 
 
 def _emulator_get(port: int, path: str) -> bytes:
@@ -193,8 +219,11 @@ class _ForwardHandler(http_server.BaseHTTPRequestHandler):
         else:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
-        headers = {k: v for k, v in self.headers.items()
-                   if k.lower() not in ("transfer-encoding", "connection", "proxy-connection", "expect")}
+        headers = {
+            k: v
+            for k, v in self.headers.items()
+            if k.lower() not in ("transfer-encoding", "connection", "proxy-connection", "expect")
+        }
         if body is not None:
             headers["Content-Length"] = str(len(body))
         conn = http.client.HTTPConnection("127.0.0.1", self.proxy.emulator_port, timeout=30)
@@ -286,8 +315,14 @@ class InterceptProxy:
     `log` holds [method, host, path, status] per forwarded request (403: a refused CONNECT;
     'TLS': a failed handshake), also appended as JSON lines to `log_path` when given."""
 
-    def __init__(self, emulator_port: int, cert: str, key: str,
-                 allowed_hosts: Sequence[str] = GOOGLE_HOSTS, log_path: Optional[str] = None):
+    def __init__(
+        self,
+        emulator_port: int,
+        cert: str,
+        key: str,
+        allowed_hosts: Sequence[str] = GOOGLE_HOSTS,
+        log_path: Optional[str] = None,
+    ):
         self.emulator_port = emulator_port
         self.log_path = log_path
         self._log_lock = threading.Lock()
@@ -336,8 +371,9 @@ class GcsDoubleProcess:
     def __enter__(self) -> "GcsDoubleProcess":
         info_path = os.path.join(self.workdir, "gcs_double.json")
         repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self._proc = subprocess.Popen([sys.executable, "-m", "tests.gcs_double", self.workdir, *self.buckets],
-                                      stdin=subprocess.PIPE, cwd=repo)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.gcs_double", self.workdir, *self.buckets], stdin=subprocess.PIPE, cwd=repo
+        )
         deadline = time.monotonic() + self.start_timeout_s
         while not os.path.exists(info_path):
             if self._proc.poll() is not None or time.monotonic() > deadline:
@@ -380,8 +416,7 @@ def _serve(workdir: str, buckets: Sequence[str]) -> None:
     WORKDIR/gcs_double.json, and serves until stdin reaches EOF."""
     certs = make_ca_and_server_cert(workdir)
     log_path = os.path.join(workdir, "proxy_log.jsonl")
-    with Emulator(buckets) as emu, InterceptProxy(emu.port, certs["cert"], certs["key"],
-                                                  log_path=log_path) as proxy:
+    with Emulator(buckets) as emu, InterceptProxy(emu.port, certs["cert"], certs["key"], log_path=log_path) as proxy:
         info = {"emulator_port": emu.port, "proxy_port": proxy.port, "ca": certs["ca"], "log": log_path}
         tmp = os.path.join(workdir, "gcs_double.json.tmp")
         with open(tmp, "w") as f:
@@ -395,8 +430,10 @@ def tf_gcs_environment(proxy_port: int, ca_path: str) -> Dict[str, str]:
     TensorFlow first touches gs://)."""
     proxy = f"http://127.0.0.1:{proxy_port}"
     return {
-        "HTTPS_PROXY": proxy, "https_proxy": proxy,
-        "NO_PROXY": "", "no_proxy": "",
+        "HTTPS_PROXY": proxy,
+        "https_proxy": proxy,
+        "NO_PROXY": "",
+        "no_proxy": "",
         "CURL_CA_BUNDLE": ca_path,
         # tsl GoogleAuthProvider: use this bearer token, skip ADC files and the GCE metadata server.
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "medtfx-test-token",

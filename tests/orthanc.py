@@ -7,6 +7,7 @@ but answers only loopback clients) and HTTP basic authentication with a test use
 client's credentials-from-environment path is exercised for real. `make test` installs the
 packages when missing; otherwise the tests skip locally and fail in CI (CI=true).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,19 +47,29 @@ class Orthanc:
         answers = []
         for path in paths:
             with open(path, "rb") as fh:
-                response = requests.post(f"{self.rest}/instances", data=fh.read(), auth=self.auth,
-                                         headers={"Content-Type": "application/dicom"}, timeout=60)
+                response = requests.post(
+                    f"{self.rest}/instances",
+                    data=fh.read(),
+                    auth=self.auth,
+                    headers={"Content-Type": "application/dicom"},
+                    timeout=60,
+                )
             response.raise_for_status()
             answers.append(response.json())
         return answers
 
     def instance_transfer_syntax(self, sop_instance_uid: str) -> str:
         """The transfer syntax UID Orthanc stored an instance in."""
-        found = requests.post(f"{self.rest}/tools/find", auth=self.auth, timeout=30, json={
-            "Level": "Instance", "Query": {"SOPInstanceUID": sop_instance_uid}}).json()
+        found = requests.post(
+            f"{self.rest}/tools/find",
+            auth=self.auth,
+            timeout=30,
+            json={"Level": "Instance", "Query": {"SOPInstanceUID": sop_instance_uid}},
+        ).json()
         (orthanc_id,) = found
-        return requests.get(f"{self.rest}/instances/{orthanc_id}/metadata/TransferSyntax",
-                            auth=self.auth, timeout=30).text
+        return requests.get(
+            f"{self.rest}/instances/{orthanc_id}/metadata/TransferSyntax", auth=self.auth, timeout=30
+        ).text
 
     def stop(self) -> None:
         self.process.terminate()
@@ -79,8 +90,10 @@ def _missing(reason: str):
 def find_orthanc() -> Optional[tuple]:
     """(binary, DICOMweb plugin path), or None when either is not installed."""
     binary = next((b for b in ORTHANC_BINARIES if os.access(b, os.X_OK)), shutil.which("Orthanc"))
-    plugin = next((os.path.join(d, DICOMWEB_PLUGIN) for d in PLUGIN_DIRS
-                   if os.path.exists(os.path.join(d, DICOMWEB_PLUGIN))), None)
+    plugin = next(
+        (os.path.join(d, DICOMWEB_PLUGIN) for d in PLUGIN_DIRS if os.path.exists(os.path.join(d, DICOMWEB_PLUGIN))),
+        None,
+    )
     return (binary, plugin) if binary and plugin else None
 
 
@@ -100,16 +113,29 @@ def start_orthanc() -> Orthanc:
     workdir = tempfile.mkdtemp(prefix="medtfx-orthanc-")
     port = _free_port()
     config = {
-        "Name": "medtfx-test", "StorageDirectory": os.path.join(workdir, "storage"),
-        "IndexDirectory": os.path.join(workdir, "index"), "HttpPort": port,
-        "DicomServerEnabled": False, "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": True, "RegisteredUsers": {USER: PASSWORD},
-        "Plugins": [plugin], "ConcurrentJobs": 1, "HttpThreadsCount": 4,
+        "Name": "medtfx-test",
+        "StorageDirectory": os.path.join(workdir, "storage"),
+        "IndexDirectory": os.path.join(workdir, "index"),
+        "HttpPort": port,
+        "DicomServerEnabled": False,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {USER: PASSWORD},
+        "Plugins": [plugin],
+        "ConcurrentJobs": 1,
+        "HttpThreadsCount": 4,
         # Store what is uploaded as is: the JPEG 2000 round trip depends on it.
-        "StorageCompression": False, "OverwriteInstances": True,
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
-                     "Host": f"127.0.0.1:{port}", "Ssl": False, "StudiesMetadata": "Full",
-                     "SeriesMetadata": "Full"},
+        "StorageCompression": False,
+        "OverwriteInstances": True,
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": False,
+            "Host": f"127.0.0.1:{port}",
+            "Ssl": False,
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        },
     }
     config_path = os.path.join(workdir, "orthanc.json")
     with open(config_path, "w") as fh:

@@ -1,4 +1,5 @@
 """Checks on DICOM SEG outputs shared by the predict tests."""
+
 import numpy as np
 
 

@@ -15,6 +15,7 @@ modules.train.trainer.export from a real Transform graph (modules.transform.prep
 TFT Beam): the network is an untrained, hand-set 1x1x1 convolution (three intensity bands ->
 three classes) so masks are non-trivial and deterministic without spending test time training.
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,8 +49,9 @@ class ServingDouble(prediction_service_pb2_grpc.PredictionServiceServicer):
     failures for retry tests). calls counts every call received.
     """
 
-    def __init__(self, models: Dict[str, str], fail_first: int = 0,
-                 fail_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE):
+    def __init__(
+        self, models: Dict[str, str], fail_first: int = 0, fail_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    ):
         import tensorflow as tf
 
         self._models = {}
@@ -85,12 +87,14 @@ class ServingDouble(prediction_service_pb2_grpc.PredictionServiceServicer):
         version, _, loaded = self._model(request.model_spec, context)
         signature_name = request.model_spec.signature_name or "serving_default"
         if signature_name not in loaded.signatures:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"Serving signature name: \"{signature_name}\" not found")
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature name: "{signature_name}" not found')
         fn = loaded.signatures[signature_name]
         expected = set(fn.structured_input_signature[1])
         if set(request.inputs) != expected:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"inputs {sorted(request.inputs)} do not match the signature's {sorted(expected)}")
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"inputs {sorted(request.inputs)} do not match the signature's {sorted(expected)}",
+            )
         try:
             outputs = fn(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as exc:
@@ -123,9 +127,13 @@ class ServingDouble(prediction_service_pb2_grpc.PredictionServiceServicer):
 def start_server(servicer: ServingDouble, max_message_bytes: int = MAX_MESSAGE_BYTES):
     """Serves `servicer` on 127.0.0.1 with an ephemeral port. Returns (server, 'host:port');
     stop it with server.stop(None)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
-                         options=[("grpc.max_send_message_length", max_message_bytes),
-                                  ("grpc.max_receive_message_length", max_message_bytes)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2),
+        options=[
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ],
+    )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -135,6 +143,7 @@ def start_server(servicer: ServingDouble, max_message_bytes: int = MAX_MESSAGE_B
 # ---------------------------------------------------------------------------------------------
 # The tiny exported model
 # ---------------------------------------------------------------------------------------------
+
 
 def phantom_examples(n: int = 4, seed: int = 11):
     """n labelled phantom cases encoded as ingestion does (canonical, compact dtype)."""
@@ -165,15 +174,16 @@ def _analyze_transform(examples, transform_config: dict, out_dir: str) -> str:
     from modules.transform import preprocessing
 
     schema = es.tfmd_schema(include_voxels=True, require_label=True)
-    record_tfxio = tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["medtfx-tests"],
-                                             schema=schema)
+    record_tfxio = tfxio.TFExampleBeamRecord(
+        physical_format="inmem", telemetry_descriptors=["medtfx-tests"], schema=schema
+    )
     serialized = [e.SerializeToString() for e in examples]
     with tft_beam.Context(temp_dir=os.path.join(out_dir, "tmp")):
         with beam.Pipeline() as p:
             raw = p | beam.Create(serialized, reshuffle=False) | record_tfxio.BeamSource()
-            transform_fn = ((raw, record_tfxio.TensorAdapterConfig())
-                            | tft_beam.AnalyzeDataset(
-                                functools.partial(preprocessing.preprocessing_fn, custom_config=transform_config)))
+            transform_fn = (raw, record_tfxio.TensorAdapterConfig()) | tft_beam.AnalyzeDataset(
+                functools.partial(preprocessing.preprocessing_fn, custom_config=transform_config)
+            )
             _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
     metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema), os.path.join(out_dir, "metadata"))
     return out_dir
@@ -219,13 +229,22 @@ def exported_test_model() -> dict:
     trainer.export(band_model(image_shape, cfg.training.num_classes), tf_transform_output, model_dir)
     serving_base = os.path.join(root, "serving", cfg.serving.model_name)
     shutil.copytree(model_dir, os.path.join(serving_base, "1"))
-    return {"model_dir": model_dir, "serving_base": serving_base, "model_name": cfg.serving.model_name,
-            "num_classes": cfg.training.num_classes, "examples": tuple(examples), "root": root}
+    return {
+        "model_dir": model_dir,
+        "serving_base": serving_base,
+        "model_name": cfg.serving.model_name,
+        "num_classes": cfg.training.num_classes,
+        "examples": tuple(examples),
+        "root": root,
+    }
 
 
-def serving_double_for(model: dict, fail_first: int = 0,
-                       fail_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
-                       servicer: Optional[ServingDouble] = None):
+def serving_double_for(
+    model: dict,
+    fail_first: int = 0,
+    fail_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+    servicer: Optional[ServingDouble] = None,
+):
     """(server, target, servicer) serving the exported test model under its model name."""
     servicer = servicer or ServingDouble({model["model_name"]: model["serving_base"]}, fail_first, fail_code)
     server, target = start_server(servicer)

@@ -1,14 +1,18 @@
 """Dependency direction: modules/ (pure numpy/TF, the code TFX runs by import path) never imports
 components/ or pipeline/; components/ may import modules/ but not pipeline/; pipeline/ composes
 both. Checked on every import statement, including function-local ones."""
+
 import ast
 import os
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FORBIDDEN = {"modules": ("components", "pipeline", "tests"), "components": ("pipeline", "tests"),
-             "pipeline": ("tests",)}
+FORBIDDEN = {
+    "modules": ("components", "pipeline", "tests"),
+    "components": ("pipeline", "tests"),
+    "pipeline": ("tests",),
+}
 
 
 def _imports(path):
@@ -32,9 +36,12 @@ def _python_files(package):
 def test_imports_point_one_way(package):
     files = list(_python_files(package))
     assert len(files) > 3, f"no sources found under {package}/"
-    bad = [f"{os.path.relpath(path, REPO)}:{line} imports {name}"
-           for path in files for line, name in _imports(path)
-           if name.split(".")[0] in FORBIDDEN[package]]
+    bad = [
+        f"{os.path.relpath(path, REPO)}:{line} imports {name}"
+        for path in files
+        for line, name in _imports(path)
+        if name.split(".")[0] in FORBIDDEN[package]
+    ]
     assert not bad, "\n".join(bad)
 
 

@@ -1,5 +1,6 @@
 """Class-balanced patch sampling and augmentation: geometry, foreground share, determinism;
 the input pipeline's record decoding (fixed grid, whole volume, raw int16 bytes)."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -38,15 +39,23 @@ def test_forced_patches_are_centred_on_foreground():
         np.testing.assert_array_equal(lab.numpy(), label[window])
 
 
-@pytest.mark.parametrize("oversample, low, high", [
-    (0.0, 0.0, 0.3),  # uniform placement mostly misses the tiny structures
-    (0.33, 0.3, 0.7),  # a third forced onto foreground, plus the uniform hits
-    (1.0, 1.0, 1.0),  # every patch forced onto foreground
-])
+@pytest.mark.parametrize(
+    "oversample, low, high",
+    [
+        (0.0, 0.0, 0.3),  # uniform placement mostly misses the tiny structures
+        (0.33, 0.3, 0.7),  # a third forced onto foreground, plus the uniform hits
+        (1.0, 1.0, 1.0),  # every patch forced onto foreground
+    ],
+)
 def test_foreground_share_follows_oversampling(oversample, low, high):
     image, label = _case()
-    hits = [augment.training_patch(image, label, PATCH, 3, oversample, NO_AUGMENTATION,
-                                   tf.constant([1, i]))[1].numpy().max() > 0 for i in range(60)]
+    hits = [
+        augment.training_patch(image, label, PATCH, 3, oversample, NO_AUGMENTATION, tf.constant([1, i]))[1]
+        .numpy()
+        .max()
+        > 0
+        for i in range(60)
+    ]
     assert low <= np.mean(hits) <= high
 
 
@@ -95,8 +104,9 @@ def test_augmented_patch_keeps_label_aligned_with_image():
     _, label = _case()
     label[8:16, 6:14, 5:11] = 1  # a larger block, so interiors exist after zooming
     image = (label > 0).astype(np.float32) * 10.0
-    cfg = augment.AugmentConfig(p_rotation=1.0, max_rotation_deg=15.0, p_scale=1.0, p_intensity_scale=0.0,
-                                p_intensity_shift=0.0, p_noise=0.0)
+    cfg = augment.AugmentConfig(
+        p_rotation=1.0, max_rotation_deg=15.0, p_scale=1.0, p_intensity_scale=0.0, p_intensity_shift=0.0, p_noise=0.0
+    )
     for i in range(6):
         img, lab = augment.training_patch(image, label, PATCH, 3, 1.0, cfg, tf.constant([2, i]))
         img, lab = img.numpy(), lab.numpy()
@@ -128,19 +138,23 @@ def _example(features):
         if v.dtype.kind in "iu":
             return tf.train.Feature(int64_list=tf.train.Int64List(value=v.ravel()))
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.item()]))
-    return tf.train.Example(features=tf.train.Features(
-        feature={k: feature(v) for k, v in features.items()})).SerializeToString()
+
+    return tf.train.Example(
+        features=tf.train.Features(feature={k: feature(v) for k, v in features.items()})
+    ).SerializeToString()
 
 
 def test_case_decoder_fixed_grid_and_whole_volume():
     image, label = _case((4, 3, 2))
-    fixed = {"image": tf.io.FixedLenFeature([4, 3, 2], tf.float32),
-             "label": tf.io.FixedLenFeature([4, 3, 2], tf.int64)}
+    fixed = {"image": tf.io.FixedLenFeature([4, 3, 2], tf.float32), "label": tf.io.FixedLenFeature([4, 3, 2], tf.int64)}
     img, lab = input_pipeline.case_decoder(fixed)(_example({"image": image, "label": label.astype(np.int64)}))
     np.testing.assert_array_equal(img.numpy(), image)
     assert lab.dtype == tf.uint8 and np.array_equal(lab.numpy(), label)
-    whole = {"image": tf.io.VarLenFeature(tf.float32), "label": tf.io.VarLenFeature(tf.int64),
-             "grid_shape": tf.io.FixedLenFeature([3], tf.int64)}
+    whole = {
+        "image": tf.io.VarLenFeature(tf.float32),
+        "label": tf.io.VarLenFeature(tf.int64),
+        "grid_shape": tf.io.FixedLenFeature([3], tf.int64),
+    }
     record = _example({"image": image, "label": label.astype(np.int64), "grid_shape": np.array([4, 3, 2])})
     img, lab = input_pipeline.case_decoder(whole)(record)
     np.testing.assert_array_equal(img.numpy(), image)
@@ -164,8 +178,9 @@ def test_raw_int16_volumes_decode_exactly(tmp_path):
         batch = next(iter(ds))
         assert batch.shape == (3, 4, 5, 6, 1) and batch.dtype == tf.int16
         np.testing.assert_array_equal(batch.numpy()[..., 0], volumes)
-        ds = input_pipeline.raw_volume_batches([path], (4, 5, 6), 3, "int16", cache=cache, repeat=False,
-                                               normalisation=(100.0, 0.5))
+        ds = input_pipeline.raw_volume_batches(
+            [path], (4, 5, 6), 3, "int16", cache=cache, repeat=False, normalisation=(100.0, 0.5)
+        )
         batch = next(iter(ds)).numpy()
         assert batch.dtype == np.float32
         np.testing.assert_array_equal(batch[..., 0], (volumes.astype(np.float32) - 100.0) * 0.5)

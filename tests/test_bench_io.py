@@ -1,4 +1,5 @@
 """`medtfx bench io` on tiny volumes: every method runs and the JSON holds the six timings."""
+
 import json
 
 import numpy as np
@@ -9,8 +10,26 @@ from pipeline.tools import bench_io
 
 def test_bench_io_writes_all_timings(tmp_path):
     out = tmp_path / "bench_io.json"
-    rc = main(["bench", "io", "--json", str(out), "--iterations", "3", "--batch", "2", "--volumes", "3",
-               "--shape", "8", "16", "12", "--workdir", str(tmp_path / "records")])
+    rc = main(
+        [
+            "bench",
+            "io",
+            "--json",
+            str(out),
+            "--iterations",
+            "3",
+            "--batch",
+            "2",
+            "--volumes",
+            "3",
+            "--shape",
+            "8",
+            "16",
+            "12",
+            "--workdir",
+            str(tmp_path / "records"),
+        ]
+    )
     assert rc == 0
     results = json.loads(out.read_text())
     for key in bench_io.KEYS:

@@ -9,6 +9,7 @@ after an intended DAG change with
 
 and review the diff of tests/golden/kubeflow_pipeline.json.
 """
+
 import copy
 import json
 import os
@@ -26,12 +27,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(REPO, "tests", "golden", "kubeflow_pipeline.json")
 IMAGE = "registry.example/medtfx-pipeline@sha256:" + "0" * 64
 GPU_SETTINGS = [
-    "trainer_accelerator=nvidia.com/gpu", "trainer_accelerator_count=1",
-    "trainer_cpu_limit=8", "trainer_memory_limit=32",
+    "trainer_accelerator=nvidia.com/gpu",
+    "trainer_accelerator_count=1",
+    "trainer_cpu_limit=8",
+    "trainer_memory_limit=32",
     'trainer_node_selector={"nvidia.com/gpu.present": "true"}',
     'trainer_tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]',
     'kubeflow_pvc_mounts={"medtfx-pipeline-root": "/mnt/pipeline-root"}',
-    "kubeflow_pipeline_root=s3://medtfx/pipeline-root", f"image={IMAGE}",
+    "kubeflow_pipeline_root=s3://medtfx/pipeline-root",
+    f"image={IMAGE}",
 ]
 # Core of the DAG; the full node/edge set is compared with the TFX DSL pipeline itself.
 CORE_EDGES = {("Transform", "ImageExampleGen"), ("Trainer", "Transform"), ("Pusher", "Trainer")}
@@ -39,6 +43,7 @@ CORE_EDGES = {("Transform", "ImageExampleGen"), ("Trainer", "Transform"), ("Push
 
 def _pb2():
     from kfp.pipeline_spec import pipeline_spec_pb2
+
     return pipeline_spec_pb2
 
 
@@ -58,6 +63,7 @@ def gpu_compiled(tmp_path_factory):
 
 def normalise(job: dict, docs: list, image: str) -> dict:
     """Version-, image- and path-independent view of a compile (as TFX's golden tests do)."""
+
     def scrub(value):
         if isinstance(value, dict):
             return {k: scrub(v) for k, v in value.items() if k not in ("sdkVersion", "createTime")}
@@ -68,8 +74,7 @@ def normalise(job: dict, docs: list, image: str) -> dict:
         return value
 
     job = copy.deepcopy(job)
-    job["labels"] = {k: v for k, v in job.get("labels", {}).items()
-                     if k not in ("tfx_version", "tfx_py_version")}
+    job["labels"] = {k: v for k, v in job.get("labels", {}).items() if k not in ("tfx_version", "tfx_py_version")}
     # The package's PipelineSpec is the job's plus defaultPipelineRoot (checked in
     # test_outputs_parse_strictly_as_kfp_protos): only its PlatformSpec goes in the golden.
     return scrub({"pipeline_job": job, "platform_spec": docs[1] if len(docs) > 1 else {}})
@@ -126,7 +131,9 @@ def test_full_dag_and_image(gpu_compiled):
     params = tasks["Trainer"]["inputs"]["parameters"]
     assert params["run_fn"]["runtimeValue"]["constant"] == "modules.train.trainer.run_fn"
     transform = tasks["Transform"]["inputs"]["parameters"]
-    assert transform["preprocessing_fn"]["runtimeValue"]["constant"] == "modules.transform.preprocessing.preprocessing_fn"
+    assert (
+        transform["preprocessing_fn"]["runtimeValue"]["constant"] == "modules.transform.preprocessing.preprocessing_fn"
+    )
     # Cluster default push target: below the pipeline root, not a workdir-relative path.
     assert "s3://medtfx/pipeline-root/serving/medtfx-seg" in json.dumps(tasks)
 
@@ -142,11 +149,11 @@ def test_trainer_gets_gpu_resources_node_selector_and_tolerations(gpu_compiled):
     assert [label for label, e in executors.items() if "resources" in e["container"]] == [trainer]
     k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert k8s[trainer]["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
-    assert k8s[trainer]["tolerations"] == [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert k8s[trainer]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert [label for label, e in k8s.items() if "nodeSelector" in e or "tolerations" in e] == [trainer]
-    assert all(e["pvcMount"] == [{"constant": "medtfx-pipeline-root", "mountPath": "/mnt/pipeline-root"}]
-               for e in k8s.values()) and set(k8s) == set(executors)
+    assert all(
+        e["pvcMount"] == [{"constant": "medtfx-pipeline-root", "mountPath": "/mnt/pipeline-root"}] for e in k8s.values()
+    ) and set(k8s) == set(executors)
 
 
 def test_matches_golden(gpu_compiled):
@@ -162,8 +169,10 @@ def test_matches_golden(gpu_compiled):
     # The golden itself must still be valid KFP (strict parse), not just equal.
     json_format.ParseDict(golden["pipeline_job"], _pb2().PipelineJob())
     diffs = _differences(golden, actual)
-    assert not diffs, (f"compiled spec differs from {GOLDEN} at {diffs[:10]}; if intended, "
-                       "regenerate with UPDATE_GOLDEN=1 pytest tests/test_compile.py")
+    assert not diffs, (
+        f"compiled spec differs from {GOLDEN} at {diffs[:10]}; if intended, "
+        "regenerate with UPDATE_GOLDEN=1 pytest tests/test_compile.py"
+    )
 
 
 def test_golden_normalisation_hides_image_and_versions_only(gpu_compiled, tmp_path):
@@ -180,33 +189,58 @@ def test_golden_normalisation_hides_image_and_versions_only(gpu_compiled, tmp_pa
         tasks + "DatasetPlanner.inputs.parameters.settings.runtimeValue.constant",
         tasks + "DatasetPlanner.inputs.parameters.user_overrides.runtimeValue.constant",
         tasks + "Trainer.inputs.parameters.custom_config.runtimeValue.constant",
-        tasks + "Trainer.inputs.parameters.train_args.runtimeValue.constant"]
+        tasks + "Trainer.inputs.parameters.train_args.runtimeValue.constant",
+    ]
 
 
-@pytest.mark.parametrize("profile,extra,expected", [
-    ("direct", [], ["--direct_running_mode=in_memory", "--direct_num_workers=1"]),
-    ("dataflow", ["beam_project=proj", "beam_region=europe-west4", "beam_temp_location=gs://b/tmp"],
-     ["--runner=DataflowRunner", "--project=proj", "--region=europe-west4",
-      "--temp_location=gs://b/tmp", f"--sdk_container_image={IMAGE}"]),
-    ("flink", ["beam_job_endpoint=flink-jobserver:8099"],
-     ["--runner=PortableRunner", "--job_endpoint=flink-jobserver:8099",
-      "--environment_type=EXTERNAL", "--environment_config=localhost:50000"]),
-    ("spark", ['beam_extra_args=["--spark_master_url=spark://spark:7077"]'],
-     ["--runner=PortableRunner", "--job_endpoint=localhost:8099", "--environment_type=DOCKER",
-      f"--environment_config={IMAGE}", "--spark_master_url=spark://spark:7077"]),
-])
+@pytest.mark.parametrize(
+    "profile,extra,expected",
+    [
+        ("direct", [], ["--direct_running_mode=in_memory", "--direct_num_workers=1"]),
+        (
+            "dataflow",
+            ["beam_project=proj", "beam_region=europe-west4", "beam_temp_location=gs://b/tmp"],
+            [
+                "--runner=DataflowRunner",
+                "--project=proj",
+                "--region=europe-west4",
+                "--temp_location=gs://b/tmp",
+                f"--sdk_container_image={IMAGE}",
+            ],
+        ),
+        (
+            "flink",
+            ["beam_job_endpoint=flink-jobserver:8099"],
+            [
+                "--runner=PortableRunner",
+                "--job_endpoint=flink-jobserver:8099",
+                "--environment_type=EXTERNAL",
+                "--environment_config=localhost:50000",
+            ],
+        ),
+        (
+            "spark",
+            ['beam_extra_args=["--spark_master_url=spark://spark:7077"]'],
+            [
+                "--runner=PortableRunner",
+                "--job_endpoint=localhost:8099",
+                "--environment_type=DOCKER",
+                f"--environment_config={IMAGE}",
+                "--spark_master_url=spark://spark:7077",
+            ],
+        ),
+    ],
+)
 def test_beam_profile_args_reach_the_compiled_components(tmp_path, profile, extra, expected):
     assert profile in BEAM_PROFILES
     cfg, job, _ = _compile(tmp_path, [f"image={IMAGE}", f"beam_profile={profile}"] + extra)
     assert cfg.beam_pipeline_args() == expected
     executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
-    for label in ("ImageExampleGen_executor", "StatisticsGen_executor", "Transform_executor",
-                  "Evaluator_executor"):
+    for label in ("ImageExampleGen_executor", "StatisticsGen_executor", "Transform_executor", "Evaluator_executor"):
         args = executors[label]["container"]["args"]
-        assert args[-len(expected):] == expected, label
+        assert args[-len(expected) :] == expected, label
     # One runner everywhere (TFX passes the same args to every component), none for direct.
-    seen = {arg for e in executors.values() for arg in e["container"]["args"]
-            if arg.startswith("--runner=")}
+    seen = {arg for e in executors.values() for arg in e["container"]["args"] if arg.startswith("--runner=")}
     assert seen == ({expected[0]} if expected[0].startswith("--runner=") else set())
 
 
@@ -233,8 +267,10 @@ def test_resolver_variant_for_vertex(tmp_path):
 
 
 def test_bad_platform_settings_are_rejected(tmp_path):
-    for bad, message in [('trainer_tolerations=[{"key": "g", "operator": "Maybe"}]', "operator"),
-                         ('trainer_tolerations=[{"key": "g", "colour": "red"}]', "keys")]:
+    for bad, message in [
+        ('trainer_tolerations=[{"key": "g", "operator": "Maybe"}]', "operator"),
+        ('trainer_tolerations=[{"key": "g", "colour": "red"}]', "keys"),
+    ]:
         cfg = make_config([bad])
         with pytest.raises(ValueError, match=message):
             kubeflow.compile_kubeflow(cfg, str(tmp_path / "bad.json"))
@@ -248,16 +284,22 @@ def test_configmap_keys_of_the_overlays_map_onto_the_config(overlay):
     data = kubeflow.read_configmap(directory)  # base literals merged with the overlay's
     kubectl = shutil.which("kubectl")
     if kubectl:  # the same data kustomize itself renders
-        render = subprocess.run([kubectl, "kustomize", directory], check=True,
-                                capture_output=True, text=True, timeout=60).stdout
-        rendered = [d for d in yaml.safe_load_all(render) if d and d["kind"] == "ConfigMap"
-                    and d["metadata"]["name"] == kubeflow.CONFIGMAP_NAME]
+        render = subprocess.run(
+            [kubectl, "kustomize", directory], check=True, capture_output=True, text=True, timeout=60
+        ).stdout
+        rendered = [
+            d
+            for d in yaml.safe_load_all(render)
+            if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == kubeflow.CONFIGMAP_NAME
+        ]
         assert rendered[0]["data"] == data
     cfg = make_config(kubeflow.configmap_overrides(data))
     assert cfg.serving.serving_base == data["SERVING_MODEL_DIR"] and cfg.serving.model_name == data["MODEL_NAME"]
     if overlay == "dev":  # Pusher writes onto the serving PVC: it is mounted
-        assert cfg.runner.kubeflow_pvc_mounts == {"medtfx-pipeline-root": "/mnt/pipeline-root",
-                                           "medtfx-serving-models": "/mnt/serving-models"}
+        assert cfg.runner.kubeflow_pvc_mounts == {
+            "medtfx-pipeline-root": "/mnt/pipeline-root",
+            "medtfx-serving-models": "/mnt/serving-models",
+        }
         assert kubeflow.trainer_resource_spec(cfg) is None
         return
     # gpu-cloud pushes to S3 (its serving PVC is deleted): only the pipeline-root PVC.
@@ -271,20 +313,31 @@ def test_configmap_keys_of_the_overlays_map_onto_the_config(overlay):
 
 def test_read_configmap_from_a_render(tmp_path):
     render = tmp_path / "render.yaml"
-    render.write_text(yaml.safe_dump_all([
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "medtfx"}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other"}, "data": {"A": "1"}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": kubeflow.CONFIGMAP_NAME},
-         "data": {"TRAINER_MEMORY_LIMIT": "16Gi"}}]))
+    render.write_text(
+        yaml.safe_dump_all(
+            [
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "medtfx"}},
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other"}, "data": {"A": "1"}},
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": kubeflow.CONFIGMAP_NAME},
+                    "data": {"TRAINER_MEMORY_LIMIT": "16Gi"},
+                },
+            ]
+        )
+    )
     assert kubeflow.read_configmap(str(render)) == {"TRAINER_MEMORY_LIMIT": "16Gi"}
-    assert kubeflow.configmap_overrides({"TRAINER_MEMORY_LIMIT": "16Gi"}) == \
-        [f"trainer_memory_limit={16 * 2 ** 30 / 1e9}"]
+    assert kubeflow.configmap_overrides({"TRAINER_MEMORY_LIMIT": "16Gi"}) == [
+        f"trainer_memory_limit={16 * 2**30 / 1e9}"
+    ]
     with pytest.raises(ValueError, match="no ConfigMap named 'missing'"):
         kubeflow.read_configmap(str(render), name="missing")
 
 
-@pytest.mark.parametrize("text,value", [("8", 8.0), ("500m", 0.5), ("32G", 32e9),
-                                        ("32Gi", 32 * 2 ** 30), ("1.5M", 1.5e6)])
+@pytest.mark.parametrize(
+    "text,value", [("8", 8.0), ("500m", 0.5), ("32G", 32e9), ("32Gi", 32 * 2**30), ("1.5M", 1.5e6)]
+)
 def test_parse_quantity(text, value):
     assert kubeflow.parse_quantity(text) == pytest.approx(value)
 
@@ -298,13 +351,40 @@ def test_cli_compile_with_configmap_and_beam_profile(tmp_path, capsys):
     from pipeline import cli
 
     render = tmp_path / "render.yaml"
-    render.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": kubeflow.CONFIGMAP_NAME},
-        "data": {"TRAINER_ACCELERATOR_RESOURCE": "nvidia.com/gpu", "TRAINER_ACCELERATOR_LIMIT": "2",
-                 "TRAINER_MEMORY_LIMIT": "16G", "TRAINER_NODE_SELECTOR": '{"pool": "gpu"}'}}))
+    render.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": kubeflow.CONFIGMAP_NAME},
+                "data": {
+                    "TRAINER_ACCELERATOR_RESOURCE": "nvidia.com/gpu",
+                    "TRAINER_ACCELERATOR_LIMIT": "2",
+                    "TRAINER_MEMORY_LIMIT": "16G",
+                    "TRAINER_NODE_SELECTOR": '{"pool": "gpu"}',
+                },
+            }
+        )
+    )
     out = tmp_path / "medtfx.json"
-    assert cli.main(["compile", "--runner", "kubeflow", "--output", str(out), "--configmap", str(render),
-                     "--set", "trainer_memory_limit=24", "--beam-profile", "flink"]) == 0
+    assert (
+        cli.main(
+            [
+                "compile",
+                "--runner",
+                "kubeflow",
+                "--output",
+                str(out),
+                "--configmap",
+                str(render),
+                "--set",
+                "trainer_memory_limit=24",
+                "--beam-profile",
+                "flink",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert str(out) in printed and str(tmp_path / "medtfx.yaml") in printed
     job = json.loads(out.read_text())

@@ -1,4 +1,5 @@
 """The synthetic CT acceptance dataset: files, storage, geometry, content, what ingestion reads."""
+
 import hashlib
 import json
 import os
@@ -29,8 +30,7 @@ def ct_dataset(tmp_path_factory):
     least one case with a slice spacing other than 4 mm (checked in a test)."""
     out = str(tmp_path_factory.mktemp("ct"))
     calls = []
-    result = synthesize_ct(out, n_cases=N_CASES, seed=SEED,
-                           progress=lambda done, total: calls.append((done, total)))
+    result = synthesize_ct(out, n_cases=N_CASES, seed=SEED, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(i + 1, N_CASES) for i in range(N_CASES)]
     return out, result
 
@@ -63,10 +63,13 @@ def test_decathlon_layout_and_dataset_json_as_cases_reads_it(ct_dataset):
     assert [(s.name, s.kind, s.problem) for s in specs] == [(n, "nifti", None) for n in names]
 
 
-@pytest.mark.parametrize("sub, dtype, slope, intercept", [
-    ("imagesTr", np.uint16, 1.0, -1024.0),
-    ("labelsTr", np.uint8, 1.0, 0.0),
-])
+@pytest.mark.parametrize(
+    "sub, dtype, slope, intercept",
+    [
+        ("imagesTr", np.uint16, 1.0, -1024.0),
+        ("labelsTr", np.uint8, 1.0, 0.0),
+    ],
+)
 def test_files_hold_the_stored_dtype_and_scaling(ct_dataset, sub, dtype, slope, intercept):
     folder, result = ct_dataset
     for truth in result["truth"]:
@@ -207,8 +210,7 @@ def test_ingestion_keeps_hu(ct_dataset, index):
     folder, result = ct_dataset
     truth = result["truth"][index]
     img = _load(folder, "imagesTr", truth["name"])
-    expected_hu, expected_affine = to_canonical(img.dataobj.get_unscaled().astype(np.int32) - 1024,
-                                                img.affine)
+    expected_hu, expected_affine = to_canonical(img.dataobj.get_unscaled().astype(np.int32) - 1024, img.affine)
     expected_label, _ = _canonical_label(folder, truth["name"])
 
     volume = read_nifti(os.path.join(folder, "imagesTr", f"{truth['name']}.nii.gz"))

@@ -4,6 +4,7 @@ The stub answers the minimal v2beta1 JSON kfp.Client 2.5 needs and records every
 the tests see exactly what a deploy sends: nothing for --dry-run; healthz, pipeline lookup,
 pipeline creation (if absent), version upload (the package bytes), experiment, run otherwise.
 """
+
 import datetime
 import email.parser
 import email.policy
@@ -50,8 +51,13 @@ class _Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        record = {"method": method, "path": url.path, "query": query, "body": body,
-                  "content_type": self.headers.get("Content-Type", "")}
+        record = {
+            "method": method,
+            "path": url.path,
+            "query": query,
+            "body": body,
+            "content_type": self.headers.get("Content-Type", ""),
+        }
         with self.server.lock:
             self.server.requests.append(record)
             too_many = len(self.server.requests) > MAX_REQUESTS
@@ -69,13 +75,19 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, {"multi_user": False}
         if key == ("GET", f"{API}/pipelines"):
             name = json.loads(r["query"]["filter"])["predicates"][0]["stringValue"]
-            return 200, ({"pipelines": [{"pipeline_id": "pipe-old", "display_name": name}],
-                          "total_size": 1} if self.server.existing_pipeline else {})
+            return 200, (
+                {"pipelines": [{"pipeline_id": "pipe-old", "display_name": name}], "total_size": 1}
+                if self.server.existing_pipeline
+                else {}
+            )
         if key == ("POST", f"{API}/pipelines"):
             return 200, {"pipeline_id": "pipe-new", **json.loads(r["body"])}
         if key == ("POST", f"{API}/pipelines/upload_version"):
-            return 200, {"pipeline_id": r["query"]["pipelineid"], "pipeline_version_id": "ver-1",
-                         "display_name": r["query"]["name"]}
+            return 200, {
+                "pipeline_id": r["query"]["pipelineid"],
+                "pipeline_version_id": "ver-1",
+                "display_name": r["query"]["name"],
+            }
         if key == ("GET", f"{API}/experiments"):
             return 200, {}
         if key == ("POST", f"{API}/experiments"):
@@ -108,15 +120,26 @@ def kfp_stub(request):
 def _uploaded_file(record) -> bytes:
     """The `uploadfile` part of a multipart/form-data upload."""
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + record["content_type"].encode() + b"\r\n\r\n" + record["body"])
+        b"Content-Type: " + record["content_type"].encode() + b"\r\n\r\n" + record["body"]
+    )
     parts = [p for p in message.iter_parts() if p.get_param("name", header="content-disposition") == "uploadfile"]
     assert len(parts) == 1
     return parts[0].get_payload(decode=True)
 
 
 def _deploy_args(url, tmp_path, *extra):
-    return ["deploy", "--endpoint", url, "--output-dir", str(tmp_path), "--experiment", "medtfx-ci",
-            "--set", "trainer_accelerator=nvidia.com/gpu", *extra]
+    return [
+        "deploy",
+        "--endpoint",
+        url,
+        "--output-dir",
+        str(tmp_path),
+        "--experiment",
+        "medtfx-ci",
+        "--set",
+        "trainer_accelerator=nvidia.com/gpu",
+        *extra,
+    ]
 
 
 def _printed(out: str) -> dict:
@@ -150,15 +173,19 @@ def test_dry_run_sends_nothing(kfp_stub, tmp_path, monkeypatch, capsys):
 
 def test_deploy_uploads_a_version_and_starts_a_run(kfp_stub, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(deploy.IMAGE_ENV, raising=False)
-    assert cli.main(_deploy_args(kfp_stub.url, tmp_path, "--image", IMAGE,
-                                 "--pipeline-name", "medtfx-gpu")) == 0
+    assert cli.main(_deploy_args(kfp_stub.url, tmp_path, "--image", IMAGE, "--pipeline-name", "medtfx-gpu")) == 0
     shown = _printed(capsys.readouterr().out)
     calls = [(r["method"], r["path"]) for r in kfp_stub.requests]
     create = [("POST", f"{API}/pipelines")] if not kfp_stub.existing_pipeline else []
-    assert calls == [("GET", f"{API}/healthz"), ("GET", f"{API}/pipelines"), *create,
-                     ("POST", f"{API}/pipelines/upload_version"),
-                     ("GET", f"{API}/experiments"), ("POST", f"{API}/experiments"),
-                     ("POST", f"{API}/runs")]
+    assert calls == [
+        ("GET", f"{API}/healthz"),
+        ("GET", f"{API}/pipelines"),
+        *create,
+        ("POST", f"{API}/pipelines/upload_version"),
+        ("GET", f"{API}/experiments"),
+        ("POST", f"{API}/experiments"),
+        ("POST", f"{API}/runs"),
+    ]
     by_call = {(r["method"], r["path"]): r for r in kfp_stub.requests}
     pipeline_id = "pipe-old" if kfp_stub.existing_pipeline else "pipe-new"
     if create:

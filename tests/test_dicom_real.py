@@ -5,6 +5,7 @@ Comparisons are in world space: both sides are brought to canonical orientation 
 volume.to_canonical (dcm2niix stores rows flipped), then voxels must be equal and affines within
 1e-3 mm.
 """
+
 import gzip
 import json
 import os
@@ -54,20 +55,28 @@ def _only_stack(folder):
 def _dcm2niix(folder, out_dir):
     """Runs dcm2niix as batch.sh does (-z n), without sidecar; returns the NIfTI files written."""
     os.makedirs(out_dir, exist_ok=True)
-    proc = subprocess.run([bench_dicom.dcm2niix_binary(), "-z", "n", "-b", "n", "-f", "%f_%s_%e",
-                           "-o", str(out_dir), str(folder)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [bench_dicom.dcm2niix_binary(), "-z", "n", "-b", "n", "-f", "%f_%s_%e", "-o", str(out_dir), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return sorted(os.path.join(out_dir, f) for f in os.listdir(out_dir) if f.endswith(".nii"))
 
 
 # --------------------------------------------------------------- dcm2niix regression references
 
-NIH_CASES = [("20180918GE/mr_0004", "DCM2NIIX_regression_test_4.nii"),
-             ("20180918GE/mr_0005", "DCM2NIIX_regression_test_5.nii"),
-             ("20180918GE/mr_0006", "DCM2NIIX_regression_test_6.nii"),
-             ("20180918GE/mr_0007", "DCM2NIIX_regression_test_7.nii"),
-             ("20180918Si/mr_0003", "EPI_PE=AP_3.nii"), ("20180918Si/mr_0004", "EPI_PE=PA_4.nii"),
-             ("20180918Si/mr_0005", "EPI_PE=RL_5.nii"), ("20180918Si/mr_0006", "EPI_PE=LR_6.nii")]
+NIH_CASES = [
+    ("20180918GE/mr_0004", "DCM2NIIX_regression_test_4.nii"),
+    ("20180918GE/mr_0005", "DCM2NIIX_regression_test_5.nii"),
+    ("20180918GE/mr_0006", "DCM2NIIX_regression_test_6.nii"),
+    ("20180918GE/mr_0007", "DCM2NIIX_regression_test_7.nii"),
+    ("20180918Si/mr_0003", "EPI_PE=AP_3.nii"),
+    ("20180918Si/mr_0004", "EPI_PE=PA_4.nii"),
+    ("20180918Si/mr_0005", "EPI_PE=RL_5.nii"),
+    ("20180918Si/mr_0006", "EPI_PE=LR_6.nii"),
+]
 
 
 @pytest.mark.parametrize("series,ref", NIH_CASES)
@@ -107,8 +116,11 @@ def test_enhanced_philips_file_with_two_stacks_matches_reference():
         field_map = "FIELD_MAP" in key.image_type
         ref = os.path.join(root, "Ref", "Philips_WIP_B0_NS_801_" + ("e2_fieldmaphz.nii" if field_map else "e1.nii"))
         stored, affine, slope, inter = _canonical_nifti(ref)
-        first = next(i for i, f in enumerate(ds.PerFrameFunctionalGroupsSequence)
-                     if ("FIELD_MAP" in f.MRImageFrameTypeSequence[0].FrameType) == field_map)
+        first = next(
+            i
+            for i, f in enumerate(ds.PerFrameFunctionalGroupsSequence)
+            if ("FIELD_MAP" in f.MRImageFrameTypeSequence[0].FrameType) == field_map
+        )
         pvt = ds.PerFrameFunctionalGroupsSequence[first].PixelValueTransformationSequence[0]
         rs, ri = float(pvt.RescaleSlope), float(pvt.RescaleIntercept)
         np.testing.assert_allclose(volume.affine, affine, atol=AFFINE_TOL_MM)
@@ -190,8 +202,10 @@ def test_enhanced_philips_mprage_matches_dcm2niix(tmp_path):
     (ref,) = _dcm2niix(folder, tmp_path / "out")
     stored, affine, _, _ = _canonical_nifti(ref)
     ds = pydicom.dcmread(str(folder / "mprage.dcm"), stop_before_pixels=True)
-    pvt = ds.PerFrameFunctionalGroupsSequence[0].get("PixelValueTransformationSequence") or \
-        ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    pvt = (
+        ds.PerFrameFunctionalGroupsSequence[0].get("PixelValueTransformationSequence")
+        or ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence
+    )
     rs, ri = float(pvt[0].RescaleSlope), float(pvt[0].RescaleIntercept)
     np.testing.assert_allclose(volume.affine, affine, atol=AFFINE_TOL_MM)
     # dcm2niix scales with Philips' private slope (see the dcm_qa_enh test): compare stored values.
@@ -213,9 +227,15 @@ def _write_series(src, out_dir, n_slices=3, step_mm=4.0):
     return out_dir
 
 
-LOSSLESS_SYNTAXES = ["MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm",
-                     "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
-                     "MR_small_padded.dcm"]
+LOSSLESS_SYNTAXES = [
+    "MR_small_implicit.dcm",
+    "MR_small_bigendian.dcm",
+    "MR_small_expb.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "MR_small_jp2klossless.dcm",
+    "MR_small_padded.dcm",
+]
 
 
 def test_lossless_transfer_syntaxes_decode_exactly_and_match_dcm2niix(tmp_path):
@@ -267,6 +287,7 @@ def test_tensorflow_io_fallback_decodes_what_pydicom_cannot(tmp_path, monkeypatc
 
     def broken(self):
         raise RuntimeError("no decoder")
+
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(broken))
     np.testing.assert_array_equal(_only_stack(folder).array, expected)
 
@@ -276,8 +297,10 @@ def test_tensorflow_io_fallback_decodes_what_pydicom_cannot(tmp_path, monkeypatc
 
 def _all_dicom_files():
     files = [os.path.join(PYDICOM_DATA, f) for f in sorted(os.listdir(PYDICOM_DATA)) if f.endswith(".dcm")]
-    files += [os.path.join(NIBABEL_DATA, f) for f in ("0.dcm", "csa_slice_norm.dcm", "decimal_rescale.dcm",
-                                                      "slicethickness_empty_string.dcm")]
+    files += [
+        os.path.join(NIBABEL_DATA, f)
+        for f in ("0.dcm", "csa_slice_norm.dcm", "decimal_rescale.dcm", "slicethickness_empty_string.dcm")
+    ]
     data = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "dicom")
     if os.path.isdir(data):
         for dirpath, _, names in os.walk(data):
@@ -311,7 +334,10 @@ def test_fast_header_reader_agrees_with_pydicom_on_every_file():
             elif vr in ("DS", "IS"):
                 theirs_values = list(theirs) if isinstance(theirs, pydicom.multival.MultiValue) else [theirs]
                 ours_values = ours if isinstance(ours, list) else [ours]
-                assert [_number_or_text(v) for v in ours_values] == [_number_or_text(v) for v in theirs_values], (path, name)
+                assert [_number_or_text(v) for v in ours_values] == [_number_or_text(v) for v in theirs_values], (
+                    path,
+                    name,
+                )
             else:
                 # We strip each value of padding spaces (pydicom keeps inner ones: 'DERIVED \\PRIMARY').
                 theirs_values = list(theirs) if isinstance(theirs, pydicom.multival.MultiValue) else [theirs]

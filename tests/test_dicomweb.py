@@ -5,6 +5,7 @@ API; cases are materialised from the PACS and ingested; a study is segmented wit
 `medtfx predict --dicomweb ... --store` and the stored SEG, read back over QIDO-RS/WADO-RS, must
 reference its source series and equal the in-process mask voxel for voxel.
 """
+
 import json
 import os
 
@@ -30,33 +31,46 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 # Protocol pieces without a server
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, root, query", [
-    ("dicomweb+http://pacs:8042/dicom-web", "http://pacs:8042/dicom-web", {}),
-    ("dicomweb+https://h/dicomWeb/?StudyDate=20240101-20241231&SeriesDescription=*AX*",
-     "https://h/dicomWeb", {"StudyDate": "20240101-20241231", "SeriesDescription": "*AX*"}),
-    ("http://127.0.0.1:1/dicom-web", "http://127.0.0.1:1/dicom-web", {}),
-])
+
+@pytest.mark.parametrize(
+    "text, root, query",
+    [
+        ("dicomweb+http://pacs:8042/dicom-web", "http://pacs:8042/dicom-web", {}),
+        (
+            "dicomweb+https://h/dicomWeb/?StudyDate=20240101-20241231&SeriesDescription=*AX*",
+            "https://h/dicomWeb",
+            {"StudyDate": "20240101-20241231", "SeriesDescription": "*AX*"},
+        ),
+        ("http://127.0.0.1:1/dicom-web", "http://127.0.0.1:1/dicom-web", {}),
+    ],
+)
 def test_dataset_url_gives_root_and_qido_keys(text, root, query):
     assert dicomweb.parse_dataset_url(text) == (root, query)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("dicomweb+http://alice:secret@pacs/dicom-web", "carries credentials"),
-    ("dicomweb+ftp://pacs/dicom-web", "not a DICOMweb URL"),
-    ("/data/folder", "not a DICOMweb URL"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("dicomweb+http://alice:secret@pacs/dicom-web", "carries credentials"),
+        ("dicomweb+ftp://pacs/dicom-web", "not a DICOMweb URL"),
+        ("/data/folder", "not a DICOMweb URL"),
+    ],
+)
 def test_dataset_url_refuses_credentials_and_other_schemes(text, message):
     with pytest.raises(ValueError, match=message):
         dicomweb.parse_dataset_url(text)
     assert "secret" not in str(pytest.raises(ValueError, dicomweb.parse_dataset_url, text).value)
 
 
-@pytest.mark.parametrize("environ, header, auth", [
-    ({dicomweb.TOKEN_ENV: "tok"}, "Bearer tok", None),
-    ({dicomweb.TOKEN_ENV: "tok", dicomweb.USER_ENV: "u", dicomweb.PASSWORD_ENV: "p"}, "Bearer tok", None),
-    ({dicomweb.USER_ENV: "u", dicomweb.PASSWORD_ENV: "p"}, None, ("u", "p")),
-    ({}, None, None),
-])
+@pytest.mark.parametrize(
+    "environ, header, auth",
+    [
+        ({dicomweb.TOKEN_ENV: "tok"}, "Bearer tok", None),
+        ({dicomweb.TOKEN_ENV: "tok", dicomweb.USER_ENV: "u", dicomweb.PASSWORD_ENV: "p"}, "Bearer tok", None),
+        ({dicomweb.USER_ENV: "u", dicomweb.PASSWORD_ENV: "p"}, None, ("u", "p")),
+        ({}, None, None),
+    ],
+)
 def test_credentials_come_from_the_environment(environ, header, auth):
     session = dicomweb.session_from_env(environ)
     assert session.headers.get("Authorization") == header and session.auth == auth
@@ -74,8 +88,14 @@ def test_unreachable_server_is_retried_with_backoff_then_reported():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     sleeps = []
-    client = dicomweb.DicomWebClient(f"http://127.0.0.1:{port}/dicom-web", timeout_s=2, attempts=4,
-                                     initial_backoff=0.25, environ={}, sleep=sleeps.append)
+    client = dicomweb.DicomWebClient(
+        f"http://127.0.0.1:{port}/dicom-web",
+        timeout_s=2,
+        attempts=4,
+        initial_backoff=0.25,
+        environ={},
+        sleep=sleeps.append,
+    )
     with pytest.raises(dicomweb.DicomWebError, match="QIDO-RS series of study 1.2.3: ConnectionError"):
         client.search_series("1.2.3")
     assert sleeps == [0.25, 0.5, 1.0] and client.retries == 3
@@ -84,6 +104,7 @@ def test_unreachable_server_is_retried_with_backoff_then_reported():
 # ---------------------------------------------------------------------------------------------
 # Test data: phantom series and SEGs
 # ---------------------------------------------------------------------------------------------
+
 
 def _series(index, folder, study_uid, modality=None, jpeg2000=False):
     """Phantom `index` as DICOM files in `folder`, moved into `study_uid` (one patient per study),
@@ -154,18 +175,21 @@ def pacs(tmp_path_factory):
     study_a, study_b = generate_uid(), generate_uid()
     data = {"server": server, "study_a": study_a, "study_b": study_b, "truth": {}, "series": {}}
     uploads = []
-    for name, index, study, kwargs, seg in (("ct_plain", 0, study_a, {}, "ok"),
-                                            ("pt_unlabelled", 1, study_a, {"modality": "PT"}, None),
-                                            ("ct_jpeg2000", 2, study_b, {"jpeg2000": True}, "ok"),
-                                            ("ct_off_grid", 4, study_b, {}, "shifted")):
+    for name, index, study, kwargs, seg in (
+        ("ct_plain", 0, study_a, {}, "ok"),
+        ("pt_unlabelled", 1, study_a, {"modality": "PT"}, None),
+        ("ct_jpeg2000", 2, study_b, {"jpeg2000": True}, "ok"),
+        ("ct_off_grid", 4, study_b, {}, "shifted"),
+    ):
         phantom, paths, series_uid = _series(index, str(root / name), study, **kwargs)
         data["series"][name] = (series_uid, paths)
         uploads += paths
         if seg:
             label, affine = _native_label(phantom, paths)
             data["truth"][series_uid] = (label, affine)
-            uploads.append(_seg(paths, label, str(root / f"{name}.seg.dcm"),
-                                shift_mm=None if seg == "ok" else affine[:3, 0] * 0.5))
+            uploads.append(
+                _seg(paths, label, str(root / f"{name}.seg.dcm"), shift_mm=None if seg == "ok" else affine[:3, 0] * 0.5)
+            )
     data["broken_seg"] = _broken_seg(data["series"]["ct_plain"][1][0], str(root / "broken.dcm"), study_a)
     uploads.append(data["broken_seg"])
     server.upload(uploads)
@@ -184,6 +208,7 @@ def credentials(monkeypatch):
 # Protocol against Orthanc
 # ---------------------------------------------------------------------------------------------
 
+
 def test_without_credentials_orthanc_refuses_and_it_is_not_retried(pacs, monkeypatch):
     for name in (dicomweb.TOKEN_ENV, dicomweb.USER_ENV, dicomweb.PASSWORD_ENV):
         monkeypatch.delenv(name, raising=False)
@@ -194,8 +219,9 @@ def test_without_credentials_orthanc_refuses_and_it_is_not_retried(pacs, monkeyp
     assert sleeps == []
 
 
-@pytest.mark.parametrize("name, transfer_syntax", [("ct_plain", pydicom.uid.ExplicitVRLittleEndian),
-                                                   ("ct_jpeg2000", JPEG2000Lossless)])
+@pytest.mark.parametrize(
+    "name, transfer_syntax", [("ct_plain", pydicom.uid.ExplicitVRLittleEndian), ("ct_jpeg2000", JPEG2000Lossless)]
+)
 def test_wado_returns_instances_in_their_stored_transfer_syntax(pacs, credentials, name, transfer_syntax):
     series_uid, paths = pacs["series"][name]
     study = pacs["study_a"] if name == "ct_plain" else pacs["study_b"]
@@ -215,6 +241,7 @@ def test_wado_returns_instances_in_their_stored_transfer_syntax(pacs, credential
 # Training from the PACS: materialised cases, ingested
 # ---------------------------------------------------------------------------------------------
 
+
 def test_materialised_labels_are_the_segs_on_each_series_grid(pacs, credentials, tmp_path):
     result = pacs_source.materialise(f"dicomweb+{pacs['server'].dicomweb}", str(tmp_path))
     assert result.cases == 2
@@ -224,15 +251,17 @@ def test_materialised_labels_are_the_segs_on_each_series_grid(pacs, credentials,
     for name in ("ct_plain", "ct_jpeg2000"):
         series_uid, _ = pacs["series"][name]
         truth, affine = pacs["truth"][series_uid]
-        label_path = os.path.join(os.path.dirname(result.manifest), "labels",
-                                  pacs_source.series_id(series_uid) + ".nii.gz")
+        label_path = os.path.join(
+            os.path.dirname(result.manifest), "labels", pacs_source.series_id(series_uid) + ".nii.gz"
+        )
         label = read_nifti(label_path)
         np.testing.assert_array_equal(label.array, to_canonical(truth, affine)[0])
         assert truth.any()
 
 
 def test_inventory_from_the_pacs_ingests_cases_and_quarantines_the_rest_with_reasons(
-        pacs, credentials, tmp_path, capsys):
+    pacs, credentials, tmp_path, capsys
+):
     from pipeline import cli
 
     report = tmp_path / "inventory.json"
@@ -240,12 +269,15 @@ def test_inventory_from_the_pacs_ingests_cases_and_quarantines_the_rest_with_rea
     with open(report) as fh:
         records = json.load(fh)["cases"]
     ok = [r for r in records if r["status"] == "ok"]
-    quarantined = {r["reason"].split(": ", 1)[0].rsplit("/", 1)[-1]: r["reason"]
-                   for r in records if r["status"] != "ok"}
+    quarantined = {
+        r["reason"].split(": ", 1)[0].rsplit("/", 1)[-1]: r["reason"] for r in records if r["status"] != "ok"
+    }
     assert len(ok) == 2, records
     series = {name: uid for name, (uid, _) in pacs["series"].items()}
-    expected = {series["pt_unlabelled"]: "no DICOM SEG in the study references this series",
-                series["ct_off_grid"]: "do not lie on the series' voxel grid"}
+    expected = {
+        series["pt_unlabelled"]: "no DICOM SEG in the study references this series",
+        series["ct_off_grid"]: "do not lie on the series' voxel grid",
+    }
     for uid, phrase in expected.items():
         assert phrase in quarantined.pop(uid)
     (broken,) = quarantined.values()
@@ -262,9 +294,12 @@ def test_the_example_gen_transform_ingests_a_pacs_dataset_url(pacs, credentials,
 
     from components.image_example_gen import executor
 
-    properties = {"input_base": f"dicomweb+{pacs['server'].dicomweb}", executor.REQUIRE_LABELS_KEY: 1,
-                  executor._REPORT_URI_KEY: str(tmp_path / "report"),
-                  executor._PACS_CACHE_KEY: str(tmp_path / "cache")}
+    properties = {
+        "input_base": f"dicomweb+{pacs['server'].dicomweb}",
+        executor.REQUIRE_LABELS_KEY: 1,
+        executor._REPORT_URI_KEY: str(tmp_path / "report"),
+        executor._PACS_CACHE_KEY: str(tmp_path / "cache"),
+    }
     with beam.Pipeline() as pipeline:
         examples = pipeline | executor._ImagesToExample(properties, "*")
         assert_that(examples | beam.Map(lambda e: 1) | beam.CombineGlobally(sum), equal_to([2]))
@@ -275,6 +310,7 @@ def test_the_example_gen_transform_ingests_a_pacs_dataset_url(pacs, credentials,
 # ---------------------------------------------------------------------------------------------
 # Inference from and to the PACS
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def ct_only_model(tmp_path_factory):
@@ -301,8 +337,7 @@ def study_pacs(tmp_path_factory):
     _, pt_paths, pt_uid = _series(3, str(root / "pt"), study, modality="PT")
     label, _ = _native_label(phantom, ct_paths)
     server.upload(ct_paths + pt_paths + [_seg(ct_paths, label, str(root / "truth.seg.dcm"))])
-    yield {"server": server, "study": study, "ct": (ct_uid, ct_paths), "pt": pt_uid,
-           "ct_folder": str(root / "ct")}
+    yield {"server": server, "study": study, "ct": (ct_uid, ct_paths), "pt": pt_uid, "ct_folder": str(root / "ct")}
     server.stop()
 
 
@@ -311,7 +346,8 @@ def _seg_series(client, study):
 
 
 def test_predict_study_stores_a_seg_that_references_its_series_and_equals_the_local_mask(
-        study_pacs, ct_only_model, credentials, tmp_path, capsys):
+    study_pacs, ct_only_model, credentials, tmp_path, capsys
+):
     import highdicom as hd
     import nibabel as nib
 
@@ -340,8 +376,9 @@ def test_predict_study_stores_a_seg_that_references_its_series_and_equals_the_lo
     assert {series for _, series, _ in seg.get_source_image_uids()} == {ct_uid}
     assert seg.StudyInstanceUID == study
     # Voxel for voxel: the stored SEG on the series' grid == the in-process mask of the folder.
-    (local,) = predict.predict_inputs(predict.InProcessModel(ct_only_model), [study_pacs["ct_folder"]],
-                                      str(tmp_path / "local"), log=lambda m: None)
+    (local,) = predict.predict_inputs(
+        predict.InProcessModel(ct_only_model), [study_pacs["ct_folder"]], str(tmp_path / "local"), log=lambda m: None
+    )
     mask_img = nib.load(local["outputs"]["nifti"])
     mask = np.asarray(mask_img.dataobj)
     assert mask.any()
@@ -352,15 +389,25 @@ def test_predict_study_stores_a_seg_that_references_its_series_and_equals_the_lo
     assert "Secretname" not in text and "PID-" not in text
 
 
-@pytest.mark.parametrize("argv_tail, message", [
-    (["--study", "1.2.3", "in.nii.gz"], "takes --study UID and no INPUT"),
-    ([], "takes --study UID and no INPUT"),
-])
+@pytest.mark.parametrize(
+    "argv_tail, message",
+    [
+        (["--study", "1.2.3", "in.nii.gz"], "takes --study UID and no INPUT"),
+        ([], "takes --study UID and no INPUT"),
+    ],
+)
 def test_predict_dicomweb_argument_errors(argv_tail, message, ct_only_model, tmp_path, capsys):
     from pipeline import cli
 
-    argv = ["predict", "--model", ct_only_model, "--output", str(tmp_path), "--dicomweb",
-            "http://127.0.0.1:1/dicom-web"] + argv_tail
+    argv = [
+        "predict",
+        "--model",
+        ct_only_model,
+        "--output",
+        str(tmp_path),
+        "--dicomweb",
+        "http://127.0.0.1:1/dicom-web",
+    ] + argv_tail
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
 

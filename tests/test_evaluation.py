@@ -1,5 +1,6 @@
 """Evaluation: eval_config for both tasks, the segmentation report (the surface metrics it calls
 are tested in test_surface_metrics.py)."""
+
 import json
 
 import pytest
@@ -22,11 +23,12 @@ def test_segmentation_eval_config_gates_mean_dice_and_slices_by_modality_site_sp
     assert _metric_names(config.metrics_specs[0]) == ["Dice", "Dice", "MeanDice"]
     # With a baseline, TFX gates on the value AND on the candidate-minus-baseline diff.
     with_baseline = tfma.utils.update_eval_config_with_defaults(config, has_baseline=True, rubber_stamp=False)
-    thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(with_baseline.metrics_specs,
-                                                                   eval_config=with_baseline)
+    thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(
+        with_baseline.metrics_specs, eval_config=with_baseline
+    )
     candidate = {(k.name, k.is_diff): v for k, v in thresholds.items() if k.model_name == "candidate"}
-    (value_slice, value), = candidate[("mean_dice", False)]
-    (change_slice, change), = candidate[("mean_dice", True)]
+    ((value_slice, value),) = candidate[("mean_dice", False)]
+    ((change_slice, change),) = candidate[("mean_dice", True)]
     assert value_slice == change_slice == tfma.SlicingSpec()  # gates on the overall slice only
     assert value.lower_bound.value == pytest.approx(0.6)
     assert change.absolute.value == pytest.approx(-0.05)
@@ -41,8 +43,9 @@ def test_classification_eval_config_has_auc_and_accuracy_with_a_macro_auc_gate()
     from pipeline.config import ConfigError, make_config
 
     cfg = make_config(task="classification", min_auc=0.8, max_auc_drop=0.01)
-    config = tfma.utils.update_eval_config_with_defaults(eval_config(cfg.evaluation, 3), has_baseline=False,
-                                                         rubber_stamp=True)
+    config = tfma.utils.update_eval_config_with_defaults(
+        eval_config(cfg.evaluation, 3), has_baseline=False, rubber_stamp=True
+    )
     tfma.utils.verify_eval_config(config)
     names = [n for spec in config.metrics_specs for n in _metric_names(spec)]
     assert {"ExampleCount", "SparseCategoricalAccuracy", "AUC"} <= set(names)
@@ -52,7 +55,7 @@ def test_classification_eval_config_has_auc_and_accuracy_with_a_macro_auc_gate()
     thresholds = tfma.metrics.metric_thresholds_from_metrics_specs(config.metrics_specs, eval_config=config)
     (gated,) = thresholds
     assert gated.name == "auc" and gated.aggregation_type.macro_average
-    (spec, threshold), = thresholds[gated]
+    ((spec, threshold),) = thresholds[gated]
     assert spec == tfma.SlicingSpec() and threshold.lower_bound.value == pytest.approx(0.8)
     with pytest.raises(ConfigError, match="task"):
         make_config(task="detection")
@@ -80,13 +83,21 @@ def test_report_with_perfect_predictions_and_its_files(tmp_path):
 
     def oracle(batch):
         import tensorflow as tf
+
         return [es.decode_case(tf.train.Example.FromString(b))["label"] for b in batch]
 
     records = report.evaluate_cases(oracle, serialized, [1, 2], 2.0)
     assert len(records) == 3 and {r["modality"] for r in records} == {"CT", "MR"}
-    result = report.build_report(records, [1, 2], 2.0, {"overall": {"mean_dice": 0.9, "dice_label_1": 0.95,
-                                                                      "dice_label_2": 0.85}},
-                                 {"ok": True, "failures": []}, None, "model-uri", {"min_mean_dice": 0.5})
+    result = report.build_report(
+        records,
+        [1, 2],
+        2.0,
+        {"overall": {"mean_dice": 0.9, "dice_label_1": 0.95, "dice_label_2": 0.85}},
+        {"ok": True, "failures": []},
+        None,
+        "model-uri",
+        {"min_mean_dice": 0.5},
+    )
     slices = result["surface"]["slices"]
     assert {"overall", "modality=CT", "modality=MR", "site=phantom-site"} <= set(slices)
     assert any(name.startswith("spacing_bin=") for name in slices)

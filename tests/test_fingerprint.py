@@ -1,5 +1,6 @@
 """Dataset fingerprint: per-case numbers on boxes of known size, combine() on hand-made cases
 with known percentiles, decoding real tf.train.Examples, and ten real hippocampus cases."""
+
 import json
 import os
 import subprocess
@@ -17,7 +18,7 @@ from tests.conftest import REPO, shared_path
 SPACING = (0.8, 0.8, 4.0)
 SHAPE = (10, 12, 6)
 BOXES = {  # label: (x slice, y slice, z slice)
-    1: (slice(1, 4), slice(2, 7), slice(0, 2)),   # 3 x 5 x 2 = 30 voxels
+    1: (slice(1, 4), slice(2, 7), slice(0, 2)),  # 3 x 5 x 2 = 30 voxels
     2: (slice(6, 10), slice(8, 12), slice(3, 6)),  # 4 x 4 x 3 = 48 voxels
 }
 FOREGROUND_VOXELS = 30 + 48
@@ -130,11 +131,18 @@ def _bad_inputs(kind):
     return image, label, spacing
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("label_shape", "label shape"), ("nan_image", "NaN"), ("negative_label", "negative"),
-    ("fractional_label", "non-integer"), ("two_spacings", "spacing"), ("zero_spacing", "spacing"),
-    ("image_2d", "X, Y, Z"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("label_shape", "label shape"),
+        ("nan_image", "NaN"),
+        ("negative_label", "negative"),
+        ("fractional_label", "non-integer"),
+        ("two_spacings", "spacing"),
+        ("zero_spacing", "spacing"),
+        ("image_2d", "X, Y, Z"),
+    ],
+)
 def test_case_fingerprint_rejects_bad_inputs_naming_the_case(kind, message):
     image, label, spacing = _bad_inputs(kind)
     with pytest.raises(ValueError, match=message) as info:
@@ -150,25 +158,32 @@ def test_case_fingerprint_rejects_bad_inputs_naming_the_case(kind, message):
 #   shape x  [10, 20, 30, 40, 50]:       median 30, p90 46
 # Pooled intensity samples are 0..200 split unevenly: mean 100, p0.5 1, p50 100, p99.5 199.
 
+
 def hand_made_cases():
     spacings = [(0.5, 1, 1), (0.5, 1, 2), (0.5, 1, 3), (0.5, 1, 4), (1.0, 1, 5)]
     shapes = [(10, 8, 4), (20, 8, 4), (30, 8, 4), (40, 8, 4), (50, 8, 4)]
     modalities = ["MR", "CT", "MR", "CT", "MR"]
     labels = [[0, 1], [0, 1, 2], [0], [], [0, 2]]
     label_voxels = [{"1": 10}, {"1": 30, "2": 4}, {}, {}, {"2": 6}]
-    bboxes = [{"1": [1.0, 2.0, 3.0]}, {"1": [3.0, 4.0, 5.0], "2": [1.0, 1.0, 2.0]}, {}, {},
-              {"2": [2.0, 2.0, 10.0]}]
+    bboxes = [{"1": [1.0, 2.0, 3.0]}, {"1": [3.0, 4.0, 5.0], "2": [1.0, 1.0, 2.0]}, {}, {}, {"2": [2.0, 2.0, 10.0]}]
     fg_bbox = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [2.0, 9.0, 10.0]]
-    samples = [list(range(0, 10)), list(range(10, 110)), list(range(110, 111)), [],
-               list(range(111, 201))]
+    samples = [list(range(0, 10)), list(range(10, 110)), list(range(110, 111)), [], list(range(111, 201))]
     cases = []
     for i in range(5):
-        cases.append({
-            "case": f"case_{i}", "spacing": list(map(float, spacings[i])), "shape": list(shapes[i]),
-            "modality": modalities[i], "integer_valued": True, "labels": labels[i],
-            "label_voxels": label_voxels[i], "label_bbox_mm": bboxes[i],
-            "foreground_bbox_mm": fg_bbox[i], "foreground_sample": [float(v) for v in samples[i]],
-        })
+        cases.append(
+            {
+                "case": f"case_{i}",
+                "spacing": list(map(float, spacings[i])),
+                "shape": list(shapes[i]),
+                "modality": modalities[i],
+                "integer_valued": True,
+                "labels": labels[i],
+                "label_voxels": label_voxels[i],
+                "label_bbox_mm": bboxes[i],
+                "foreground_bbox_mm": fg_bbox[i],
+                "foreground_sample": [float(v) for v in samples[i]],
+            }
+        )
     return cases
 
 
@@ -177,45 +192,48 @@ def combined():
     return fp.combine([cases[i] for i in (3, 0, 4, 2, 1)])  # order must not matter
 
 
-@pytest.mark.parametrize("path,expected", [
-    (("num_cases",), 5),
-    (("version",), 1),
-    (("spacing", "median"), [0.5, 1.0, 3.0]),
-    (("spacing", "p10"), [0.5, 1.0, 1.4]),
-    (("spacing", "p90"), [0.8, 1.0, 4.6]),
-    (("spacing", "min"), [0.5, 1.0, 1.0]),
-    (("spacing", "max"), [1.0, 1.0, 5.0]),
-    (("shape", "median"), [30.0, 8.0, 4.0]),
-    (("shape", "p90"), [46.0, 8.0, 4.0]),
-    (("shape", "min"), [10, 8, 4]),
-    (("shape", "max"), [50, 8, 4]),
-    # extent x: 5, 10, 15, 20, 50 mm; z: 4, 8, 12, 16, 20 mm
-    (("extent_mm", "median"), [15.0, 8.0, 12.0]),
-    (("extent_mm", "max"), [50.0, 8.0, 20.0]),
-    (("labels",), [0, 1, 2]),
-    (("foreground_bbox_mm_max",), [4.0, 9.0, 10.0]),
-    (("channels", 0, "modality"), "MR"),
-    (("channels", 0, "modality_counts"), {"CT": 2, "MR": 3}),
-    (("channels", 0, "integer_valued"), True),
-    (("channels", 0, "foreground_intensity", "mean"), 100.0),
-    (("channels", 0, "foreground_intensity", "min"), 0.0),
-    (("channels", 0, "foreground_intensity", "max"), 200.0),
-    (("channels", 0, "foreground_intensity", "p00_5"), 1.0),
-    (("channels", 0, "foreground_intensity", "p50"), 100.0),
-    (("channels", 0, "foreground_intensity", "p99_5"), 199.0),
-    (("channels", 0, "foreground_intensity", "std"), float(np.std(np.arange(201)))),
-    # label 1 in case_0 (10 voxels of 0.5 mm^3) and case_1 (30 voxels of 1 mm^3)
-    (("label_stats", "1", "cases"), 2),
-    (("label_stats", "1", "voxels_median"), 20.0),
-    (("label_stats", "1", "volume_mm3_median"), 17.5),
-    (("label_stats", "1", "volume_mm3_min"), 5.0),
-    (("label_stats", "1", "bbox_mm_median"), [2.0, 3.0, 4.0]),
-    # label 2 in case_1 (4 voxels of 1 mm^3) and case_4 (6 voxels of 5 mm^3)
-    (("label_stats", "2", "cases"), 2),
-    (("label_stats", "2", "volume_mm3_median"), 17.0),
-    (("label_stats", "2", "volume_mm3_min"), 4.0),
-    (("label_stats", "2", "bbox_mm_median"), [1.5, 1.5, 6.0]),
-])
+@pytest.mark.parametrize(
+    "path,expected",
+    [
+        (("num_cases",), 5),
+        (("version",), 1),
+        (("spacing", "median"), [0.5, 1.0, 3.0]),
+        (("spacing", "p10"), [0.5, 1.0, 1.4]),
+        (("spacing", "p90"), [0.8, 1.0, 4.6]),
+        (("spacing", "min"), [0.5, 1.0, 1.0]),
+        (("spacing", "max"), [1.0, 1.0, 5.0]),
+        (("shape", "median"), [30.0, 8.0, 4.0]),
+        (("shape", "p90"), [46.0, 8.0, 4.0]),
+        (("shape", "min"), [10, 8, 4]),
+        (("shape", "max"), [50, 8, 4]),
+        # extent x: 5, 10, 15, 20, 50 mm; z: 4, 8, 12, 16, 20 mm
+        (("extent_mm", "median"), [15.0, 8.0, 12.0]),
+        (("extent_mm", "max"), [50.0, 8.0, 20.0]),
+        (("labels",), [0, 1, 2]),
+        (("foreground_bbox_mm_max",), [4.0, 9.0, 10.0]),
+        (("channels", 0, "modality"), "MR"),
+        (("channels", 0, "modality_counts"), {"CT": 2, "MR": 3}),
+        (("channels", 0, "integer_valued"), True),
+        (("channels", 0, "foreground_intensity", "mean"), 100.0),
+        (("channels", 0, "foreground_intensity", "min"), 0.0),
+        (("channels", 0, "foreground_intensity", "max"), 200.0),
+        (("channels", 0, "foreground_intensity", "p00_5"), 1.0),
+        (("channels", 0, "foreground_intensity", "p50"), 100.0),
+        (("channels", 0, "foreground_intensity", "p99_5"), 199.0),
+        (("channels", 0, "foreground_intensity", "std"), float(np.std(np.arange(201)))),
+        # label 1 in case_0 (10 voxels of 0.5 mm^3) and case_1 (30 voxels of 1 mm^3)
+        (("label_stats", "1", "cases"), 2),
+        (("label_stats", "1", "voxels_median"), 20.0),
+        (("label_stats", "1", "volume_mm3_median"), 17.5),
+        (("label_stats", "1", "volume_mm3_min"), 5.0),
+        (("label_stats", "1", "bbox_mm_median"), [2.0, 3.0, 4.0]),
+        # label 2 in case_1 (4 voxels of 1 mm^3) and case_4 (6 voxels of 5 mm^3)
+        (("label_stats", "2", "cases"), 2),
+        (("label_stats", "2", "volume_mm3_median"), 17.0),
+        (("label_stats", "2", "volume_mm3_min"), 4.0),
+        (("label_stats", "2", "bbox_mm_median"), [1.5, 1.5, 6.0]),
+    ],
+)
 def test_combine_known_answers(path, expected):
     value = combined()
     for key in path:
@@ -228,8 +246,18 @@ def test_combine_known_answers(path, expected):
 
 def test_combine_format_and_case_list():
     result = combined()
-    assert list(result) == ["version", "num_cases", "channels", "spacing", "shape", "extent_mm",
-                            "labels", "label_stats", "foreground_bbox_mm_max", "cases"]
+    assert list(result) == [
+        "version",
+        "num_cases",
+        "channels",
+        "spacing",
+        "shape",
+        "extent_mm",
+        "labels",
+        "label_stats",
+        "foreground_bbox_mm_max",
+        "cases",
+    ]
     assert list(result["label_stats"]) == ["1", "2"]
     assert [c["case"] for c in result["cases"]] == [f"case_{i}" for i in range(5)]
     assert set(result["cases"][0]) == {"case", "spacing", "shape", "modality", "label_voxels"}
@@ -243,9 +271,15 @@ def test_combine_is_plain_json_and_survives_a_round_trip():
     assert fp.combine(round_tripped_cases) == fp.combine(hand_made_cases())
 
 
-@pytest.mark.parametrize("modalities,expected", [
-    (["MR", "CT", "MR"], "MR"), (["CT", "MR"], "CT"), (["MR", "CT"], "CT"), (["PT"], "PT"),
-])
+@pytest.mark.parametrize(
+    "modalities,expected",
+    [
+        (["MR", "CT", "MR"], "MR"),
+        (["CT", "MR"], "CT"),
+        (["MR", "CT"], "CT"),
+        (["PT"], "PT"),
+    ],
+)
 def test_combine_modality_is_the_most_common_ties_alphabetical(modalities, expected):
     cases = hand_made_cases()[: len(modalities)]
     for case, modality in zip(cases, modalities):
@@ -259,11 +293,14 @@ def test_combine_integer_valued_needs_every_case():
     assert fp.combine(cases)["channels"][0]["integer_valued"] is False
 
 
-@pytest.mark.parametrize("cases,message", [
-    ([], "zero cases"),
-    ([hand_made_cases()[0], hand_made_cases()[0]], "more than once"),
-    ([hand_made_cases()[3]], "no foreground intensity"),
-])
+@pytest.mark.parametrize(
+    "cases,message",
+    [
+        ([], "zero cases"),
+        ([hand_made_cases()[0], hand_made_cases()[0]], "more than once"),
+        ([hand_made_cases()[3]], "no foreground intensity"),
+    ],
+)
 def test_combine_refuses(cases, message):
     with pytest.raises(ValueError, match=message):
         fp.combine(iter(cases))
@@ -272,8 +309,9 @@ def test_combine_refuses(cases, message):
 def test_combine_of_a_real_case_fingerprint():
     result = fp.combine([boxes_fingerprint()])
     stats = result["label_stats"]
-    np.testing.assert_allclose([stats["1"]["volume_mm3_median"], stats["2"]["volume_mm3_median"]],
-                               [30 * 2.56, 48 * 2.56])
+    np.testing.assert_allclose(
+        [stats["1"]["volume_mm3_median"], stats["2"]["volume_mm3_median"]], [30 * 2.56, 48 * 2.56]
+    )
     np.testing.assert_allclose(stats["2"]["bbox_mm_median"], [3.2, 3.2, 12.0])
     np.testing.assert_allclose(result["extent_mm"]["max"], [8.0, 9.6, 24.0])
 
@@ -281,9 +319,16 @@ def test_combine_of_a_real_case_fingerprint():
 # --------------------------------------------------------------------------------------------
 # Markdown and writing
 
-@pytest.mark.parametrize("spacing,anisotropic", [
-    ((0.8, 0.8, 4.0), True), ((1.0, 1.0, 3.0), False), ((1.0, 1.0, 1.0), False), ((3.5, 1.0, 1.0), True),
-])
+
+@pytest.mark.parametrize(
+    "spacing,anisotropic",
+    [
+        ((0.8, 0.8, 4.0), True),
+        ((1.0, 1.0, 3.0), False),
+        ((1.0, 1.0, 1.0), False),
+        ((3.5, 1.0, 1.0), True),
+    ],
+)
 def test_markdown_summary_flags_anisotropy(spacing, anisotropic):
     image, label = two_boxes()
     text = fp.to_markdown(fp.combine([fp.case_fingerprint(image, label, spacing, "MR", "c")]))
@@ -315,10 +360,12 @@ def test_write_round_trips(directory_kind, tmp_path):
 
 
 def test_fingerprint_module_and_local_write_do_not_import_tensorflow(tmp_path):
-    code = ("import sys; from modules.plan import fingerprint as fp; "
-            "from tests import test_fingerprint as t; "
-            f"fp.write(fp.combine(t.hand_made_cases()), {str(tmp_path)!r}); "
-            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+    code = (
+        "import sys; from modules.plan import fingerprint as fp; "
+        "from tests import test_fingerprint as t; "
+        f"fp.write(fp.combine(t.hand_made_cases()), {str(tmp_path)!r}); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
+    )
     # The test module imports numpy/pytest only at top level, so importing it keeps TF out too.
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
@@ -326,8 +373,18 @@ def test_fingerprint_module_and_local_write_do_not_import_tensorflow(tmp_path):
 # --------------------------------------------------------------------------------------------
 # decode_case on real tf.train.Example objects
 
-def make_example(image, label=None, spacing=SPACING, modality="CT", case_id="case-9", dtype_name=None,
-                 image_raw=None, label_raw=None, drop=()):
+
+def make_example(
+    image,
+    label=None,
+    spacing=SPACING,
+    modality="CT",
+    case_id="case-9",
+    dtype_name=None,
+    image_raw=None,
+    label_raw=None,
+    drop=(),
+):
     """A tf.train.Example built directly from the feature names (not through encode_case)."""
     import tensorflow as tf
 
@@ -336,8 +393,9 @@ def make_example(image, label=None, spacing=SPACING, modality="CT", case_id="cas
 
     dtype_name = dtype_name or np.dtype(image.dtype).name
     feature = {
-        features.IMAGE_RAW: bytes_feature(image_raw if image_raw is not None else
-                                          image.astype(image.dtype.newbyteorder("<")).tobytes()),
+        features.IMAGE_RAW: bytes_feature(
+            image_raw if image_raw is not None else image.astype(image.dtype.newbyteorder("<")).tobytes()
+        ),
         features.IMAGE_DTYPE: bytes_feature(dtype_name.encode()),
         features.IMAGE_SHAPE: tf.train.Feature(int64_list=tf.train.Int64List(value=list(image.shape))),
         features.SPACING: tf.train.Feature(float_list=tf.train.FloatList(value=list(spacing))),
@@ -371,7 +429,8 @@ def test_decode_case_restores_voxels_label_and_geometry(dtype_name, with_label):
     image = _volume_with(VOXEL_VALUES[dtype_name])
     label = (np.arange(image.size).reshape(image.shape) % 3).astype(np.uint8) if with_label else None
     decoded_image, decoded_label, spacing, modality, case_key = fp.decode_case(
-        make_example(image, label, modality="MR", case_id="abc"))
+        make_example(image, label, modality="MR", case_id="abc")
+    )
     assert decoded_image.dtype == np.float32 and decoded_image.shape == image.shape
     np.testing.assert_array_equal(decoded_image, image.astype(np.float32))
     if with_label:
@@ -406,22 +465,32 @@ def _short_by_one_voxel(dtype_name):
     return make_example(image, image_raw=image.tobytes()[: -image.itemsize], case_id="short-7")
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda: _short_by_one_voxel("uint8"), "image_raw has 59 bytes"),
-    (lambda: _short_by_one_voxel("int16"), "image_raw has 118 bytes"),
-    (lambda: _short_by_one_voxel("float32"), "image_raw has 236 bytes"),
-    # int16 bytes declared as float32: twice too few bytes for the shape
-    (lambda: make_example(_volume_with(VOXEL_VALUES["int16"]), dtype_name="float32", case_id="short-7"),
-     "image_raw has 120 bytes"),
-    (lambda: make_example(_volume_with(VOXEL_VALUES["uint8"]), label_raw=b"\x00" * 61, case_id="short-7"),
-     "label_raw has 61 bytes"),
-    (lambda: make_example(_volume_with(VOXEL_VALUES["uint8"]), dtype_name="float64", case_id="short-7"),
-     "unsupported image_dtype"),
-    (lambda: make_example(_volume_with(VOXEL_VALUES["uint8"]), spacing=(1.0, 1.0), case_id="short-7"),
-     "spacing"),
-    (lambda: make_example(_volume_with(VOXEL_VALUES["uint8"]), case_id="short-7", drop=(features.MODALITY,)),
-     "missing feature"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: _short_by_one_voxel("uint8"), "image_raw has 59 bytes"),
+        (lambda: _short_by_one_voxel("int16"), "image_raw has 118 bytes"),
+        (lambda: _short_by_one_voxel("float32"), "image_raw has 236 bytes"),
+        # int16 bytes declared as float32: twice too few bytes for the shape
+        (
+            lambda: make_example(_volume_with(VOXEL_VALUES["int16"]), dtype_name="float32", case_id="short-7"),
+            "image_raw has 120 bytes",
+        ),
+        (
+            lambda: make_example(_volume_with(VOXEL_VALUES["uint8"]), label_raw=b"\x00" * 61, case_id="short-7"),
+            "label_raw has 61 bytes",
+        ),
+        (
+            lambda: make_example(_volume_with(VOXEL_VALUES["uint8"]), dtype_name="float64", case_id="short-7"),
+            "unsupported image_dtype",
+        ),
+        (lambda: make_example(_volume_with(VOXEL_VALUES["uint8"]), spacing=(1.0, 1.0), case_id="short-7"), "spacing"),
+        (
+            lambda: make_example(_volume_with(VOXEL_VALUES["uint8"]), case_id="short-7", drop=(features.MODALITY,)),
+            "missing feature",
+        ),
+    ],
+)
 def test_decode_case_rejects_inconsistent_examples_naming_the_case(make, message):
     with pytest.raises(ValueError, match=message) as info:
         fp.decode_case(make())
@@ -434,11 +503,13 @@ def test_fingerprint_from_example_matches_fingerprint_from_arrays():
     # tf.Example stores spacing as float32, so the reference uses the float32-rounded spacing.
     spacing_float32 = np.asarray(SPACING, np.float32)
     assert fp.case_fingerprint_from_example(example) == fp.case_fingerprint(
-        image, label, spacing_float32, "MR", "boxes")
+        image, label, spacing_float32, "MR", "boxes"
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Ten real hippocampus cases (Decathlon Task04 subset, MR, 1 mm isotropic)
+
 
 def test_hippocampus_fingerprint_is_plausible():
     nib = pytest.importorskip("nibabel")
@@ -453,8 +524,9 @@ def test_hippocampus_fingerprint_is_plausible():
         label = np.asanyarray(label_nii.dataobj)
         case = fp.case_fingerprint(image, label, image_nii.header.get_zooms()[:3], "MR", name)
         # The same case through the ingestion encoder and decode_case gives the same fingerprint.
-        example = features.encode_case(Volume(compact_dtype(image), image_nii.affine, "MR"),
-                                       label.astype(np.uint8), name, "hash", "nifti")
+        example = features.encode_case(
+            Volume(compact_dtype(image), image_nii.affine, "MR"), label.astype(np.uint8), name, "hash", "nifti"
+        )
         assert fp.case_fingerprint_from_example(example) == case
         cases.append(case)
     result = fp.combine(cases)

@@ -4,6 +4,7 @@ defect, plus the corpus run under a 3 GB address-space limit (and `make fuzz` fo
 Invariants on every mutated dataset: nothing escapes or hangs, the report is written and lists
 every file, no planted patient identity appears in case ids, inputs, reasons or output, reasons
 are plain words, ingested/converted volumes equal the clean ones, memory stays bounded."""
+
 import json
 import os
 import subprocess
@@ -23,26 +24,49 @@ INVARIANTS = ("crash", "hang", "silent_wrong", "leak", "unclear", "memory", "rep
 # The gzip bomb is refused by the byte limit when MEDTFX_MAX_BYTES is below its 1.25 GB, else
 # read and refused as not DICOM.
 EXPECTED_REASON = {
-    "rle_fragment_corrupt": None, "dcm_gz_corrupt": "corrupt gzip", "rescale_intercept_1e30": "plausible rescale",
-    "pixel_spacing_zero": "not positive", "rows_columns_65535": "MEDTFX_MAX_VOXELS",
-    "dataset_json_malformed": "not valid JSON", "dataset_json_empty": "dataset.json is empty",
-    "dataset_json_not_utf8": "not UTF-8", "dataset_json_array": "JSON object",
-    "dataset_json_directory": "directory", "dataset_json_labels_list": "'labels' must be an object",
-    "dataset_json_modality_string": "'modality' must be an object", "dataset_json_missing": None,
-    "manifest_not_utf8": "not UTF-8", "fifo_in_series": "named pipe", "symlink_to_dev_zero": "a device",
-    "truncated_last_slice": "truncated", "slice_short_by_2000_bytes": "truncated",
-    "wrong_transfer_syntax": "stored raw", "bits_allocated_8_on_16_bit": "BitsAllocated",
-    "middle_slice_shifted_5mm": "not collinear", "negative_pixel_spacing": "not positive",
-    "orientation_length_2": "not 1", "orientation_not_orthogonal": "not orthogonal",
-    "columns_zero": "Columns=0", "duplicated_series": "duplicate SOPInstanceUID",
-    "nifti_gzip_crc": "corrupt gzip", "nifti_float64_1e39": "32-bit floats",
-    "nifti_two_channels_one_id": "2 image files", "nifti_nii_and_nii_gz": "2 image files",
-    "manifest_bom": None, "manifest_semicolon": None, "manifest_without_image_column": "no column image",
-    "manifest_blank_row": None, "manifest_dicom_without_label": "has no label",
-    "phi_in_folder_and_file_names": "truncated", "phi_convert_two_stacks": None,
-    "nifti_complex": "complex", "nifti_declares_2048x2048x512": "truncated",
+    "rle_fragment_corrupt": None,
+    "dcm_gz_corrupt": "corrupt gzip",
+    "rescale_intercept_1e30": "plausible rescale",
+    "pixel_spacing_zero": "not positive",
+    "rows_columns_65535": "MEDTFX_MAX_VOXELS",
+    "dataset_json_malformed": "not valid JSON",
+    "dataset_json_empty": "dataset.json is empty",
+    "dataset_json_not_utf8": "not UTF-8",
+    "dataset_json_array": "JSON object",
+    "dataset_json_directory": "directory",
+    "dataset_json_labels_list": "'labels' must be an object",
+    "dataset_json_modality_string": "'modality' must be an object",
+    "dataset_json_missing": None,
+    "manifest_not_utf8": "not UTF-8",
+    "fifo_in_series": "named pipe",
+    "symlink_to_dev_zero": "a device",
+    "truncated_last_slice": "truncated",
+    "slice_short_by_2000_bytes": "truncated",
+    "wrong_transfer_syntax": "stored raw",
+    "bits_allocated_8_on_16_bit": "BitsAllocated",
+    "middle_slice_shifted_5mm": "not collinear",
+    "negative_pixel_spacing": "not positive",
+    "orientation_length_2": "not 1",
+    "orientation_not_orthogonal": "not orthogonal",
+    "columns_zero": "Columns=0",
+    "duplicated_series": "duplicate SOPInstanceUID",
+    "nifti_gzip_crc": "corrupt gzip",
+    "nifti_float64_1e39": "32-bit floats",
+    "nifti_two_channels_one_id": "2 image files",
+    "nifti_nii_and_nii_gz": "2 image files",
+    "manifest_bom": None,
+    "manifest_semicolon": None,
+    "manifest_without_image_column": "no column image",
+    "manifest_blank_row": None,
+    "manifest_dicom_without_label": "has no label",
+    "phi_in_folder_and_file_names": "truncated",
+    "phi_convert_two_stacks": None,
+    "nifti_complex": "complex",
+    "nifti_declares_2048x2048x512": "truncated",
     "dcm_gz_bomb": ("limit", "not a DICOM file"),
-    "random_header_bytes": None, "random_truncation": None, "random_nifti_truncation": None,
+    "random_header_bytes": None,
+    "random_truncation": None,
+    "random_nifti_truncation": None,
 }
 # Mutations after which every clean case must still be ingested (nothing was broken).
 ALL_OK = {"manifest_bom": 2, "manifest_semicolon": 2, "dataset_json_missing": 2, "manifest_blank_row": 2}
@@ -120,14 +144,22 @@ class PanicException(BaseException):
     """Stands in for pyo3_runtime.PanicException (a BaseException raised by Rust decoders)."""
 
 
-@pytest.mark.parametrize("raised, escapes", [(PanicException("index out of bounds"), False),
-                                             (MemoryError(), False), (OverflowError("too big"), False),
-                                             (KeyboardInterrupt(), True), (SystemExit(3), True)])
+@pytest.mark.parametrize(
+    "raised, escapes",
+    [
+        (PanicException("index out of bounds"), False),
+        (MemoryError(), False),
+        (OverflowError("too big"), False),
+        (KeyboardInterrupt(), True),
+        (SystemExit(3), True),
+    ],
+)
 def test_error_boundary_catches_native_panics_but_not_interrupts(fuzz_base, monkeypatch, raised, escapes):
     specs, _ = cases.find_cases(fuzz_base["base"]["decathlon"])
 
     def boom(spec):
         raise raised
+
     monkeypatch.setattr(cases, "read_volume", boom)
     if escapes:
         with pytest.raises(type(raised)):
@@ -138,12 +170,15 @@ def test_error_boundary_catches_native_panics_but_not_interrupts(fuzz_base, monk
     assert "unexpected" not in record["reason"]
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda blob: blob[:-4] + bytes([blob[-4] ^ 1]) + blob[-3:], "corrupt gzip"),  # size field
-    (lambda blob: blob[:-8] + bytes([blob[-8] ^ 1]) + blob[-7:], "CRC"),
-    (lambda blob: blob[: len(blob) // 2], "truncated"),
-    (lambda blob: blob + b"garbage", "trailing garbage"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda blob: blob[:-4] + bytes([blob[-4] ^ 1]) + blob[-3:], "corrupt gzip"),  # size field
+        (lambda blob: blob[:-8] + bytes([blob[-8] ^ 1]) + blob[-7:], "CRC"),
+        (lambda blob: blob[: len(blob) // 2], "truncated"),
+        (lambda blob: blob + b"garbage", "trailing garbage"),
+    ],
+)
 def test_gzip_is_read_with_its_checksum_and_length(damage, message):
     import gzip
 
@@ -181,8 +216,9 @@ def test_only_regular_files_are_read(tmp_path):
 
 def _corpus_subprocess(out, seeds, only=(), timeout=900):
     env = dict(os.environ, MALLOC_ARENA_MAX="2", TF_CPP_MIN_LOG_LEVEL="3")
-    cmd = [sys.executable, "-m", "tests.fuzz_corpus", "--out", str(out), "--seeds", str(seeds),
-           "--rlimit-gb", "3"] + (["--only", *only] if only else [])
+    cmd = [sys.executable, "-m", "tests.fuzz_corpus", "--out", str(out), "--seeds", str(seeds), "--rlimit-gb", "3"] + (
+        ["--only", *only] if only else []
+    )
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -196,8 +232,7 @@ def test_memory_stays_bounded_under_a_3_gb_address_space_limit(tmp_path):
     assert all(summary[k] == 0 for k in INVARIANTS), outcome
 
 
-@pytest.mark.skipif(not os.environ.get("MEDTFX_FUZZ_SEEDS"), reason="long fuzzing: make fuzz "
-                    "(MEDTFX_FUZZ_SEEDS=N)")
+@pytest.mark.skipif(not os.environ.get("MEDTFX_FUZZ_SEEDS"), reason="long fuzzing: make fuzz (MEDTFX_FUZZ_SEEDS=N)")
 def test_fuzz_many_seeds(tmp_path):
     seeds = int(os.environ["MEDTFX_FUZZ_SEEDS"])
     outcome = _corpus_subprocess(tmp_path, seeds, timeout=max(900, 120 * seeds))

@@ -1,5 +1,6 @@
 """Defective DICOM made from phantoms (known truth) and pydicom's test files: every defect is
 detected and named, nothing is converted silently wrong, no patient identifier leaks."""
+
 import gzip
 import json
 import logging
@@ -55,8 +56,7 @@ def test_gantry_tilt_is_refused(phantom_dir, tmp_path, with_tag):
         ds.save_as(path)
     step = abs(float(np.diff([pydicom.dcmread(f).ImagePositionPatient[2] for f in files[:2]])[0]))
     normal = dicom.slice_normal(pydicom.dcmread(files[0]).ImageOrientationPatient)
-    spacing = abs(np.diff([np.asarray(pydicom.dcmread(f).ImagePositionPatient, float) @ normal
-                           for f in files[:2]])[0])
+    spacing = abs(np.diff([np.asarray(pydicom.dcmread(f).ImagePositionPatient, float) @ normal for f in files[:2]])[0])
     with pytest.raises(CaseError, match=r"gantry tilt: slices are sheared by [0-9.]+ degrees") as info:
         _read_only_stack(tmp_path / "tilt")
     angle = float(str(info.value).split("sheared by ")[1].split(" degrees")[0])
@@ -72,7 +72,9 @@ def test_missing_and_irregular_slices_are_named(phantom_dir, tmp_path):
     files = _copy_series(phantom_dir, "phantom_001", tmp_path / "irregular")
     ds = pydicom.dcmread(files[5])
     normal = dicom.slice_normal(ds.ImageOrientationPatient)
-    _edit(files[5], ImagePositionPatient=[f"{v:.4f}" for v in np.asarray(ds.ImagePositionPatient, float) + 0.3 * normal])
+    _edit(
+        files[5], ImagePositionPatient=[f"{v:.4f}" for v in np.asarray(ds.ImagePositionPatient, float) + 0.3 * normal]
+    )
     with pytest.raises(CaseError, match="non-uniform slice spacing") as info:
         _read_only_stack(tmp_path / "irregular")
     assert "missing slice" not in str(info.value)
@@ -135,6 +137,7 @@ def test_4d_series_is_read_4d_and_quarantined_for_training(phantom_dir, tmp_path
     out = tmp_path / "fmri.nii.gz"
     assert cli.main(["convert", str(folder), str(out)]) == 0
     import nibabel as nib
+
     assert nib.load(str(out)).shape == image.shape + (2,)
     # A volume missing one slice is an incomplete 4D series, not a silent 4D with a hole.
     os.remove(os.path.join(folder, "v2_0003.dcm"))
@@ -160,8 +163,10 @@ def test_non_image_objects_and_non_dicom_files_are_rejected_with_reasons(tmp_pat
 
     shutil.copy(get_testdata_file("test-SR.dcm"), tmp_path / "report.dcm")
     shutil.copy(get_testdata_file("rtstruct.dcm"), tmp_path / "contours.dcm")  # no DICM preamble
-    shutil.copy(os.path.join(os.path.dirname(get_testdata_file("MR_small.dcm")), "dicomdirtests", "DICOMDIR"),
-                tmp_path / "DICOMDIR")
+    shutil.copy(
+        os.path.join(os.path.dirname(get_testdata_file("MR_small.dcm")), "dicomdirtests", "DICOMDIR"),
+        tmp_path / "DICOMDIR",
+    )
     shutil.copy(get_testdata_file("waveform_ecg.dcm"), tmp_path / "ecg.dcm")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.11.1"  # grayscale presentation state
@@ -217,8 +222,18 @@ def test_enhanced_multiframe_from_phantom_matches_truth(phantom_dir, tmp_path):
     src = os.path.join(phantom_dir, "dicom", "phantom_003")
     datasets = [pydicom.dcmread(os.path.join(src, f)) for f in sorted(os.listdir(src)) if f.endswith(".dcm")]
     for ds in datasets:  # type-2 attributes the phantom writer leaves out and highdicom requires
-        for keyword in ("PatientSex", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
-                        "ReferringPhysicianName", "ContentDate", "ContentTime", "SeriesDate", "SeriesTime"):
+        for keyword in (
+            "PatientSex",
+            "StudyDate",
+            "StudyTime",
+            "StudyID",
+            "AccessionNumber",
+            "ReferringPhysicianName",
+            "ContentDate",
+            "ContentTime",
+            "SeriesDate",
+            "SeriesTime",
+        ):
             if keyword not in ds:
                 setattr(ds, keyword, "")
         ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]

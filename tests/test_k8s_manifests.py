@@ -164,9 +164,7 @@ def _by_kind(docs: list[dict], kind: str) -> list[dict]:
 
 
 def _one(docs: list[dict], kind: str, name: str | None = None) -> dict:
-    matches = [
-        d for d in _by_kind(docs, kind) if name is None or d["metadata"]["name"] == name
-    ]
+    matches = [d for d in _by_kind(docs, kind) if name is None or d["metadata"]["name"] == name]
     assert len(matches) == 1, f"expected exactly one {kind} {name or ''}, got {len(matches)}"
     return matches[0]
 
@@ -215,9 +213,16 @@ def _mount(container: dict, path: str) -> dict:
 
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([a-zA-Z]*)$")
 _SUFFIX = {
-    "": 1.0, "m": 1e-3,
-    "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-    "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40,
+    "": 1.0,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
 }
 
 
@@ -264,9 +269,15 @@ def test_expected_kinds(target: str) -> None:
     docs = _docs(target)
     kinds = {d["kind"] for d in docs}
     expected = {
-        "Namespace", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim",
-        "Deployment", "Service", "HorizontalPodAutoscaler",
-        "PodDisruptionBudget", "NetworkPolicy",
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
     }
     assert expected <= kinds, f"missing kinds: {sorted(expected - kinds)}"
     pvcs = _names(docs, "PersistentVolumeClaim")
@@ -399,9 +410,7 @@ def test_service_hpa_pdb_netpol(target: str) -> None:
     assert (ref["apiVersion"], ref["kind"], ref["name"]) == ("apps/v1", "Deployment", DEPLOYMENT)
     metrics = hpa["spec"]["metrics"]
     assert any(
-        m["type"] == "Resource"
-        and m["resource"]["name"] == "cpu"
-        and m["resource"]["target"]["type"] == "Utilization"
+        m["type"] == "Resource" and m["resource"]["name"] == "cpu" and m["resource"]["target"]["type"] == "Utilization"
         for m in metrics
     ), metrics
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
@@ -581,10 +590,16 @@ def test_checkov_no_failed_checks(tmp_path: Path, rendered_dir: Path) -> None:
     # too; --compact drops code blocks; --skip-download keeps it offline.
     proc = subprocess.run(
         [
-            tool, "-d", str(scan),
-            "--framework", "kubernetes", "dockerfile",
-            "--compact", "--skip-download",
-            "-o", "json",
+            tool,
+            "-d",
+            str(scan),
+            "--framework",
+            "kubernetes",
+            "dockerfile",
+            "--compact",
+            "--skip-download",
+            "-o",
+            "json",
         ],
         capture_output=True,
         text=True,
@@ -609,9 +624,7 @@ def test_checkov_no_failed_checks(tmp_path: Path, rendered_dir: Path) -> None:
             f"{c['check_id']} {c['check_name']} -> {c['resource']} ({c['file_path']})"
             for c in results.get("failed_checks", [])
         ]
-        assert summary["failed"] == 0 and not failed, (
-            f"checkov {check_type} failures:\n" + "\n".join(failed)
-        )
+        assert summary["failed"] == 0 and not failed, f"checkov {check_type} failures:\n" + "\n".join(failed)
         assert summary["parsing_errors"] == 0, results.get("parsing_errors")
         assert summary["passed"] > 0 and summary["resource_count"] > 0, (check_type, summary)
         for skip in results.get("skipped_checks", []):

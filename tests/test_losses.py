@@ -1,4 +1,5 @@
 """Losses against hand-computed values on tiny arrays; a perfect prediction scores 0."""
+
 import math
 
 import numpy as np
@@ -50,14 +51,26 @@ def test_dice_ce_hand_computed():
 
 def test_generalized_dice_hand_computed():
     truth = np.array([[1, 1, 2, 2, 2, 2, 0, 0]])
-    p = np.array([[0.2, 0.8, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [0.0, 0.5, 0.5],
-                  [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.5, 0.0, 0.5]], np.float32)[None]
+    p = np.array(
+        [
+            [0.2, 0.8, 0.0],
+            [0.5, 0.5, 0.0],
+            [0.0, 0.0, 1.0],
+            [0.0, 0.5, 0.5],
+            [0.0, 0.0, 1.0],
+            [0.0, 0.0, 1.0],
+            [1.0, 0.0, 0.0],
+            [0.5, 0.0, 0.5],
+        ],
+        np.float32,
+    )[None]
     # class 1: w = 1/2^2, intersection 0.8 + 0.5 = 1.3, |g| + sum(p) = 2 + 1.8 = 3.8
     # class 2: w = 1/4^2, intersection 1 + 0.5 + 1 + 1 = 3.5, |g| + sum(p) = 4 + 4.0 = 8.0
     numerator = 2 * (1.3 / 4 + 3.5 / 16) + 1e-5
     denominator = 3.8 / 4 + 8.0 / 16 + 1e-5
     assert float(losses.generalized_dice_loss(3)(truth, tf.constant(p))) == pytest.approx(
-        1 - numerator / denominator, rel=1e-5)
+        1 - numerator / denominator, rel=1e-5
+    )
 
 
 def test_generalized_dice_ignores_class_absent_from_truth():

@@ -1,5 +1,6 @@
 """Models (U-Net 3D/2D, ResNet classifier) and the training loop on tiny synthetic data:
 shapes, float32 outputs under mixed precision, a 1-device strategy scope, callbacks."""
+
 import functools
 
 import numpy as np
@@ -69,9 +70,18 @@ def _segmentation_data(n=4, shape=(12, 12, 8)):
 def test_fit_in_mirrored_strategy_with_callbacks(tmp_path):
     from modules.train import input_pipeline
 
-    cfg = training.config({"patch_size": [8, 8, 8], "filters": [4, 8], "epochs": 2, "train_steps": 6,
-                           "distribution": "mirrored", "early_stopping_patience": 5, "time_limit_minutes": 5,
-                           "learning_rate": 1e-2})
+    cfg = training.config(
+        {
+            "patch_size": [8, 8, 8],
+            "filters": [4, 8],
+            "epochs": 2,
+            "train_steps": 6,
+            "distribution": "mirrored",
+            "early_stopping_patience": 5,
+            "time_limit_minutes": 5,
+            "learning_rate": 1e-2,
+        }
+    )
     cases = _segmentation_data()
     train = input_pipeline.training_patches(cases, cfg.patch_size, 2, 3, 0.5, None, seed=0)
     validation = input_pipeline.validation_patches(cases, cfg.patch_size, 2, 3)
@@ -109,11 +119,20 @@ def test_classification_fit(tmp_path):
     labels = np.array([0, 1, 0, 1, 0, 1], np.int32)
     images = (rng.normal(size=(6, 8, 8, 8)) + labels[:, None, None, None] * 2).astype(np.float32)
     cases = tf.data.Dataset.from_tensor_slices((images, labels))
-    cfg = training.config({"model": "resnet3d", "patch_size": [8, 8, 8], "filters": [4, 8], "num_classes": 2,
-                           "loss": "ce", "norm": "instance", "epochs": 1, "train_steps": 4})
+    cfg = training.config(
+        {
+            "model": "resnet3d",
+            "patch_size": [8, 8, 8],
+            "filters": [4, 8],
+            "num_classes": 2,
+            "loss": "ce",
+            "norm": "instance",
+            "epochs": 1,
+            "train_steps": 4,
+        }
+    )
     train = input_pipeline.classification_batches(cases, 3, True, 0, augment.AugmentConfig())
-    model, history = training.fit(cfg, train, input_pipeline.classification_batches(cases, 3, False),
-                                  str(tmp_path), 0)
+    model, history = training.fit(cfg, train, input_pipeline.classification_batches(cases, 3, False), str(tmp_path), 0)
     assert model.output_shape == (None, 2)
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.history)
 
@@ -156,6 +175,7 @@ def test_slicewise_unet_exports_with_sliding_window(tmp_path, slice_axis):
 
 
 # ---- nnU-Net dynamic topology: per-level, per-axis pooling and kernel sizes ----
+
 
 def _per_axis(entry, ndim):
     return (entry,) * ndim if isinstance(entry, int) else tuple(entry)
@@ -200,8 +220,9 @@ def test_unet_dynamic_topology(built, fed, filters, pools, kernels):
 
 
 def test_anisotropic_unet3d_passes_topology_through():
-    model = unet.build_unet3d((32, 32, 8, 1), 2, (4, 8, 16), pool_sizes=[(2, 2, 1), (2, 2, 2)],
-                              kernel_sizes=[(3, 3, 1), (3, 3, 3), (3, 3, 3)])
+    model = unet.build_unet3d(
+        (32, 32, 8, 1), 2, (4, 8, 16), pool_sizes=[(2, 2, 1), (2, 2, 2)], kernel_sizes=[(3, 3, 1), (3, 3, 3), (3, 3, 3)]
+    )
     assert model.get_layer("enc0_conv0").kernel_size == (3, 3, 1)
     assert model.get_layer("enc0_conv0").kernel.shape[:3] == (3, 3, 1)
     assert model.get_layer("pool0").output_shape == (None, 16, 16, 8, 4)  # z not pooled
@@ -254,8 +275,9 @@ SLICEWISE_CASES = [
 
 @pytest.mark.parametrize("shape,slice_axis,filters,pools,kernels,kernel0", SLICEWISE_CASES)
 def test_slicewise_along_any_axis(shape, slice_axis, filters, pools, kernels, kernel0):
-    model = unet.build_unet2d_slicewise(shape, 3, filters, slice_axis=slice_axis, pool_sizes=pools,
-                                        kernel_sizes=kernels)
+    model = unet.build_unet2d_slicewise(
+        shape, 3, filters, slice_axis=slice_axis, pool_sizes=pools, kernel_sizes=kernels
+    )
     layer = model.get_layer("slicewise")
     model2d = layer.model2d
     in_plane = tuple(s for axis, s in enumerate(shape) if axis != slice_axis)
@@ -310,10 +332,31 @@ def test_slicewise_checks_only_in_plane_sizes():
 # Layer names and parameter counts of the default-topology models before pool_sizes/kernel_sizes
 # existed: defaults (and their explicit spelling) must rebuild the same graph so old weights load.
 DEFAULT_UNET3D_NAMES_2_LEVELS = [
-    "image", "enc0_conv0", "enc0_norm0", "enc0_act0", "enc0_conv1", "enc0_norm1", "enc0_act1", "pool0",
-    "bottleneck_conv0", "bottleneck_norm0", "bottleneck_act0", "bottleneck_conv1", "bottleneck_norm1",
-    "bottleneck_act1", "up0", "skip0", "dec0_conv0", "dec0_norm0", "dec0_act0", "dec0_conv1", "dec0_norm1",
-    "dec0_act1", "logits", "probabilities"]
+    "image",
+    "enc0_conv0",
+    "enc0_norm0",
+    "enc0_act0",
+    "enc0_conv1",
+    "enc0_norm1",
+    "enc0_act1",
+    "pool0",
+    "bottleneck_conv0",
+    "bottleneck_norm0",
+    "bottleneck_act0",
+    "bottleneck_conv1",
+    "bottleneck_norm1",
+    "bottleneck_act1",
+    "up0",
+    "skip0",
+    "dec0_conv0",
+    "dec0_norm0",
+    "dec0_act0",
+    "dec0_conv1",
+    "dec0_norm1",
+    "dec0_act1",
+    "logits",
+    "probabilities",
+]
 
 DEFAULT_TOPOLOGY_CASES = [
     # (builder, args, layer count, parameter count, layer names or None)
@@ -322,12 +365,15 @@ DEFAULT_TOPOLOGY_CASES = [
     (unet.build_unet2d_slicewise, ((4, 8, 8), 3, (4, 8, 16)), 2, 7487, ["image", "slicewise"]),
 ]
 
+
 def _explicit_defaults(builder, depth):
     """The default pool/kernel sizes spelled out, mixing every accepted entry form."""
     if builder is unet.build_unet3d:
         return dict(pool_sizes=[(2, 2, 2)] + [2] * (depth - 2), kernel_sizes=[3] * (depth - 1) + [(3, 3, 3)])
-    return dict(pool_sizes=[(1, 2, 2)] + [(2, 2)] * (depth - 2),  # slice-wise: 3-axis or in-plane entries
-                kernel_sizes=[(1, 3, 3)] + [3] * (depth - 2) + [(3, 3)])
+    return dict(
+        pool_sizes=[(1, 2, 2)] + [(2, 2)] * (depth - 2),  # slice-wise: 3-axis or in-plane entries
+        kernel_sizes=[(1, 3, 3)] + [3] * (depth - 2) + [(3, 3)],
+    )
 
 
 def _graph(model):
@@ -357,12 +403,21 @@ def mixed_bfloat16():
         tf_keras.mixed_precision.set_global_policy(previous)
 
 
-@pytest.mark.parametrize("build,shape,conv", [
-    (lambda: unet.build_unet3d((16, 16, 4), 3, (4, 8), pool_sizes=[(2, 2, 1)], kernel_sizes=[(3, 3, 1), 3]),
-     (16, 16, 4), lambda m: m.get_layer("enc0_conv0")),
-    (lambda: unet.build_unet2d_slicewise((8, 8, 3), 3, (4, 8), slice_axis=2, pool_sizes=[(2, 2, 1)]),
-     (8, 8, 3), lambda m: m.get_layer("slicewise").model2d.get_layer("enc0_conv0")),
-])
+@pytest.mark.parametrize(
+    "build,shape,conv",
+    [
+        (
+            lambda: unet.build_unet3d((16, 16, 4), 3, (4, 8), pool_sizes=[(2, 2, 1)], kernel_sizes=[(3, 3, 1), 3]),
+            (16, 16, 4),
+            lambda m: m.get_layer("enc0_conv0"),
+        ),
+        (
+            lambda: unet.build_unet2d_slicewise((8, 8, 3), 3, (4, 8), slice_axis=2, pool_sizes=[(2, 2, 1)]),
+            (8, 8, 3),
+            lambda m: m.get_layer("slicewise").model2d.get_layer("enc0_conv0"),
+        ),
+    ],
+)
 def test_mixed_bfloat16_outputs_float32(mixed_bfloat16, build, shape, conv):
     model = build()
     assert conv(model).compute_dtype == "bfloat16" and conv(model).variable_dtype == "float32"

@@ -3,6 +3,7 @@
 Checks every component produced its artifact, statistics skip voxel bytes, the split keeps each
 patient on one side, and the pushed SavedModel predicts masks on raw voxels.
 """
+
 import glob
 import os
 
@@ -21,9 +22,18 @@ def pipeline_run(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("e2e"))
     data = synthesize(os.path.join(work, "phantoms"), n_cases=8, seed=3)
     # A tiny budget; the step counts are set so the run is short whatever the plan says.
-    cfg = make_config(["train_steps=60", "epochs=1", "eval_steps=2", "planning.budget_minutes=1",
-                       "planning.calibration_steps=1", "val_dice_cases=2"],
-                      data_root=data["dicom"], workdir=work)
+    cfg = make_config(
+        [
+            "train_steps=60",
+            "epochs=1",
+            "eval_steps=2",
+            "planning.budget_minutes=1",
+            "planning.calibration_steps=1",
+            "val_dice_cases=2",
+        ],
+        data_root=data["dicom"],
+        workdir=work,
+    )
     local.run_local(cfg)
     return cfg, local.latest_artifacts(os.path.abspath(cfg.metadata_path)), local.run_summary(cfg)
 
@@ -46,9 +56,23 @@ def test_every_component_produced_its_artifact(pipeline_run):
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = os.path.abspath(cfg.metadata_path)
     store = metadata_store.MetadataStore(config)
-    types = {t: len(store.get_artifacts_by_type(t)) for t in (
-        "Examples", "ExampleStatistics", "Schema", "ExampleAnomalies", "TransformGraph", "Model",
-        "ModelRun", "ModelEvaluation", "ModelBlessing", "PushedModel", "medtfx.DatasetFingerprint", "medtfx.Plan")}
+    types = {
+        t: len(store.get_artifacts_by_type(t))
+        for t in (
+            "Examples",
+            "ExampleStatistics",
+            "Schema",
+            "ExampleAnomalies",
+            "TransformGraph",
+            "Model",
+            "ModelRun",
+            "ModelEvaluation",
+            "ModelBlessing",
+            "PushedModel",
+            "medtfx.DatasetFingerprint",
+            "medtfx.Plan",
+        )
+    }
     # Examples: ExampleGen + Transform's transformed examples; Schema: SchemaGen + ExampleSchemaGen.
     assert types["Examples"] >= 2 and types["Schema"] >= 2, types
     assert all(n >= 1 for n in types.values()), types
@@ -76,8 +100,10 @@ def test_split_keeps_each_patient_on_one_side(pipeline_run):
     from modules import features as es
 
     uri = latest["Examples"].uri
-    splits = {s: {e.features.feature[es.PATIENT_HASH].bytes_list.value[0]
-                  for e in _examples(os.path.join(uri, f"Split-{s}"))} for s in ("train", "eval")}
+    splits = {
+        s: {e.features.feature[es.PATIENT_HASH].bytes_list.value[0] for e in _examples(os.path.join(uri, f"Split-{s}"))}
+        for s in ("train", "eval")
+    }
     assert splits["train"] and splits["eval"], "both splits must be non-empty"
     assert not splits["train"] & splits["eval"]
     assert len(splits["train"]) + len(splits["eval"]) == 8
@@ -100,11 +126,14 @@ def test_pushed_model_predicts_masks_on_raw_voxels(pipeline_run):
     image, affine = to_canonical(truth.image, truth.affine)
     label, _ = to_canonical(truth.label, truth.affine)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    out = serve(image_raw=tf.constant([image.astype("<i2").tobytes()]),
-                image_dtype=tf.constant(["int16"]), image_shape=tf.constant([image.shape], tf.int64),
-                spacing=tf.constant([spacing], tf.float32),
-                direction=tf.constant([(affine[:3, :3] / spacing).reshape(-1)], tf.float32),
-                modality=tf.constant([truth.modality]))
+    out = serve(
+        image_raw=tf.constant([image.astype("<i2").tobytes()]),
+        image_dtype=tf.constant(["int16"]),
+        image_shape=tf.constant([image.shape], tf.int64),
+        spacing=tf.constant([spacing], tf.float32),
+        direction=tf.constant([(affine[:3, :3] / spacing).reshape(-1)], tf.float32),
+        modality=tf.constant([truth.modality]),
+    )
     assert tuple(out["mask_shape"].numpy()[0]) == image.shape
     mask = out["mask"].numpy()[0]
     assert mask.shape == image.shape and mask.dtype == np.uint8

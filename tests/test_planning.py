@@ -1,5 +1,6 @@
 """The plan as the configuration (modules/plan/planning.py): planner choices over the configured
 settings, the user's settings kept and recorded, every stage's settings complete and valid."""
+
 import pytest
 
 from modules.plan import planning
@@ -11,8 +12,9 @@ from tests.test_planner import CPU, HIPPOCAMPUS, fake_step_seconds, fingerprint
 def _plan(overrides=()):
     cfg = make_config(list(overrides))
     base = {"transform": cfg.transform.model_dump(mode="json"), "training": cfg.training.model_dump(mode="json")}
-    return cfg, planning.build_plan(fingerprint(**HIPPOCAMPUS), base, cfg.user_overrides(), cfg.planning,
-                                    fake_step_seconds(), machine=CPU)
+    return cfg, planning.build_plan(
+        fingerprint(**HIPPOCAMPUS), base, cfg.user_overrides(), cfg.planning, fake_step_seconds(), machine=CPU
+    )
 
 
 def test_plan_settings_are_complete_and_valid():
@@ -24,12 +26,15 @@ def test_plan_settings_are_complete_and_valid():
     assert plan["inputs"] == {"channels": 1, "modalities": ["MR"]}
 
 
-@pytest.mark.parametrize("override,stage,field,value", [
-    ("filters=[8,16,32]", "training", "filters", [8, 16, 32]),  # a planned key
-    ("residual=true", "training", "residual", True),  # a key the planner does not decide
-    ("intensity_window=[-100,100]", "transform", "intensity_window", [-100.0, 100.0]),
-    ("train_steps=50", "training", "train_steps", 50),
-])
+@pytest.mark.parametrize(
+    "override,stage,field,value",
+    [
+        ("filters=[8,16,32]", "training", "filters", [8, 16, 32]),  # a planned key
+        ("residual=true", "training", "residual", True),  # a key the planner does not decide
+        ("intensity_window=[-100,100]", "transform", "intensity_window", [-100.0, 100.0]),
+        ("train_steps=50", "training", "train_steps", 50),
+    ],
+)
 def test_user_settings_win_and_are_recorded(override, stage, field, value):
     _, plan = _plan([override])
     assert plan["settings"][stage][field] == value

@@ -1,4 +1,5 @@
 """`medtfx predict` against the exported test model, in process and over gRPC (serving double)."""
+
 import itertools
 import os
 
@@ -76,8 +77,7 @@ def test_from_canonical_undoes_every_axis_permutation_and_flip():
             np.testing.assert_array_equal(predict.from_canonical(canonical, affine), array)
 
 
-def test_grpc_equals_in_process_and_masks_keep_each_inputs_geometry(model, served, in_process,
-                                                                     nifti_inputs, tmp_path):
+def test_grpc_equals_in_process_and_masks_keep_each_inputs_geometry(model, served, in_process, nifti_inputs, tmp_path):
     import nibabel as nib
 
     paths, modality = nifti_inputs
@@ -124,15 +124,18 @@ def test_dicom_series_gives_nifti_and_a_readable_dicom_seg(model, in_process, ph
     assert seg.Modality == "SEG" and len(seg.SegmentSequence) == model["num_classes"] - 1
     assert seg.PatientID == first.PatientID  # a SEG belongs to the patient's study, by design
     # One frame per (slice, label) pair where the label is present (empty frames omitted).
-    expected_frames = sum(int(np.any(mask[:, :, k] == label)) for k in range(n_slices)
-                          for label in range(1, model["num_classes"]))
+    expected_frames = sum(
+        int(np.any(mask[:, :, k] == label)) for k in range(n_slices) for label in range(1, model["num_classes"])
+    )
     assert int(seg.NumberOfFrames) == expected_frames == record["seg_frames"]
     # Frames map back onto the source slices: the SEG read by source instance is the mask.
-    _, frames = predict.dicom_native_grid(dicom.read_stack(
-        [os.path.join(series, f) for f in os.listdir(series) if f.endswith(".dcm")])[1])
+    _, frames = predict.dicom_native_grid(
+        dicom.read_stack([os.path.join(series, f) for f in os.listdir(series) if f.endswith(".dcm")])[1]
+    )
     uids = [pydicom.dcmread(f.path, stop_before_pixels=True).SOPInstanceUID for f in frames]
-    rebuilt = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True,
-                                                skip_overlap_checks=True)
+    rebuilt = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids, combine_segments=True, skip_overlap_checks=True
+    )
     np.testing.assert_array_equal(rebuilt, np.transpose(mask, (2, 1, 0)))
     assert_seg_matches_mask_in_world(seg, mask, mask_img.affine)
 
@@ -143,21 +146,30 @@ def _enhanced_copy(series_dir, out_dir, seed=0):
     import highdicom as hd
     import pydicom
 
-    datasets = [predict._with_type2_defaults(pydicom.dcmread(os.path.join(series_dir, f)))
-                for f in sorted(os.listdir(series_dir))
-                if f.endswith(".dcm")]
+    datasets = [
+        predict._with_type2_defaults(pydicom.dcmread(os.path.join(series_dir, f)))
+        for f in sorted(os.listdir(series_dir))
+        if f.endswith(".dcm")
+    ]
     np.random.default_rng(seed).shuffle(datasets)
-    convert = {"CT": hd.legacy.LegacyConvertedEnhancedCTImage,
-               "MR": hd.legacy.LegacyConvertedEnhancedMRImage}[datasets[0].Modality]
-    image = convert(legacy_datasets=datasets, series_instance_uid=hd.UID(), series_number=2,
-                    sop_instance_uid=hd.UID(), instance_number=1)
+    convert = {"CT": hd.legacy.LegacyConvertedEnhancedCTImage, "MR": hd.legacy.LegacyConvertedEnhancedMRImage}[
+        datasets[0].Modality
+    ]
+    image = convert(
+        legacy_datasets=datasets,
+        series_instance_uid=hd.UID(),
+        series_number=2,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
     os.makedirs(out_dir)
     image.save_as(os.path.join(out_dir, "enhanced.dcm"))
     return os.path.join(out_dir, "enhanced.dcm")
 
 
 def test_enhanced_multiframe_input_gets_the_same_mask_and_a_frame_referencing_seg(
-        model, in_process, phantom_dir, tmp_path):
+    model, in_process, phantom_dir, tmp_path
+):
     import highdicom as hd
     import nibabel as nib
     import pydicom
@@ -165,7 +177,8 @@ def test_enhanced_multiframe_input_gets_the_same_mask_and_a_frame_referencing_se
     series = os.path.join(phantom_dir, "dicom", sorted(os.listdir(os.path.join(phantom_dir, "dicom")))[0])
     enhanced = _enhanced_copy(series, str(tmp_path / "enhanced_in" / "case"))
     classic_record, enhanced_record = predict.predict_inputs(
-        in_process, [series, os.path.dirname(enhanced)], str(tmp_path / "out"), log=lambda m: None)
+        in_process, [series, os.path.dirname(enhanced)], str(tmp_path / "out"), log=lambda m: None
+    )
     assert enhanced_record["status"] == "ok" and not enhanced_record.get("warnings"), enhanced_record
     classic_img = nib.load(classic_record["outputs"]["nifti"])
     enhanced_img = nib.load(enhanced_record["outputs"]["nifti"])
@@ -182,14 +195,17 @@ def test_enhanced_multiframe_input_gets_the_same_mask_and_a_frame_referencing_se
     # Read by source frame number (1-based), in slice order: the mask, slice by slice.
     rebuilt = seg.get_pixels_by_source_frame(
         source_sop_instance_uid=source.SOPInstanceUID,
-        source_frame_numbers=[f.index + 1 for f in frames], combine_segments=True,
-        skip_overlap_checks=True)
+        source_frame_numbers=[f.index + 1 for f in frames],
+        combine_segments=True,
+        skip_overlap_checks=True,
+    )
     np.testing.assert_array_equal(rebuilt, np.transpose(mask, (2, 1, 0)))
     assert_seg_matches_mask_in_world(seg, mask, enhanced_img.affine)
 
 
 def test_a_seg_the_sources_cannot_support_is_a_warning_and_the_mask_is_still_written(
-        model, in_process, phantom_dir, tmp_path, monkeypatch):
+    model, in_process, phantom_dir, tmp_path, monkeypatch
+):
     series = os.path.join(phantom_dir, "dicom", sorted(os.listdir(os.path.join(phantom_dir, "dicom")))[0])
 
     def refuse(*args, **kwargs):
@@ -200,8 +216,9 @@ def test_a_seg_the_sources_cannot_support_is_a_warning_and_the_mask_is_still_wri
     (record,) = predict.predict_inputs(in_process, [series], str(tmp_path), log=messages.append)
     assert record["status"] == "ok" and os.path.isfile(record["outputs"]["nifti"])
     assert "dicom_seg" not in record["outputs"]
-    assert record["warnings"] == [f"{series}: DICOM SEG not written: ValueError: Source images must "
-                                  "have a shared orientation."]
+    assert record["warnings"] == [
+        f"{series}: DICOM SEG not written: ValueError: Source images must have a shared orientation."
+    ]
     assert any(m.startswith("WARNING") and series in m for m in messages)
 
 
@@ -217,23 +234,39 @@ def test_bad_inputs_fail_alone_with_reasons_naming_the_file(served, model, in_pr
     write_nifti(str(bad / "thin.nii.gz"), np.zeros((8, 8, 1), np.int16), np.eye(4))
     (bad / "notes.txt").write_text("not an image")
     (bad / "empty_dicom_dir").mkdir()
-    inputs = [str(bad / "flat.nii.gz"), paths["native"], str(bad / "fourd.nii.gz"), str(bad / "nan.nii.gz"),
-              str(bad / "thin.nii.gz"), str(bad / "notes.txt"), str(bad / "empty_dicom_dir"),
-              str(bad / "missing.nii.gz")]
+    inputs = [
+        str(bad / "flat.nii.gz"),
+        paths["native"],
+        str(bad / "fourd.nii.gz"),
+        str(bad / "nan.nii.gz"),
+        str(bad / "thin.nii.gz"),
+        str(bad / "notes.txt"),
+        str(bad / "empty_dicom_dir"),
+        str(bad / "missing.nii.gz"),
+    ]
     client = _grpc_model(target, model)
-    records = predict.predict_inputs(client, inputs, str(tmp_path / "out"), modality=modality,
-                                     max_voxels=10 ** 6, log=lambda m: None)
+    records = predict.predict_inputs(
+        client, inputs, str(tmp_path / "out"), modality=modality, max_voxels=10**6, log=lambda m: None
+    )
     client.close()
     status = {os.path.basename(r["input"]): r for r in records}
     assert status["case_native.nii.gz"]["status"] == "ok"
-    expected = {"flat.nii.gz": "3D", "fourd.nii.gz": "3D", "nan.nii.gz": "NaN", "thin.nii.gz": "at least 2",
-                "notes.txt": "not a NIfTI", "empty_dicom_dir": "holds no DICOM image", "missing.nii.gz": "no such file"}
+    expected = {
+        "flat.nii.gz": "3D",
+        "fourd.nii.gz": "3D",
+        "nan.nii.gz": "NaN",
+        "thin.nii.gz": "at least 2",
+        "notes.txt": "not a NIfTI",
+        "empty_dicom_dir": "holds no DICOM image",
+        "missing.nii.gz": "no such file",
+    }
     for name, phrase in expected.items():
         r = status[name]
         assert r["status"] == "failed" and name in r["reason"] and phrase in r["reason"], r
     # Too large for the configured limit: rejected before anything is sent.
-    (record,) = predict.predict_inputs(in_process, [paths["native"]], str(tmp_path / "out2"), max_voxels=1000,
-                                       log=lambda m: None)
+    (record,) = predict.predict_inputs(
+        in_process, [paths["native"]], str(tmp_path / "out2"), max_voxels=1000, log=lambda m: None
+    )
     assert record["status"] == "failed" and "exceed the limit of 1000" in record["reason"]
     assert "case_native" in record["reason"]
 
@@ -247,8 +280,18 @@ def test_cli_exit_code_and_report(served, model, nifti_inputs, tmp_path):
     target, servicer = served
     servicer.fail_first = 0
     out = tmp_path / "cli"
-    argv = ["predict", "--server", target, "--model-name", model["model_name"], "--modality", modality,
-            "--output", str(out), paths["native"]]
+    argv = [
+        "predict",
+        "--server",
+        target,
+        "--model-name",
+        model["model_name"],
+        "--modality",
+        modality,
+        "--output",
+        str(out),
+        paths["native"],
+    ]
     assert cli.main(argv) == 0
     assert cli.main(argv[:-1] + [paths["native"], str(tmp_path / "nope.nii.gz")]) == 1
     with open(out / predict.REPORT_FILE) as fh:
@@ -262,27 +305,31 @@ def test_grpc_client_retries_transient_failures_with_backoff(served, model, nift
     sleeps = []
     servicer.fail_first, servicer.fail_code = 2, grpc.StatusCode.UNAVAILABLE
     client = _grpc_model(target, model, attempts=4, initial_backoff=0.25, sleep=sleeps.append)
-    (record,) = predict.predict_inputs(client, [paths["canonical"]], str(tmp_path / "a"), modality=modality,
-                                       num_classes=3, log=lambda m: None)
+    (record,) = predict.predict_inputs(
+        client, [paths["canonical"]], str(tmp_path / "a"), modality=modality, num_classes=3, log=lambda m: None
+    )
     assert record["status"] == "ok" and client.retries == 2 and sleeps == [0.25, 0.5]
     # Persistent overload: bounded attempts, then a per-file failure naming the status.
     sleeps.clear()
     servicer.fail_first, servicer.fail_code = 10, grpc.StatusCode.RESOURCE_EXHAUSTED
-    (record,) = predict.predict_inputs(client, [paths["canonical"]], str(tmp_path / "b"), modality=modality,
-                                       num_classes=3, log=lambda m: None)
+    (record,) = predict.predict_inputs(
+        client, [paths["canonical"]], str(tmp_path / "b"), modality=modality, num_classes=3, log=lambda m: None
+    )
     assert record["status"] == "failed" and "RESOURCE_EXHAUSTED" in record["reason"] and len(sleeps) == 3
     # Not transient: no retry.
     sleeps.clear()
     servicer.fail_first, servicer.fail_code = 1, grpc.StatusCode.INVALID_ARGUMENT
-    (record,) = predict.predict_inputs(client, [paths["canonical"]], str(tmp_path / "c"), modality=modality,
-                                       num_classes=3, log=lambda m: None)
+    (record,) = predict.predict_inputs(
+        client, [paths["canonical"]], str(tmp_path / "c"), modality=modality, num_classes=3, log=lambda m: None
+    )
     assert record["status"] == "failed" and "INVALID_ARGUMENT" in record["reason"] and sleeps == []
     servicer.fail_first = 0
     client.close()
     # Unknown model name: NOT_FOUND from the server, reported per file.
     client = _grpc_model(target, {"model_name": "no-such-model"}, sleep=sleeps.append)
-    (record,) = predict.predict_inputs(client, [paths["canonical"]], str(tmp_path / "d"), num_classes=3,
-                                       log=lambda m: None)
+    (record,) = predict.predict_inputs(
+        client, [paths["canonical"]], str(tmp_path / "d"), num_classes=3, log=lambda m: None
+    )
     client.close()
     assert record["status"] == "failed" and "NOT_FOUND" in record["reason"]
 
@@ -305,8 +352,7 @@ def test_no_patient_name_reaches_warnings_or_the_log(in_process, phantom_dir, tm
     messages = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        (record,) = predict.predict_inputs(in_process, [str(series)], str(tmp_path / "out"),
-                                           log=messages.append)
+        (record,) = predict.predict_inputs(in_process, [str(series)], str(tmp_path / "out"), log=messages.append)
     assert record["status"] == "ok" and "dicom_seg" in record["outputs"], record
     out, err = capsys.readouterr()
     text = "\n".join([str(w.message) for w in caught] + messages + [out, err])

@@ -2,6 +2,7 @@
 analyzers (CT foreground statistics, median spacing), the no-CT fallback, whole-volume outputs,
 config plumbing and the preview PNG. Helpers here are shared with test_skew.py.
 """
+
 import atexit
 import functools
 import json
@@ -53,7 +54,8 @@ def analyze_and_transform(indices: tuple, config_json: str):
     graph_dir = os.path.join(work, "transform_graph")
     with tft_beam.Context(temp_dir=os.path.join(work, "tmp"), force_tf_compat_v1=False):
         (rows, _), transform_fn = (raw_rows(serialized), metadata) | tft_beam.AnalyzeAndTransformDataset(
-            lambda x: preprocessing.preprocessing_fn(x, config))
+            lambda x: preprocessing.preprocessing_fn(x, config)
+        )
         _ = transform_fn | tft_beam.WriteTransformFn(graph_dir)
     metadata_io.write_metadata(metadata, os.path.join(graph_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
     return rows, graph_dir, serialized
@@ -97,7 +99,7 @@ def test_ct_statistics_come_from_ct_foreground_only():
     for record in (serialized[0], serialized[2]):
         case = decoded(record)
         fg = case["image"].ravel().astype(np.float64)[case["label"].ravel() > 0]
-        sample.append(fg[::-(-fg.size // 10000)])
+        sample.append(fg[:: -(-fg.size // 10000)])
     sample = np.concatenate(sample)
     np.testing.assert_allclose([mean, std], [sample.mean(), sample.std()], rtol=1e-4)
     # Approximate quantiles (epsilon 5e-4): each bound lies within +-0.1 percentile of the exact one.
@@ -126,8 +128,15 @@ def test_no_ct_case_median_spacing_and_whole_volumes():
         label = row[preprocessing.LABEL + "$ragged_values"]
         assert image.size == label.size == np.prod(shape)
         case = decoded(record)
-        args = (tf.constant(case["image"], tf.float32), case["spacing"], case["direction"], zscore_nonzero,
-                tf.constant(volume_ops.NEUTRAL_STATS), (-1000.0, 1000.0), tf.constant(grid))
+        args = (
+            tf.constant(case["image"], tf.float32),
+            case["spacing"],
+            case["direction"],
+            zscore_nonzero,
+            tf.constant(volume_ops.NEUTRAL_STATS),
+            (-1000.0, 1000.0),
+            tf.constant(grid),
+        )
         whole = volume_ops.to_network(*args).numpy()
         np.testing.assert_allclose(image.reshape(shape), whole, atol=1e-5)
         size = (30, 34, 32)
@@ -145,9 +154,15 @@ def test_no_ct_case_median_spacing_and_whole_volumes():
     ct = output.transform_raw_features(tf.io.parse_example(tf.constant([ct_record]), output.raw_feature_spec()))
     case = decoded(ct_record)
     got = ct[preprocessing.IMAGE].values.numpy().reshape(ct[preprocessing.GRID_SHAPE][0].numpy())
-    hu = volume_ops.to_network(tf.constant(case["image"], tf.float32), case["spacing"], case["direction"],
-                               volume_ops.INTENSITY_MODES.index("dataset"), tf.constant(volume_ops.NEUTRAL_STATS),
-                               (-1000.0, 1000.0), tf.constant(grid)).numpy()
+    hu = volume_ops.to_network(
+        tf.constant(case["image"], tf.float32),
+        case["spacing"],
+        case["direction"],
+        volume_ops.INTENSITY_MODES.index("dataset"),
+        tf.constant(volume_ops.NEUTRAL_STATS),
+        (-1000.0, 1000.0),
+        tf.constant(grid),
+    ).numpy()
     assert np.isfinite(got).all() and got.min() < -900 and got.max() > 150  # air and structure HU
     np.testing.assert_allclose(got, hu, atol=1e-3)
 
@@ -158,16 +173,19 @@ def test_settings_validation_and_pipeline_config():
     from modules.settings import TransformSettings
     from pipeline.config import make_config
 
-    for bad, field in (({"spatial_mode": "patches"}, "spatial_mode"),
-                       ({"intensity_mode": {"CT": "hu"}}, "intensity_mode"),
-                       ({"intensity_window": [5, 5]}, "intensity_window")):
+    for bad, field in (
+        ({"spatial_mode": "patches"}, "spatial_mode"),
+        ({"intensity_mode": {"CT": "hu"}}, "intensity_mode"),
+        ({"intensity_window": [5, 5]}, "intensity_window"),
+    ):
         with pytest.raises(pydantic.ValidationError, match=field):
             TransformSettings.model_validate(bad)
     demo = make_config(["target_spacing=[2,2,2]"]).transform.model_dump(mode="json")
     assert demo["target_spacing"] == [2.0, 2.0, 2.0] and demo["spatial_mode"] == "fixed_shape"
     assert TransformSettings.model_validate(demo).intensity_mode == {"CT": "dataset", "*": "zscore_nonzero"}
-    median = make_config(["target_spacing=null", 'intensity_mode={"CT": "window", "*": "zscore"}',
-                          "intensity_window=[-160, 240]"]).transform.model_dump(mode="json")
+    median = make_config(
+        ["target_spacing=null", 'intensity_mode={"CT": "window", "*": "zscore"}', "intensity_window=[-160, 240]"]
+    ).transform.model_dump(mode="json")
     settings = TransformSettings.model_validate(median)
     assert settings.target_spacing is None and settings.intensity_window == (-160.0, 240.0)
     modes = preprocessing.intensity_mode_index(tf.constant(["CT", "MR", "PT"]), settings.intensity_mode)
@@ -190,8 +208,10 @@ def test_preview_png(tmp_path):
     path = preview.write_preview(str(split), str(graph_copy), count=2)
     assert path == os.path.join(str(graph_copy), "preview.png")
     cases = preview.pick_by_modality(serialized, 2)
-    assert {tf.train.Example.FromString(r).features.feature[es.MODALITY].bytes_list.value[0]
-            for r in cases} == {b"CT", b"MR"}
+    assert {tf.train.Example.FromString(r).features.feature[es.MODALITY].bytes_list.value[0] for r in cases} == {
+        b"CT",
+        b"MR",
+    }
     with open(path, "rb") as fh:
         png = fh.read()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20000

@@ -1,4 +1,5 @@
 """Atomic push into a TF Serving model base path (components/atomic_pusher)."""
+
 import os
 
 import pytest
@@ -10,9 +11,13 @@ def _fake_saved_model(root):
     """A SavedModel-shaped directory (file contents do not matter to the push)."""
     os.makedirs(os.path.join(root, "variables"))
     os.makedirs(os.path.join(root, "assets"))
-    files = {"saved_model.pb": b"graph" * 100, "fingerprint.pb": b"fp",
-             "variables/variables.index": b"index", "variables/variables.data-00000-of-00001": b"w" * 1000,
-             "assets/vocab.txt": b"a\nb\n"}
+    files = {
+        "saved_model.pb": b"graph" * 100,
+        "fingerprint.pb": b"fp",
+        "variables/variables.index": b"index",
+        "variables/variables.data-00000-of-00001": b"w" * 1000,
+        "assets/vocab.txt": b"a\nb\n",
+    }
     for rel, data in files.items():
         with open(os.path.join(root, rel), "wb") as fh:
             fh.write(data)
@@ -25,8 +30,11 @@ def _visible_versions_are_complete(base, files):
         return True
     for name in os.listdir(base):
         if name.isdigit():
-            present = {os.path.relpath(os.path.join(d, f), os.path.join(base, name))
-                       for d, _, fs in os.walk(os.path.join(base, name)) for f in fs}
+            present = {
+                os.path.relpath(os.path.join(d, f), os.path.join(base, name))
+                for d, _, fs in os.walk(os.path.join(base, name))
+                for f in fs
+            }
             if present != set(files):
                 return False
     return True
@@ -44,6 +52,7 @@ def _checking_copy(base, files, log, fail_at=None, check=True):
         shutil.copyfile(src, dst)
         log.append(os.path.relpath(dst, base))
         assert not check or _visible_versions_are_complete(base, files), f"half-written version after {dst}"
+
     return copy
 
 
@@ -61,8 +70,9 @@ def test_local_push_publishes_complete_version_by_rename(tmp_path):
         assert fh.read() == files["variables/variables.data-00000-of-00001"]
 
 
-@pytest.mark.parametrize("strategy,fail_at", [("rename", 0), ("rename", 2), ("rename", 4),
-                                             ("copy", 2), ("copy", 5), ("copy", 8)])
+@pytest.mark.parametrize(
+    "strategy,fail_at", [("rename", 0), ("rename", 2), ("rename", 4), ("copy", 2), ("copy", 5), ("copy", 8)]
+)
 def test_failure_mid_push_leaves_nothing_half_written(tmp_path, strategy, fail_at):
     """Failures while uploading the temporary (copies 0-4) or, for the object-store strategy,
     while copying it into the version directory (copies 5-9). The rename strategy keeps the
@@ -72,8 +82,13 @@ def test_failure_mid_push_leaves_nothing_half_written(tmp_path, strategy, fail_a
     push.atomic_push(src, base, version=1)  # a previous good version stays served
     log = []
     with pytest.raises(IOError, match="simulated"):
-        push.atomic_push(src, base, version=2, strategy=strategy,
-                         copy=_checking_copy(base, files, log, fail_at=fail_at, check=strategy == "rename"))
+        push.atomic_push(
+            src,
+            base,
+            version=2,
+            strategy=strategy,
+            copy=_checking_copy(base, files, log, fail_at=fail_at, check=strategy == "rename"),
+        )
     assert push.integer_versions(base) == [1]
     assert _visible_versions_are_complete(base, files)
     assert not push.stale_temporaries(base)  # the temporary was cleaned up
@@ -88,6 +103,7 @@ def test_copy_strategy_writes_saved_model_pb_last_in_the_version_dir(tmp_path):
 
     def copy(s, d):
         import shutil
+
         shutil.copyfile(s, d)
         log.append(os.path.relpath(d, base))
 
@@ -133,10 +149,12 @@ def _run_executor(tmp_path, blessed: bool, base: str):
     blessing.set_int_custom_property("blessed", int(blessed))
     pushed = standard_artifacts.PushedModel()
     pushed.uri = str(tmp_path / "pushed_model")
-    destination = pusher_pb2.PushDestination(
-        filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=base))
-    Executor().Do({"model": [model], "model_blessing": [blessing]}, {"pushed_model": [pushed]},
-                  {"push_destination": proto_utils.proto_to_json(destination)})
+    destination = pusher_pb2.PushDestination(filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=base))
+    Executor().Do(
+        {"model": [model], "model_blessing": [blessing]},
+        {"pushed_model": [pushed]},
+        {"push_destination": proto_utils.proto_to_json(destination)},
+    )
     return pushed, files
 
 

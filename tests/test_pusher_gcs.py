@@ -8,6 +8,7 @@ proxy) live in a network namespace that has nothing but `lo`, so no request can 
 Google host. Finding recorded by the request log: TF has no GcsFileSystem::CopyFile, so
 tf.io.gfile.copy gs->gs is a client-side download + resumable upload, not a server-side rewrite.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,8 +60,10 @@ def _scenario(workdir: str) -> dict:
         second = push.push_model(src, BASE)
         push_s = time.monotonic() - t0
         objects = gcs_double.list_objects(gcs.emulator_port, BUCKET, PREFIX + "/")
-        remote = {name: hashlib.sha256(gcs_double.read_object(gcs.emulator_port, BUCKET, name)).hexdigest()
-                  for name in objects}
+        remote = {
+            name: hashlib.sha256(gcs_double.read_object(gcs.emulator_port, BUCKET, name)).hexdigest()
+            for name in objects
+        }
         push_log = gcs.log()
         loaded = tf.saved_model.load(second["path"])
         remote_out = loaded.signatures["serving_default"](tf.constant(INPUT))["y"].numpy().tolist()
@@ -74,9 +77,18 @@ def _scenario(workdir: str) -> dict:
         except tf.errors.OpError as exc:
             wrong_ca_error = str(exc)
         local = {rel: hashlib.sha256(data).hexdigest() for rel, data in files_under(src).items()}
-        return {"first": first, "second": second, "push_s": push_s, "local": local,
-                "remote": remote, "local_out": local_out, "remote_out": remote_out,
-                "push_log": push_log, "log": gcs.log(), "wrong_ca_error": wrong_ca_error}
+        return {
+            "first": first,
+            "second": second,
+            "push_s": push_s,
+            "local": local,
+            "remote": remote,
+            "local_out": local_out,
+            "remote_out": remote_out,
+            "push_log": push_log,
+            "log": gcs.log(),
+            "wrong_ca_error": wrong_ca_error,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +96,16 @@ def report(tmp_path_factory):
     """The child's report (runs the whole scenario once for all assertions below)."""
     ok, why = gcs_double.loopback_netns_available()
     if not ok:
-        pytest.skip(f"needs a loopback-only network namespace so TF's GCS client cannot reach "
-                    f"Google: {why}")
+        pytest.skip(f"needs a loopback-only network namespace so TF's GCS client cannot reach Google: {why}")
     workdir = str(tmp_path_factory.mktemp("gcs_push"))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    proc = gcs_double.run_in_loopback_netns([sys.executable, "-m", "tests.test_pusher_gcs", workdir],
-                                            timeout_s=240, env=env, cwd=REPO)
+    proc = gcs_double.run_in_loopback_netns(
+        [sys.executable, "-m", "tests.test_pusher_gcs", workdir], timeout_s=240, env=env, cwd=REPO
+    )
     path = os.path.join(workdir, "report.json")
-    assert proc.returncode == 0 and os.path.exists(path), \
+    assert proc.returncode == 0 and os.path.exists(path), (
         f"child failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    )
     with open(path) as f:
         return json.load(f)
 
@@ -103,8 +116,11 @@ def test_every_file_published_byte_identical_under_the_version(report):
         assert result["path"] == f"{BASE}/{result['version']}"
         assert result["stale"] == []
         version_prefix = f"{PREFIX}/{result['version']}/"
-        published = {name[len(version_prefix):]: digest for name, digest in report["remote"].items()
-                     if name.startswith(version_prefix)}
+        published = {
+            name[len(version_prefix) :]: digest
+            for name, digest in report["remote"].items()
+            if name.startswith(version_prefix)
+        }
         assert "saved_model.pb" in published
         assert published == report["local"]  # same files, same bytes
 
@@ -126,8 +142,7 @@ def test_saved_model_pb_is_the_last_object_written_under_each_version(report):
         assert final[-1] == version_prefix + "saved_model.pb"
         # Every temporary upload of this push happened before the first write under <version>/.
         first_final = uploads.index(final[0])
-        temps = [i for i, name in enumerate(uploads)
-                 if name.startswith(f"{PREFIX}/.medtfx-push-{result['version']}-")]
+        temps = [i for i, name in enumerate(uploads) if name.startswith(f"{PREFIX}/.medtfx-push-{result['version']}-")]
         assert len(temps) == len(report["local"]) and max(temps) < first_final
 
 

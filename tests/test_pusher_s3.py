@@ -1,5 +1,6 @@
 """The Pusher against a real S3 API: push_model -> tensorflow-io 0.37.1's s3 filesystem plugin ->
 moto's S3 server on 127.0.0.1 (components/atomic_pusher/push.py). Every request goes to loopback."""
+
 import json
 import logging
 import re
@@ -25,15 +26,33 @@ def _plugin_env(endpoint: str) -> dict:
     spoken to over TLS. Paths are bucket/key (the plugin disables virtual-host addressing), which is
     what moto expects for an IP endpoint. A region (or AWS_EC2_METADATA_DISABLED) keeps the AWS SDK
     from asking the EC2 metadata service at 169.254.169.254 for one."""
-    return {"S3_ENDPOINT": endpoint, "S3_VERIFY_SSL": "0", "AWS_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true", "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing"}
+    return {
+        "S3_ENDPOINT": endpoint,
+        "S3_VERIFY_SSL": "0",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
 
 
 # Inherited settings that could point the SDK or boto3 elsewhere than the emulator.
-_CLEARED = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
-            "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "S3_USE_HTTPS",
-            "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+_CLEARED = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "S3_USE_HTTPS",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +75,13 @@ def s3():
                 mp.delenv(name, raising=False)
             for name, value in _plugin_env(endpoint).items():
                 mp.setenv(name, value)
-            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                                  aws_access_key_id="testing", aws_secret_access_key="testing")
+            client = boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name="us-east-1",
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
             client.create_bucket(Bucket=BUCKET)
             yield {"client": client, "endpoint": endpoint}
     finally:
@@ -101,7 +125,8 @@ def test_push_publishes_every_file_under_an_integer_version(s3, tiny_model):
     after = _keys(s3["client"], prefix)
     assert {k: v for k, v in after.items() if k.startswith(f"{prefix}{first['version']}/")} == stored
     assert {k: v for k, v in after.items() if k.startswith(f"{prefix}{second['version']}/")} == {
-        f"{prefix}{second['version']}/{rel}": data for rel, data in local.items()}
+        f"{prefix}{second['version']}/{rel}": data for rel, data in local.items()
+    }
     assert len(after) == 2 * len(local)
 
 
@@ -131,8 +156,9 @@ def test_pushed_version_loads_and_serves_from_s3(s3, tiny_model):
 
     base = f"s3://{BUCKET}/models/serve-check"
     pushed = push.push_model(tiny_model, base)
-    proc = subprocess.run([sys.executable, "-c", _SERVE_LATEST, base, json.dumps(X)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SERVE_LATEST, base, json.dumps(X)], capture_output=True, text=True, timeout=300
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, f"loader exited {proc.returncode}: {proc.stderr[-2000:]}"
     served = json.loads(lines[-1])
@@ -159,9 +185,13 @@ def test_a_model_with_an_empty_file_is_published_whole(s3, tmp_path):
     src = tmp_path / "model"
     (src / "variables").mkdir(parents=True)
     (src / "assets").mkdir()
-    files = {"saved_model.pb": b"graph" * 50, "fingerprint.pb": b"fp",
-             "variables/variables.index": b"index", "variables/variables.data-00000-of-00001": b"w" * 99,
-             "assets/empty_vocabulary.txt": b""}
+    files = {
+        "saved_model.pb": b"graph" * 50,
+        "fingerprint.pb": b"fp",
+        "variables/variables.index": b"index",
+        "variables/variables.data-00000-of-00001": b"w" * 99,
+        "assets/empty_vocabulary.txt": b"",
+    }
     for rel, data in files.items():
         (src / rel).write_bytes(data)
     base = f"s3://{BUCKET}/models/with-empty-file"

@@ -1,4 +1,5 @@
 """Readers against phantoms with known geometry, defects, and the real hippocampus mess."""
+
 import json
 import os
 import shutil
@@ -86,13 +87,16 @@ def test_label_with_wrong_grid_is_quarantined(phantom_dir, tmp_path):
 def test_inventory_reports_every_hippocampus_file_and_the_three_orphans(tmp_path):
     root = shared_path("hippocampus")
     report = tmp_path / "inventory.json"
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "inventory", root, "--report", str(report)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "inventory", root, "--report", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     records = json.loads(report.read_text())["cases"]
     listed = {p for r in records for p in r["inputs"]}
-    on_disk = {os.path.join(root, d, f) for d in ("imagesTr", "labelsTr")
-               for f in os.listdir(os.path.join(root, d))}
+    on_disk = {os.path.join(root, d, f) for d in ("imagesTr", "labelsTr") for f in os.listdir(os.path.join(root, d))}
     assert on_disk <= listed
     bad = {r["case_id"]: r["reason"] for r in records if r["status"] != "ok"}
     assert set(bad) == {"hippocampus_118", "hippocampus_010", "hippocampus_281"}

@@ -1,5 +1,6 @@
 """Settings: one validated model per stage; `--set` and `--config` give one clear line per
 mistake (exit code 2, no traceback); the keys a user set are remembered for the planner."""
+
 import json
 
 import pytest
@@ -9,23 +10,26 @@ from pipeline import cli
 from pipeline.config import ConfigError, PipelineConfig, describe_settings, make_config, resolve_key
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("augment=False", ("training", "augment", False)),
-    ("augment=false", ("training", "augment", False)),
-    ("training.augment=0", ("training", "augment", False)),
-    ("mixed_precision=False", ("training", "mixed_precision", False)),
-    ("mixed_precision=true", ("training", "mixed_precision", True)),
-    ("target_spacing=[1.5,1.5,3]", ("transform", "target_spacing", (1.5, 1.5, 3.0))),
-    ("target_spacing=null", ("transform", "target_spacing", None)),
-    ("loss=gdice", ("training", "loss", "gdice")),
-    ("filters=[16,32,64]", ("training", "filters", (16, 32, 64))),
-    ("lr_schedule=constant", ("training", "lr_schedule", "constant")),
-    ("cache=false", ("training", "cache", False)),
-    ("sliding_window_overlap=0.25", ("training", "sliding_window_overlap", 0.25)),
-    ("budget_minutes=12", ("planning", "budget_minutes", 12.0)),
-    ("beam_profile=flink", ("runner", "beam_profile", "flink")),
-    ('augmentation={"p_rotation": 0}', ("training", "augmentation", None)),
-])
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("augment=False", ("training", "augment", False)),
+        ("augment=false", ("training", "augment", False)),
+        ("training.augment=0", ("training", "augment", False)),
+        ("mixed_precision=False", ("training", "mixed_precision", False)),
+        ("mixed_precision=true", ("training", "mixed_precision", True)),
+        ("target_spacing=[1.5,1.5,3]", ("transform", "target_spacing", (1.5, 1.5, 3.0))),
+        ("target_spacing=null", ("transform", "target_spacing", None)),
+        ("loss=gdice", ("training", "loss", "gdice")),
+        ("filters=[16,32,64]", ("training", "filters", (16, 32, 64))),
+        ("lr_schedule=constant", ("training", "lr_schedule", "constant")),
+        ("cache=false", ("training", "cache", False)),
+        ("sliding_window_overlap=0.25", ("training", "sliding_window_overlap", 0.25)),
+        ("budget_minutes=12", ("planning", "budget_minutes", 12.0)),
+        ("beam_profile=flink", ("runner", "beam_profile", "flink")),
+        ('augmentation={"p_rotation": 0}', ("training", "augmentation", None)),
+    ],
+)
 def test_set_parses_and_types_values(override, expected):
     stage, field, value = expected
     cfg = make_config([override])
@@ -37,18 +41,21 @@ def test_set_parses_and_types_values(override, expected):
     assert f"{stage}.{field}" in cfg.user_keys
 
 
-@pytest.mark.parametrize("override,message", [
-    ("augment=maybe", "training.augment: Input should be a valid boolean"),
-    ("target_spacing=[1.5,1.5]", "transform.target_spacing: wrong number of values"),
-    ("num_classes=2.7", "training.num_classes: Input should be a valid integer"),
-    ("loss=dicee", "training.loss: must be one of 'dice', 'dice_ce', 'gdice' or 'ce' (did you mean 'dice'?)"),
-    ("filters=16", "training.filters: Input should be a valid tuple"),
-    ("agument=true", "unknown setting 'agument' (did you mean 'augment'"),
-    ("tta_mirror_axes=[3]", "training.tta_mirror_axes[0]: must be one of 0, 1 or 2"),
-    ("kernel_sizes=[[3,3,3]]", "kernel_sizes has 1 entries: expected len(filters) = 3"),
-    ("seed", "--set 'seed': expected key=value"),
-    ("intensity_window=[5,5]", "intensity_window (5.0, 5.0): expected lo < hi"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("augment=maybe", "training.augment: Input should be a valid boolean"),
+        ("target_spacing=[1.5,1.5]", "transform.target_spacing: wrong number of values"),
+        ("num_classes=2.7", "training.num_classes: Input should be a valid integer"),
+        ("loss=dicee", "training.loss: must be one of 'dice', 'dice_ce', 'gdice' or 'ce' (did you mean 'dice'?)"),
+        ("filters=16", "training.filters: Input should be a valid tuple"),
+        ("agument=true", "unknown setting 'agument' (did you mean 'augment'"),
+        ("tta_mirror_axes=[3]", "training.tta_mirror_axes[0]: must be one of 0, 1 or 2"),
+        ("kernel_sizes=[[3,3,3]]", "kernel_sizes has 1 entries: expected len(filters) = 3"),
+        ("seed", "--set 'seed': expected key=value"),
+        ("intensity_window=[5,5]", "intensity_window (5.0, 5.0): expected lo < hi"),
+    ],
+)
 def test_bad_set_is_one_line_and_exit_code_2(override, message, capsys):
     with pytest.raises(ConfigError) as err:
         make_config([override])
@@ -76,8 +83,7 @@ def test_config_file_then_set(tmp_path):
     assert cfg.training.filters == (8, 16) and cfg.training.loss == "ce"
     assert cfg.planning.budget_minutes == 5.0
     assert set(cfg.user_keys) == {"training.filters", "training.loss", "planning.budget_minutes"}
-    assert cfg.user_overrides() == {"training.filters": [8, 16], "training.loss": "ce",
-                                    "planning.budget_minutes": 5.0}
+    assert cfg.user_overrides() == {"training.filters": [8, 16], "training.loss": "ce", "planning.budget_minutes": 5.0}
     path.write_text("training: [1, 2]\n")
     with pytest.raises(ConfigError, match="section 'training' must be a mapping"):
         make_config([], str(path))

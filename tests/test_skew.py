@@ -6,6 +6,7 @@ through the `transform_features` signature (serialized examples) and through the
 canonical): the serving graph's reorientation must give the same network input, and the mask
 must come back in that orientation.
 """
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -127,8 +128,15 @@ def test_exported_test_time_mirroring_is_the_mean_over_flips(network_and_transfo
     got = mirrored.signatures["evaluate"](examples=examples)["probabilities"].numpy()
     image = tf.constant(np.stack([row[preprocessing.IMAGE] for row in rows]))[..., None]
     flips = [[], [1], [2], [3], [1, 2], [1, 3], [2, 3], [1, 2, 3]]
-    expected = np.mean([tf.reverse(network(tf.reverse(image, d) if d else image, training=False), d).numpy()
-                        if d else network(image, training=False).numpy() for d in flips], axis=0)
+    expected = np.mean(
+        [
+            tf.reverse(network(tf.reverse(image, d) if d else image, training=False), d).numpy()
+            if d
+            else network(image, training=False).numpy()
+            for d in flips
+        ],
+        axis=0,
+    )
     np.testing.assert_allclose(got, expected, atol=1e-5)
     unmirrored = plain.signatures["evaluate"](examples=examples)["probabilities"].numpy()
     assert np.abs(got - unmirrored).max() > 1e-3  # an untrained conv is not flip-equivariant
@@ -144,8 +152,13 @@ def test_exported_model_knows_its_modality(network_and_transform, tmp_path):
 
     rows, serialized, graph_dir, network = network_and_transform
     export_dir = str(tmp_path / "ct_model")
-    trainer.export(network, tft.TFTransformOutput(graph_dir), export_dir, modalities=("CT",),
-                   plan={"settings": {"training": {"num_classes": 3}}})
+    trainer.export(
+        network,
+        tft.TFTransformOutput(graph_dir),
+        export_dir,
+        modalities=("CT",),
+        plan={"settings": {"training": {"num_classes": 3}}},
+    )
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
     case = decoded(serialized[0])  # a CT case
     as_named = _raw_inputs([(case["image"], case["spacing"], case["direction"], "CT")])

@@ -1,5 +1,6 @@
 """Sliding-window inference: single window == one forward pass; larger volumes match a
 hand-written numpy reference for a position-dependent toy network."""
+
 import math
 
 import numpy as np
@@ -20,6 +21,7 @@ def _toy_tf(x):
 
 def _reference(volume, overlap=0.5):
     """Numpy sliding window for _toy_tf on one (X, Y, Z) volume, written out by hand."""
+
     def starts(length, p):
         if length <= p:
             return [0]
@@ -28,7 +30,7 @@ def _reference(volume, overlap=0.5):
 
     def gauss(p):
         i = np.arange(p) - (p - 1) / 2.0
-        return np.exp(-i ** 2 / (2 * (p / 8.0) ** 2))
+        return np.exp(-(i**2) / (2 * (p / 8.0) ** 2))
 
     g = gauss(PATCH[0])[:, None, None] * gauss(PATCH[1])[None, :, None] * gauss(PATCH[2])[None, None, :]
     acc = np.zeros(volume.shape + (2,))
@@ -36,11 +38,11 @@ def _reference(volume, overlap=0.5):
     for sx in starts(volume.shape[0], PATCH[0]):
         for sy in starts(volume.shape[1], PATCH[1]):
             for sz in starts(volume.shape[2], PATCH[2]):
-                window = volume[sx:sx + PATCH[0], sy:sy + PATCH[1], sz:sz + PATCH[2]]
+                window = volume[sx : sx + PATCH[0], sy : sy + PATCH[1], sz : sz + PATCH[2]]
                 ramp = np.arange(PATCH[0])[:, None, None]
                 out = np.stack([window + ramp, 2 * window + ramp], axis=-1)
-                acc[sx:sx + PATCH[0], sy:sy + PATCH[1], sz:sz + PATCH[2]] += out * g[..., None]
-                weight[sx:sx + PATCH[0], sy:sy + PATCH[1], sz:sz + PATCH[2]] += g
+                acc[sx : sx + PATCH[0], sy : sy + PATCH[1], sz : sz + PATCH[2]] += out * g[..., None]
+                weight[sx : sx + PATCH[0], sy : sy + PATCH[1], sz : sz + PATCH[2]] += g
     return acc / weight[..., None]
 
 
@@ -54,8 +56,7 @@ def test_volume_of_patch_size_equals_single_forward_pass():
 def test_larger_volume_matches_numpy_reference(shape, windows_per_batch):
     rng = np.random.default_rng(0)
     volumes = rng.normal(size=(2,) + shape).astype(np.float32)
-    out = sliding_window.predict(_toy_tf, volumes[..., None], PATCH, 2,
-                                 windows_per_batch=windows_per_batch).numpy()
+    out = sliding_window.predict(_toy_tf, volumes[..., None], PATCH, 2, windows_per_batch=windows_per_batch).numpy()
     assert out.shape == (2,) + shape + (2,)
     assert np.isfinite(out).all()
     for b in range(2):
@@ -74,11 +75,14 @@ def test_smaller_volume_is_padded_and_cropped_back():
 
 
 def test_runs_in_a_graph_with_unknown_shape():
-    fn = tf.function(lambda v: sliding_window.predict(_toy_tf, v, PATCH, 2),
-                     input_signature=[tf.TensorSpec([None, None, None, None, 1], tf.float32)])
+    fn = tf.function(
+        lambda v: sliding_window.predict(_toy_tf, v, PATCH, 2),
+        input_signature=[tf.TensorSpec([None, None, None, None, 1], tf.float32)],
+    )
     volume = np.random.default_rng(1).normal(size=(1, 17, 9, 6)).astype(np.float32)
-    np.testing.assert_allclose(fn(volume[..., None]).numpy()[0], _reference(volume[0].astype(np.float64)),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        fn(volume[..., None]).numpy()[0], _reference(volume[0].astype(np.float64)), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_mirrored_averages_the_network_over_every_flip_and_flips_back():
@@ -91,13 +95,19 @@ def test_mirrored_averages_the_network_over_every_flip_and_flips_back():
         return tf.concat([tf.cumsum(v, axis=1), tf.cumsum(v, axis=3)], axis=-1)
 
     out = sliding_window.mirrored(net, (2, 0))(x).numpy()
-    expected = np.mean([np.flip(net(tf.reverse(x, d) if d else x).numpy(), d) if d else net(x).numpy()
-                        for d in ([], [1], [3], [1, 3])], axis=0)
+    expected = np.mean(
+        [
+            np.flip(net(tf.reverse(x, d) if d else x).numpy(), d) if d else net(x).numpy()
+            for d in ([], [1], [3], [1, 3])
+        ],
+        axis=0,
+    )
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     assert not np.allclose(out, net(x).numpy(), atol=1e-3)  # the flips matter for this network
     # An elementwise network is flip-equivariant: mirroring changes nothing. No axes: the network.
-    np.testing.assert_allclose(sliding_window.mirrored(tf.sigmoid, (0, 1, 2))(x).numpy(),
-                               tf.sigmoid(x).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        sliding_window.mirrored(tf.sigmoid, (0, 1, 2))(x).numpy(), tf.sigmoid(x).numpy(), rtol=1e-6
+    )
     assert sliding_window.mirrored(net, ()) is net
     with pytest.raises(ValueError, match="spatial axes"):
         sliding_window.mirrored(net, (3,))

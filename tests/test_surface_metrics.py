@@ -1,6 +1,7 @@
 """Surface metrics (modules/metrics/surface_metrics.py): surfel areas, distances, surface Dice, HD95 and
 mean surface distance against closed forms, a brute-force reference, DeepMind's surface-distance
 library (when importable) and real hippocampus masks."""
+
 import math
 import os
 
@@ -23,7 +24,7 @@ def _box(shape, lo, hi):
 
 def _ball(shape, spacing, centre_mm, radius_mm):
     grids = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
-    return sum((g - c) ** 2 for g, c in zip(grids, centre_mm)) <= radius_mm ** 2
+    return sum((g - c) ** 2 for g, c in zip(grids, centre_mm)) <= radius_mm**2
 
 
 def _blob(seed, shape=(24, 20, 16)):
@@ -32,25 +33,27 @@ def _blob(seed, shape=(24, 20, 16)):
 
 def _all_metrics(prediction, truth, spacing, tolerances=(0.0, 0.5, 1.0, 2.0, 3.0)):
     d = sm.surface_distances(prediction, truth, spacing)
-    return (sm.robust_hausdorff(d, 95.0), sm.mean_surface_distance(d),
-            [sm.surface_dice(d, t) for t in tolerances])
+    return (sm.robust_hausdorff(d, 95.0), sm.mean_surface_distance(d), [sm.surface_dice(d, t) for t in tolerances])
 
 
 # --------------------------------------------------------------------------------------------
 # Surfel areas
 
 
-@pytest.mark.parametrize("code, spacing, expected_mm2", [
-    (0b00000000, (1, 1, 1), 0.0),  # all outside: no surface
-    (0b11111111, (1, 1, 1), 0.0),  # all inside: no surface
-    (0b00000001, (1, 1, 1), SQRT3 / 8),  # one voxel in: the corner triangle through 3 half edges
-    (0b11111110, (1, 1, 1), SQRT3 / 8),  # its complement: the same triangle
-    (0b00001111, (1, 1, 1), 1.0),  # the dx = 1 half in: one voxel face
-    (0b00001111, (0.5, 2.0, 3.0), 6.0),  # ... a face in the (y, z) plane: 2 mm x 3 mm
-    (0b00110011, (0.5, 2.0, 3.0), 1.5),  # the dy = 1 half in: a face in the (x, z) plane
-    (0b01010101, (0.5, 2.0, 3.0), 1.0),  # the dz = 1 half in: a face in the (x, y) plane
-    (0b00000011, (0.5, 2.0, 3.0), 3.0 * math.hypot(0.5, 2.0) / 2),  # edge along z: chamfer strip
-])
+@pytest.mark.parametrize(
+    "code, spacing, expected_mm2",
+    [
+        (0b00000000, (1, 1, 1), 0.0),  # all outside: no surface
+        (0b11111111, (1, 1, 1), 0.0),  # all inside: no surface
+        (0b00000001, (1, 1, 1), SQRT3 / 8),  # one voxel in: the corner triangle through 3 half edges
+        (0b11111110, (1, 1, 1), SQRT3 / 8),  # its complement: the same triangle
+        (0b00001111, (1, 1, 1), 1.0),  # the dx = 1 half in: one voxel face
+        (0b00001111, (0.5, 2.0, 3.0), 6.0),  # ... a face in the (y, z) plane: 2 mm x 3 mm
+        (0b00110011, (0.5, 2.0, 3.0), 1.5),  # the dy = 1 half in: a face in the (x, z) plane
+        (0b01010101, (0.5, 2.0, 3.0), 1.0),  # the dz = 1 half in: a face in the (x, y) plane
+        (0b00000011, (0.5, 2.0, 3.0), 3.0 * math.hypot(0.5, 2.0) / 2),  # edge along z: chamfer strip
+    ],
+)
 def test_surfel_area_of_single_codes(code, spacing, expected_mm2):
     assert sm.surfel_area_table(spacing)[code] == pytest.approx(expected_mm2, rel=1e-12)
 
@@ -63,15 +66,19 @@ def test_surfel_area_table_is_complete_and_complement_symmetric(spacing):
     np.testing.assert_allclose(areas, areas[::-1], rtol=1e-12)  # code c and 255 - c: same surface
 
 
-@pytest.mark.parametrize("size, spacing", [((10, 7, 4), (1, 1, 1)), ((10, 7, 4), (0.5, 2.0, 3.0)),
-                                           ((3, 9, 5), (1.2, 0.4, 2.5))])
+@pytest.mark.parametrize(
+    "size, spacing", [((10, 7, 4), (1, 1, 1)), ((10, 7, 4), (0.5, 2.0, 3.0)), ((3, 9, 5), (1.2, 0.4, 2.5))]
+)
 def test_box_area_is_faces_plus_chamfered_edges_plus_corner_triangles(size, spacing):
     """A box of a x b x c voxels: the marching-cubes surface lies on the voxel faces, with each edge
     cut by a strip half a face-diagonal wide and each corner by a triangle."""
     (a, b, c), (sx, sy, sz) = size, spacing
     faces = 2 * ((a - 1) * (b - 1) * sx * sy + (a - 1) * (c - 1) * sx * sz + (b - 1) * (c - 1) * sy * sz)
-    edges = 4 * ((a - 1) * sx * math.hypot(sy, sz) + (b - 1) * sy * math.hypot(sx, sz)
-                 + (c - 1) * sz * math.hypot(sx, sy)) / 2
+    edges = (
+        4
+        * ((a - 1) * sx * math.hypot(sy, sz) + (b - 1) * sy * math.hypot(sx, sz) + (c - 1) * sz * math.hypot(sx, sy))
+        / 2
+    )
     corners = 8 * math.sqrt((sy * sz) ** 2 + (sx * sz) ** 2 + (sx * sy) ** 2) / 8
     box = _box((a + 4, b + 4, c + 4), (2, 2, 2), (a + 2, b + 2, c + 2))
     d = sm.surface_distances(box, box, spacing)
@@ -83,22 +90,28 @@ def test_box_area_is_faces_plus_chamfered_edges_plus_corner_triangles(size, spac
 # Distances and metrics on known shapes
 
 
-@pytest.mark.parametrize("mask, spacing", [
-    (_box((12, 12, 12), (3, 3, 3), (9, 8, 7)), (1, 1, 1)),
-    (_box((12, 12, 12), (0, 0, 0), (12, 5, 12)), (0.5, 1.0, 3.0)),  # touches the volume's faces
-    (_ball((30, 30, 20), (0.7, 0.7, 1.5), (10, 10, 15), 8.0), (0.7, 0.7, 1.5)),
-    (_blob(1), (0.8, 1.1, 2.0)),
-])
+@pytest.mark.parametrize(
+    "mask, spacing",
+    [
+        (_box((12, 12, 12), (3, 3, 3), (9, 8, 7)), (1, 1, 1)),
+        (_box((12, 12, 12), (0, 0, 0), (12, 5, 12)), (0.5, 1.0, 3.0)),  # touches the volume's faces
+        (_ball((30, 30, 20), (0.7, 0.7, 1.5), (10, 10, 15), 8.0), (0.7, 0.7, 1.5)),
+        (_blob(1), (0.8, 1.1, 2.0)),
+    ],
+)
 def test_a_mask_against_itself_is_perfect(mask, spacing):
     assert _all_metrics(mask, mask, spacing) == (0.0, 0.0, [1.0] * 5)
 
 
-@pytest.mark.parametrize("shift, spacing, shift_mm", [
-    ((0, 0, 2), (0.5, 1.0, 3.0), 6.0),
-    ((2, 0, 0), (0.5, 1.0, 3.0), 1.0),
-    ((0, 1, 0), (1.0, 1.0, 1.0), 1.0),
-    ((0, -3, 0), (0.6, 0.9, 2.0), 2.7),
-])
+@pytest.mark.parametrize(
+    "shift, spacing, shift_mm",
+    [
+        ((0, 0, 2), (0.5, 1.0, 3.0), 6.0),
+        ((2, 0, 0), (0.5, 1.0, 3.0), 1.0),
+        ((0, 1, 0), (1.0, 1.0, 1.0), 1.0),
+        ((0, -3, 0), (0.6, 0.9, 2.0), 2.7),
+    ],
+)
 def test_box_shifted_along_an_axis(shift, spacing, shift_mm):
     """Every surfel of a translated surface is within the translation of the original, and the
     faces moved straight out are exactly that far (more than 5% of the area): HD95 = the shift,
@@ -151,13 +164,16 @@ def _reference_metrics(prediction, truth, spacing, tolerances):
         return dist[order][np.nonzero(share >= percent / 100.0 - 1e-12)[0][0]]
 
     total = areas_p.sum() + areas_t.sum()
-    return (max(percentile(d_pt, areas_p, 95), percentile(d_tp, areas_t, 95)),
-            (d_pt @ areas_p + d_tp @ areas_t) / total,
-            [(areas_p[d_pt <= t].sum() + areas_t[d_tp <= t].sum()) / total for t in tolerances])
+    return (
+        max(percentile(d_pt, areas_p, 95), percentile(d_tp, areas_t, 95)),
+        (d_pt @ areas_p + d_tp @ areas_t) / total,
+        [(areas_p[d_pt <= t].sum() + areas_t[d_tp <= t].sum()) / total for t in tolerances],
+    )
 
 
-@pytest.mark.parametrize("seed_p, seed_t, spacing", [(3, 4, (0.8, 1.1, 2.0)), (5, 6, (1, 1, 1)),
-                                                     (7, 8, (2.5, 0.6, 0.6))])
+@pytest.mark.parametrize(
+    "seed_p, seed_t, spacing", [(3, 4, (0.8, 1.1, 2.0)), (5, 6, (1, 1, 1)), (7, 8, (2.5, 0.6, 0.6))]
+)
 def test_metrics_match_brute_force_on_random_blobs(seed_p, seed_t, spacing):
     # Tolerances off the lattice of grid distances: a distance equal to the tolerance up to
     # rounding could fall either side in the two computations.
@@ -173,6 +189,7 @@ def test_metrics_match_brute_force_on_random_blobs(seed_p, seed_t, spacing):
 # --------------------------------------------------------------------------------------------
 # Against DeepMind's surface-distance library itself (skipped when it is not importable)
 
+
 def _library_cases():
     cases = [(_blob(s), _blob(s + 1), sp) for s, sp in ((11, (0.8, 1.1, 2.0)), (13, (1, 1, 1)))]
     ball = _ball((30, 30, 20), (0.7, 0.7, 1.5), (10, 10, 15), 8.0)
@@ -187,22 +204,26 @@ def test_metrics_equal_deepmind_surface_distance(prediction, truth, spacing):
     lib = pytest.importorskip("surface_distance", reason="DeepMind's surface-distance not installed")
     ours = sm.surface_distances(prediction, truth, spacing)
     theirs = lib.compute_surface_distances(truth, prediction, spacing)  # (gt, pred) order there
-    np.testing.assert_allclose(sm.surfel_area_table(spacing),
-                               lib.lookup_tables.create_table_neighbour_code_to_surface_area(spacing))
+    np.testing.assert_allclose(
+        sm.surfel_area_table(spacing), lib.lookup_tables.create_table_neighbour_code_to_surface_area(spacing)
+    )
     np.testing.assert_array_equal(np.sort(ours.truth_to_prediction), theirs["distances_gt_to_pred"])
     np.testing.assert_array_equal(np.sort(ours.prediction_to_truth), theirs["distances_pred_to_gt"])
     assert sm.robust_hausdorff(ours, 95.0) == lib.compute_robust_hausdorff(theirs, 95)
     for tolerance in (0.0, 0.5, 1.0, 2.0):
         assert sm.surface_dice(ours, tolerance) == pytest.approx(
-            lib.compute_surface_dice_at_tolerance(theirs, tolerance), rel=1e-12)
+            lib.compute_surface_dice_at_tolerance(theirs, tolerance), rel=1e-12
+        )
     gt_to_pred, pred_to_gt = lib.compute_average_surface_distance(theirs)
     area_gt, area_pred = theirs["surfel_areas_gt"].sum(), theirs["surfel_areas_pred"].sum()
     assert sm.mean_surface_distance(ours) == pytest.approx(
-        (gt_to_pred * area_gt + pred_to_gt * area_pred) / (area_gt + area_pred), rel=1e-12)
+        (gt_to_pred * area_gt + pred_to_gt * area_pred) / (area_gt + area_pred), rel=1e-12
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Real masks: hippocampus labels against themselves shifted by one voxel
+
 
 def _hippocampus_labels(n=3):
     nib = pytest.importorskip("nibabel")
@@ -211,8 +232,9 @@ def _hippocampus_labels(n=3):
     return [np.asarray(nib.load(os.path.join(root, name)).dataobj) for name in names]
 
 
-@pytest.mark.parametrize("axis, spacing", [(0, (1.0, 1.0, 1.0)), (1, (1.0, 1.0, 1.0)),
-                                           (2, (0.8, 0.8, 2.5)), (0, (0.8, 0.8, 2.5))])
+@pytest.mark.parametrize(
+    "axis, spacing", [(0, (1.0, 1.0, 1.0)), (1, (1.0, 1.0, 1.0)), (2, (0.8, 0.8, 2.5)), (0, (0.8, 0.8, 2.5))]
+)
 def test_hippocampus_label_shifted_by_one_voxel(axis, spacing):
     """Spacing is the one declared here (the files are 1 mm isotropic): a one-voxel shift moves
     every surfel by at most spacing[axis]."""
@@ -237,7 +259,8 @@ def test_hippocampus_labels_equal_the_library():
             theirs = lib.compute_surface_distances(truth, prediction, spacing)
             assert sm.robust_hausdorff(ours) == lib.compute_robust_hausdorff(theirs, 95)
             assert sm.surface_dice(ours, 2.0) == pytest.approx(
-                lib.compute_surface_dice_at_tolerance(theirs, 2.0), rel=1e-12)
+                lib.compute_surface_dice_at_tolerance(theirs, 2.0), rel=1e-12
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,11 +270,14 @@ EMPTY = np.zeros((6, 6, 6), bool)
 CUBE = _box((6, 6, 6), (1, 1, 1), (4, 4, 4))
 
 
-@pytest.mark.parametrize("prediction, truth, expected", [
-    (EMPTY, EMPTY, (math.nan, math.nan, math.nan)),  # undefined: skipped in means
-    (EMPTY, CUBE, (math.inf, math.inf, 0.0)),  # missed structure
-    (CUBE, EMPTY, (math.inf, math.inf, 0.0)),  # false positive structure
-])
+@pytest.mark.parametrize(
+    "prediction, truth, expected",
+    [
+        (EMPTY, EMPTY, (math.nan, math.nan, math.nan)),  # undefined: skipped in means
+        (EMPTY, CUBE, (math.inf, math.inf, 0.0)),  # missed structure
+        (CUBE, EMPTY, (math.inf, math.inf, 0.0)),  # false positive structure
+    ],
+)
 def test_empty_masks_follow_the_documented_conventions(prediction, truth, expected):
     d = sm.surface_distances(prediction, truth, (1, 1, 1))
     got = (sm.robust_hausdorff(d), sm.mean_surface_distance(d), sm.surface_dice(d, 1.0))
@@ -267,9 +293,12 @@ def test_label_metrics_are_the_module_functions_per_label():
     assert set(metrics) == {1, 2, 3}
     for k in (1, 2):
         d = sm.surface_distances(prediction == k, truth == k, spacing)
-        assert metrics[k] == {"dice": dice_per_label(truth, prediction, [k])[k],
-                              "hd95_mm": sm.robust_hausdorff(d), "msd_mm": sm.mean_surface_distance(d),
-                              "surface_dice": sm.surface_dice(d, 1.5)}
+        assert metrics[k] == {
+            "dice": dice_per_label(truth, prediction, [k])[k],
+            "hd95_mm": sm.robust_hausdorff(d),
+            "msd_mm": sm.mean_surface_distance(d),
+            "surface_dice": sm.surface_dice(d, 1.5),
+        }
         assert 0.0 < metrics[k]["surface_dice"] < 1.0
     assert all(math.isnan(v) for v in metrics[3].values())  # label 3 absent from both maps
 
@@ -280,14 +309,17 @@ def test_summarise_skips_nan_and_counts_inf_apart():
     assert sm.summarise([math.nan]) == {"mean": None, "median": None, "n": 0, "n_infinite": 0}
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: sm.surface_distances(CUBE, CUBE[:5], (1, 1, 1)), "equal shape"),
-    (lambda: sm.surface_distances(CUBE[0], CUBE[0], (1, 1, 1)), "3D"),
-    (lambda: sm.surface_distances(CUBE, CUBE, (1, 1)), "spacing"),
-    (lambda: sm.surface_distances(CUBE, CUBE, (1, 0, 1)), "spacing"),
-    (lambda: sm.surface_dice(sm.surface_distances(CUBE, CUBE, (1, 1, 1)), -1.0), "tolerance"),
-    (lambda: sm.robust_hausdorff(sm.surface_distances(CUBE, CUBE, (1, 1, 1)), 101.0), "percent"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: sm.surface_distances(CUBE, CUBE[:5], (1, 1, 1)), "equal shape"),
+        (lambda: sm.surface_distances(CUBE[0], CUBE[0], (1, 1, 1)), "3D"),
+        (lambda: sm.surface_distances(CUBE, CUBE, (1, 1)), "spacing"),
+        (lambda: sm.surface_distances(CUBE, CUBE, (1, 0, 1)), "spacing"),
+        (lambda: sm.surface_dice(sm.surface_distances(CUBE, CUBE, (1, 1, 1)), -1.0), "tolerance"),
+        (lambda: sm.robust_hausdorff(sm.surface_distances(CUBE, CUBE, (1, 1, 1)), 101.0), "percent"),
+    ],
+)
 def test_invalid_arguments_raise(call, message):
     with pytest.raises(ValueError, match=message):
         call()

@@ -1,4 +1,5 @@
 """The TFMA Dice metrics' combiner against the numpy reference."""
+
 import numpy as np
 import pytest
 
@@ -41,13 +42,12 @@ def test_combiner_matches_numpy_mean_of_per_case_dice():
         for part in (cases[:2], cases[2:]):  # two workers, then merged
             acc = combiner.create_accumulator()
             for truth, pred in part:
-                element = metric_types.StandardMetricInputs(
-                    labels=truth, predictions={"probabilities": _onehot(pred)})
+                element = metric_types.StandardMetricInputs(labels=truth, predictions={"probabilities": _onehot(pred)})
                 acc = combiner.add_input(acc, element)
             halves.append(acc)
         result = combiner.extract_output(combiner.merge_accumulators(halves))
         expected = np.mean([np.mean([dice_per_label(t, p, [k])[k] for t, p in cases]) for k in labels])
-        (key, value), = result.items()
+        ((key, value),) = result.items()
         assert key.name == metric.name
         assert value == pytest.approx(expected, abs=1e-12)
 

@@ -9,6 +9,7 @@ Tolerances: trilinear max |ours - SimpleITK| <= 1e-6 * max|input| (measured <= 1
 interpolates in double); nearest-neighbour identical except where a sample falls within 1e-6
 voxel of a rounding tie.
 """
+
 import glob
 import itertools
 import os
@@ -44,8 +45,13 @@ def sitk_resample(array, spacing, target_spacing, size, nearest=False):
 
 
 def _ours(array, spacing, target_spacing, method=resample.LINEAR):
-    out, m = resample.to_network_grid(tf.constant(array, tf.float32), tf.constant(spacing, tf.float64),
-                                      tf.constant(target_spacing, tf.float64), None, method)
+    out, m = resample.to_network_grid(
+        tf.constant(array, tf.float32),
+        tf.constant(spacing, tf.float64),
+        tf.constant(target_spacing, tf.float64),
+        None,
+        method,
+    )
     return out.numpy(), m.numpy()
 
 
@@ -104,8 +110,9 @@ def test_fixed_shape_is_centre_crop_pad_of_whole_volume():
     spacing, target = [1.1, 0.8, 2.0], [1.5, 1.5, 1.5]
     whole, m = _ours(array, spacing, target)  # m = (15, 16, 23)
     size = [12, 20, 23]  # crop, pad, keep
-    fixed, m2 = resample.to_network_grid(tf.constant(array), tf.constant(spacing, tf.float64),
-                                         tf.constant(target, tf.float64), size, fill=-7.0)
+    fixed, m2 = resample.to_network_grid(
+        tf.constant(array), tf.constant(spacing, tf.float64), tf.constant(target, tf.float64), size, fill=-7.0
+    )
     fixed = fixed.numpy()
     np.testing.assert_array_equal(m, m2.numpy())
     expected = np.full(size, -7.0, np.float32)
@@ -169,15 +176,15 @@ def test_label_round_trip_through_network_grid(index):
 
     same = volume_ops.label_to_network(label, spacing, direction, cspacing)
     grid_shape = resample.resampled_shape(cshape, cspacing, cspacing)
-    back = volume_ops.probabilities_to_mask(_one_hot(same), tf.shape(label), spacing, direction,
-                                            cspacing, grid_shape)
+    back = volume_ops.probabilities_to_mask(_one_hot(same), tf.shape(label), spacing, direction, cspacing, grid_shape)
     np.testing.assert_array_equal(back.numpy(), p.label)
 
     grid = tf.constant([2.0, 2.0, 2.0], tf.float64)
     net = volume_ops.label_to_network(label, spacing, direction, grid, [28, 28, 28])  # FOV 64 mm > 56 mm
     grid_shape = resample.resampled_shape(cshape, cspacing, grid)
-    back = volume_ops.probabilities_to_mask(_one_hot(net), tf.shape(label), spacing, direction, grid,
-                                            grid_shape).numpy()
+    back = volume_ops.probabilities_to_mask(
+        _one_hot(net), tf.shape(label), spacing, direction, grid, grid_shape
+    ).numpy()
     assert back.shape == p.label.shape
     for k in (1, 2):
         a, b = back == k, p.label == k
@@ -198,8 +205,7 @@ def test_intensity_modes():
     window = (-500.0, 500.0)
 
     def run(mode):
-        return volume_ops.normalise_intensity(volume, volume_ops.INTENSITY_MODES.index(mode), stats,
-                                              window).numpy()
+        return volume_ops.normalise_intensity(volume, volume_ops.INTENSITY_MODES.index(mode), stats, window).numpy()
 
     v = volume.numpy()
     np.testing.assert_allclose(run("dataset"), (np.clip(v, -100, 1000) - 100) / 50, rtol=1e-6)
@@ -227,5 +233,5 @@ def test_foreground_sample_is_strided_subset_of_foreground():
     stride = -(-fg.size // 500)
     np.testing.assert_array_equal(sample, fg[::stride])
     assert sample.size <= 500
-    everything = volume_ops.foreground_sample(tf.constant(volume), None, 10 ** 6).numpy()
+    everything = volume_ops.foreground_sample(tf.constant(volume), None, 10**6).numpy()
     np.testing.assert_array_equal(everything, volume.ravel())

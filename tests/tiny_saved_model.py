@@ -1,5 +1,6 @@
 """A tiny real SavedModel and a byte-level view of a directory, shared by the object-store push
 tests (tests/test_pusher_s3.py, tests/test_pusher_gcs.py)."""
+
 import os
 
 

@@ -1,4 +1,5 @@
 """AtomicPusher: tfx.components.Pusher with the atomic-publish executor (executor.py)."""
+
 from __future__ import annotations
 
 from tfx import v1 as tfx

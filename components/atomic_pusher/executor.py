@@ -7,6 +7,7 @@ Blessing checks, the archive copy into the PushedModel artifact and the `pushed`
 copy into the serving base path differs (TFX's copies in place, so TF Serving can see a
 half-written version directory).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -24,19 +25,20 @@ from components.atomic_pusher import push
 class Executor(tfx_pusher_executor.Executor):
     """Pushes the blessed model to <base_directory>/<version> via push.atomic_push."""
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]],
-           output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         self._log_startup(input_dict, output_dict, exec_properties)
-        model_push = artifact_utils.get_single_instance(
-            output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        model_push = artifact_utils.get_single_instance(output_dict[standard_component_specs.PUSHED_MODEL_KEY])
         if not self.CheckBlessing(input_dict):
             self._MarkNotPushed(model_push)
             return
         model_path = self.GetModelPath(input_dict)
         destination = pusher_pb2.PushDestination()
-        proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY],
-                                  destination)
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination)
         if destination.WhichOneof("destination") != "filesystem":
             raise NotImplementedError("the atomic pusher supports filesystem destinations only")
         versioning = destination.filesystem.versioning
@@ -44,8 +46,11 @@ class Executor(tfx_pusher_executor.Executor):
             raise NotImplementedError(f"unsupported versioning {versioning}")
         base = destination.filesystem.base_directory
         result = push.push_model(model_path, base)
-        logging.info("Model published to %s (strategy %s).", result["path"],
-                     "atomic rename" if result["strategy"] == "rename" else "copy, saved_model.pb last")
+        logging.info(
+            "Model published to %s (strategy %s).",
+            result["path"],
+            "atomic rename" if result["strategy"] == "rename" else "copy, saved_model.pb last",
+        )
         if result["stale"]:
             logging.warning("leftover temporary push directories (ignored by TF Serving): %s", result["stale"])
         io_utils.copy_dir(model_path, model_push.uri)  # archive copy, as TFX's Pusher does

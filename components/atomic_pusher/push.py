@@ -36,6 +36,7 @@ file"), so empty files (an empty TFT vocabulary, say) are published into object 
 empty write instead. tests/test_pusher_s3.py runs all of this against moto's S3 server and
 tests/test_pusher_gcs.py against a GCS emulator, both on loopback.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,7 +82,7 @@ def list_model_files(src: str) -> List[str]:
 
     files = []
     for dirpath, _, filenames in tf.io.gfile.walk(src):
-        rel_dir = os.path.relpath(dirpath, src) if is_local(src) else dirpath[len(src.rstrip("/")):].strip("/")
+        rel_dir = os.path.relpath(dirpath, src) if is_local(src) else dirpath[len(src.rstrip("/")) :].strip("/")
         for name in filenames:
             files.append(name if rel_dir in ("", ".") else posixpath.join(rel_dir, name))
     if SAVED_MODEL_PB not in files:
@@ -159,8 +160,13 @@ def _remove_tree(path: str) -> None:
         logging.warning("could not remove %s: %s", path, exc)
 
 
-def atomic_push(src: str, base: str, version: Optional[int] = None, strategy: str = "auto",
-                copy: Optional[Callable[[str, str], None]] = None) -> str:
+def atomic_push(
+    src: str,
+    base: str,
+    version: Optional[int] = None,
+    strategy: str = "auto",
+    copy: Optional[Callable[[str, str], None]] = None,
+) -> str:
     """Publishes the SavedModel at `src` as `<base>/<version>` (see the module docstring).
 
     Args:
@@ -220,8 +226,12 @@ ISOLATED_SCHEMES = ("s3",)
 
 def _push_and_report(src: str, base: str) -> dict:
     path = atomic_push(src, base)
-    return {"path": path, "version": posixpath.basename(path.rstrip("/")),
-            "strategy": "rename" if is_local(base) else "copy", "stale": stale_temporaries(base)}
+    return {
+        "path": path,
+        "version": posixpath.basename(path.rstrip("/")),
+        "strategy": "rename" if is_local(base) else "copy",
+        "stale": stale_temporaries(base),
+    }
 
 
 def push_model(src: str, base: str, timeout_s: float = 3600.0) -> dict:
@@ -230,11 +240,18 @@ def push_model(src: str, base: str, timeout_s: float = 3600.0) -> dict:
     its error comes back as RuntimeError with the child's message."""
     if scheme(base) not in ISOLATED_SCHEMES and scheme(src) not in ISOLATED_SCHEMES:
         return _push_and_report(src, base)
-    proc = subprocess.run([sys.executable, "-m", "components.atomic_pusher.push", src, base],
-                          capture_output=True, text=True, timeout=timeout_s)
+    proc = subprocess.run(
+        [sys.executable, "-m", "components.atomic_pusher.push", src, base],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    result = json.loads(lines[-1]) if lines else {"error": f"push process exited {proc.returncode}: "
-                                                          f"{proc.stderr.strip()[-2000:]}"}
+    result = (
+        json.loads(lines[-1])
+        if lines
+        else {"error": f"push process exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+    )
     if "error" in result:
         raise RuntimeError(f"push of {src} to {base} failed: {result['error']}")
     return result

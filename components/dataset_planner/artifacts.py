@@ -1,4 +1,5 @@
 """Artifact types of the planning stage, and reading a plan back in a consumer's executor."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """DatasetPlanner: after ImageExampleGen, fingerprints the training cases and plans every
 setting the user left open (nnU-Net's plan step, inside the pipeline so it runs where the data
 is and scales with Beam like the other components)."""
+
 from __future__ import annotations
 
 import json
@@ -34,12 +35,20 @@ class DatasetPlanner(base_beam_component.BaseBeamComponent):
     SPEC_CLASS = DatasetPlannerSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
-    def __init__(self, examples: types.BaseChannel, settings: Dict[str, Dict[str, Any]],
-                 user_overrides: Dict[str, Any], planning: Dict[str, Any]):
-        super().__init__(spec=DatasetPlannerSpec(
-            examples=examples,
-            settings=json.dumps(settings, sort_keys=True),
-            user_overrides=json.dumps(user_overrides, sort_keys=True),
-            planning=json.dumps(planning, sort_keys=True),
-            fingerprint=types.Channel(type=artifacts.DatasetFingerprint),
-            plan=types.Channel(type=artifacts.Plan)))
+    def __init__(
+        self,
+        examples: types.BaseChannel,
+        settings: Dict[str, Dict[str, Any]],
+        user_overrides: Dict[str, Any],
+        planning: Dict[str, Any],
+    ):
+        super().__init__(
+            spec=DatasetPlannerSpec(
+                examples=examples,
+                settings=json.dumps(settings, sort_keys=True),
+                user_overrides=json.dumps(user_overrides, sort_keys=True),
+                planning=json.dumps(planning, sort_keys=True),
+                fingerprint=types.Channel(type=artifacts.DatasetFingerprint),
+                plan=types.Channel(type=artifacts.Plan),
+            )
+        )

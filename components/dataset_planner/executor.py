@@ -1,5 +1,6 @@
 """DatasetPlanner executor: fingerprint of the train split (Beam), then the plan. Thin: the
 fingerprint is modules/plan/fingerprint.py, the rules modules/plan/planner.py."""
+
 from __future__ import annotations
 
 import json
@@ -40,18 +41,25 @@ def _write_text(path: str, text: str) -> None:
 class Executor(base_beam_executor.BaseBeamExecutor):
     """examples (train split) -> fingerprint (fingerprint.json/.md) -> plan (plan.json/.md)."""
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]],
-           output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         examples = input_dict[EXAMPLES_KEY]
         pattern = io_utils.all_files_pattern(artifact_utils.get_split_uri(examples, SPLIT))
         fingerprint_uri = artifact_utils.get_single_uri(output_dict[FINGERPRINT_KEY])
         cases_path = os.path.join(fingerprint_uri, "cases")
         with self._make_beam_pipeline() as pipeline:
-            _ = (pipeline
-                 | "ReadExamples" >> beam.io.ReadFromTFRecord(pattern, compression_type=beam.io.filesystem.CompressionTypes.GZIP)
-                 | "FingerprintCase" >> beam.Map(_case_fingerprint)
-                 | "ToJson" >> beam.Map(json.dumps)
-                 | "WriteCases" >> beam.io.WriteToText(cases_path, file_name_suffix=".jsonl"))
+            _ = (
+                pipeline
+                | "ReadExamples"
+                >> beam.io.ReadFromTFRecord(pattern, compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+                | "FingerprintCase" >> beam.Map(_case_fingerprint)
+                | "ToJson" >> beam.Map(json.dumps)
+                | "WriteCases" >> beam.io.WriteToText(cases_path, file_name_suffix=".jsonl")
+            )
         case_fingerprints = []
         for path in sorted(tf.io.gfile.glob(cases_path + "*.jsonl")):
             with tf.io.gfile.GFile(path) as fh:
@@ -64,8 +72,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         settings = json.loads(exec_properties[SETTINGS_KEY])
         planning_settings = PlanningSettings.model_validate(json.loads(exec_properties[PLANNING_KEY]))
         timer = calibrate.step_timer(settings["training"], planning_settings.calibration_steps)
-        plan = planning.build_plan(dataset, settings, json.loads(exec_properties[USER_OVERRIDES_KEY]),
-                                   planning_settings, timer)
+        plan = planning.build_plan(
+            dataset, settings, json.loads(exec_properties[USER_OVERRIDES_KEY]), planning_settings, timer
+        )
         plan_uri = artifact_utils.get_single_uri(output_dict[artifacts.PLAN_KEY])
         _write_text(os.path.join(plan_uri, artifacts.PLAN_FILE), json.dumps(plan, indent=2))
         _write_text(os.path.join(plan_uri, "plan.md"), "```\n" + planner.describe(plan) + "\n```\n")

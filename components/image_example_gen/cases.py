@@ -11,6 +11,7 @@ reason (nothing is lost, nothing crashes the run). Broken dataset descriptions (
 manifests) quarantine the cases they would describe with one reason naming the problem; a
 Decathlon folder without dataset.json is paired by file name, with a warning.
 """
+
 from __future__ import annotations
 
 import csv
@@ -126,21 +127,23 @@ def parse_dataset_json(path: str) -> Tuple[Optional[Dict[int, str]], str]:
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CaseError(f"dataset.json is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                        f"{exc.msg})") from None
+        raise CaseError(f"dataset.json is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     except (ValueError, RecursionError):
         raise CaseError("dataset.json is not valid JSON (nested too deeply or not text)") from None
     if not isinstance(meta, dict):
         raise CaseError(f"dataset.json must hold a JSON object, found a {type(meta).__name__}")
     raw_labels = meta.get("labels")
     if raw_labels is not None and not isinstance(raw_labels, dict):
-        raise CaseError(f"dataset.json: 'labels' must be an object mapping label values to names "
-                        f"(Decathlon) or names to values (nnU-Net v2), found a {type(raw_labels).__name__}")
+        raise CaseError(
+            f"dataset.json: 'labels' must be an object mapping label values to names "
+            f"(Decathlon) or names to values (nnU-Net v2), found a {type(raw_labels).__name__}"
+        )
     labels: Dict[int, str] = {}
     for key, value in (raw_labels or {}).items():
         if isinstance(value, list):
-            raise CaseError(f"dataset.json: label '{key}' is a region (list of values); region-based "
-                            "labels are not supported")
+            raise CaseError(
+                f"dataset.json: label '{key}' is a region (list of values); region-based labels are not supported"
+            )
         if isinstance(value, int) and not isinstance(value, bool):  # nnU-Net v2: name -> value
             labels[value] = str(key)
             continue
@@ -151,11 +154,13 @@ def parse_dataset_json(path: str) -> Tuple[Optional[Dict[int, str]], str]:
     channels = meta.get("channel_names", meta.get("modality"))
     field = "channel_names" if "channel_names" in meta else "modality"
     if channels is not None and not isinstance(channels, dict):
-        raise CaseError(f"dataset.json: '{field}' must be an object like {{\"0\": \"CT\"}}, found a "
-                        f"{type(channels).__name__}")
+        raise CaseError(
+            f'dataset.json: \'{field}\' must be an object like {{"0": "CT"}}, found a {type(channels).__name__}'
+        )
     if channels and len(channels) > 1:
-        raise CaseError(f"dataset.json declares {len(channels)} input channels in '{field}'; "
-                        "multi-channel cases are not supported")
+        raise CaseError(
+            f"dataset.json declares {len(channels)} input channels in '{field}'; multi-channel cases are not supported"
+        )
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in (".nii.gz", ".nii"):
         raise CaseError(f"dataset.json: file_ending {ending!r} is not supported (NIfTI only)")
@@ -167,8 +172,7 @@ def _listdir(path: str) -> List[str]:
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
-def _decathlon_cases(root: str, require_labels: bool,
-                     has_json: bool = True) -> Tuple[List[CaseSpec], DatasetInfo]:
+def _decathlon_cases(root: str, require_labels: bool, has_json: bool = True) -> Tuple[List[CaseSpec], DatasetInfo]:
     labels, modality, problem, warnings = None, "", "", []
     if has_json:
         try:
@@ -176,8 +180,9 @@ def _decathlon_cases(root: str, require_labels: bool,
         except CaseError as exc:
             problem = str(exc)
     else:
-        warnings.append("no dataset.json: images and labels paired by file name; label values "
-                        "and modality are not checked")
+        warnings.append(
+            "no dataset.json: images and labels paired by file name; label values and modality are not checked"
+        )
     images_dir, labels_dir = os.path.join(root, "imagesTr"), os.path.join(root, "labelsTr")
     images, label_files = _listdir(images_dir), _listdir(labels_dir)
     labels_by_case: Dict[str, List[str]] = {}
@@ -199,11 +204,14 @@ def _decathlon_cases(root: str, require_labels: bool,
         case_problem = None
         if len(paths) > 1:
             names = ", ".join(os.path.basename(p) for p in paths)
-            case_problem = (f"case {stem} has {len(paths)} image files ({names}): one image per case "
-                            "is expected (multi-channel cases and .nii/.nii.gz copies are not supported)")
+            case_problem = (
+                f"case {stem} has {len(paths)} image files ({names}): one image per case "
+                "is expected (multi-channel cases and .nii/.nii.gz copies are not supported)"
+            )
         elif len(found) > 1:
-            case_problem = (f"case {stem} has {len(found)} label files "
-                            f"({', '.join(os.path.basename(p) for p in found)}): keep one")
+            case_problem = (
+                f"case {stem} has {len(found)} label files ({', '.join(os.path.basename(p) for p in found)}): keep one"
+            )
         elif label is None and require_labels:
             case_problem = f"image has no label: labelsTr/{stem}.nii.gz is missing"
         if problem:
@@ -216,8 +224,11 @@ def _decathlon_cases(root: str, require_labels: bool,
         if path in used_labels:
             continue
         stem = _nifti_stem(fname) if _is_nifti(fname) else fname
-        reason = (f"label without image: imagesTr holds no {stem}.nii.gz or {stem}_0000.nii.gz"
-                  if _is_nifti(fname) else "not a NIfTI file (.nii/.nii.gz)")
+        reason = (
+            f"label without image: imagesTr holds no {stem}.nii.gz or {stem}_0000.nii.gz"
+            if _is_nifti(fname)
+            else "not a NIfTI file (.nii/.nii.gz)"
+        )
         cases.append(CaseSpec(stem, "none", [path], problem=reason))
     if problem:
         cases.append(CaseSpec("dataset.json", "none", [os.path.join(root, "dataset.json")], problem=problem))
@@ -235,14 +246,17 @@ def _dicom_cases(root: str, require_labels: bool) -> Tuple[List[CaseSpec], Datas
         folder = os.path.dirname(sorted(paths)[0])
         label = None
         if len(dirs_to_series.get(folder, [])) == 1:
-            label = next((os.path.join(folder, n) for n in LABEL_NAMES
-                          if os.path.exists(os.path.join(folder, n))), None)
+            label = next(
+                (os.path.join(folder, n) for n in LABEL_NAMES if os.path.exists(os.path.join(folder, n))), None
+            )
         problem = dicom.broken_members(dicom.SeriesKey(*key), rejected, paths)
         if problem is None and label is None and require_labels:
             problem = f"DICOM series in {folder} has no label.nii.gz beside it"
             if len(dirs_to_series.get(folder, [])) > 1:
-                problem += (f" that can be paired (the folder holds {len(dirs_to_series[folder])} "
-                            "image stacks; put each series in its own folder)")
+                problem += (
+                    f" that can be paired (the folder holds {len(dirs_to_series[folder])} "
+                    "image stacks; put each series in its own folder)"
+                )
         if label:
             used_labels.add(label)
         cases.append(CaseSpec("", "dicom", sorted(paths), label, problem=problem, series_key=key))
@@ -252,8 +266,9 @@ def _dicom_cases(root: str, require_labels: bool) -> Tuple[List[CaseSpec], Datas
         for name in filenames:
             path = os.path.join(dirpath, name)
             if _is_nifti(name) and path not in used_labels:
-                cases.append(CaseSpec(_nifti_stem(name), "none", [path],
-                                      problem="NIfTI file not paired with a DICOM series"))
+                cases.append(
+                    CaseSpec(_nifti_stem(name), "none", [path], problem="NIfTI file not paired with a DICOM series")
+                )
     return cases, DatasetInfo("dicom", None)
 
 
@@ -266,8 +281,9 @@ def _manifest_rows(csv_path: str, require_labels: bool) -> List[dict]:
     text = _read_text(csv_path, f"manifest {os.path.basename(csv_path)}")
     sample = text[:65536]
     try:
-        dialect = csv.Sniffer().sniff(sample.splitlines()[0] if sample.strip() else ",",
-                                      delimiters=_MANIFEST_DELIMITERS)
+        dialect = csv.Sniffer().sniff(
+            sample.splitlines()[0] if sample.strip() else ",", delimiters=_MANIFEST_DELIMITERS
+        )
     except csv.Error:
         dialect = csv.excel
     reader = csv.reader(io.StringIO(text), dialect)
@@ -278,16 +294,21 @@ def _manifest_rows(csv_path: str, require_labels: bool) -> List[dict]:
     rows = [row for row in rows if any(cell.strip() for cell in row)]
     required = ["image"] + (["label"] if require_labels else [])
     if not rows:
-        raise CaseError(f"manifest {os.path.basename(csv_path)} is empty: it needs a header row with "
-                        f"the columns {', '.join(required)}")
+        raise CaseError(
+            f"manifest {os.path.basename(csv_path)} is empty: it needs a header row with "
+            f"the columns {', '.join(required)}"
+        )
     columns = [c.strip().lower() for c in rows[0]]
     missing = [c for c in required if c not in columns]
     if missing:
-        raise CaseError(f"manifest {os.path.basename(csv_path)} has no column {', '.join(missing)} "
-                        f"(found: {', '.join(c for c in columns if c) or 'none'}); required columns: "
-                        f"{', '.join(required)}, optional: modality, site")
-    return [{name: (row[i].strip() if i < len(row) else "") for i, name in enumerate(columns) if name}
-            for row in rows[1:]]
+        raise CaseError(
+            f"manifest {os.path.basename(csv_path)} has no column {', '.join(missing)} "
+            f"(found: {', '.join(c for c in columns if c) or 'none'}); required columns: "
+            f"{', '.join(required)}, optional: modality, site"
+        )
+    return [
+        {name: (row[i].strip() if i < len(row) else "") for i, name in enumerate(columns) if name} for row in rows[1:]
+    ]
 
 
 def _manifest_cases(csv_path: str, require_labels: bool) -> Tuple[List[CaseSpec], DatasetInfo]:
@@ -295,8 +316,10 @@ def _manifest_cases(csv_path: str, require_labels: bool) -> Tuple[List[CaseSpec]
     try:
         rows = _manifest_rows(csv_path, require_labels)
     except CaseError as exc:
-        return ([CaseSpec(os.path.basename(csv_path), "none", [csv_path], problem=str(exc))],
-                DatasetInfo("manifest", None, problem=str(exc)))
+        return (
+            [CaseSpec(os.path.basename(csv_path), "none", [csv_path], problem=str(exc))],
+            DatasetInfo("manifest", None, problem=str(exc)),
+        )
     cases = []
     for number, row in enumerate(rows, start=2):
         image_name = row.get("image", "")
@@ -307,8 +330,14 @@ def _manifest_cases(csv_path: str, require_labels: bool) -> Tuple[List[CaseSpec]
         site = row.get("site", "")
         where = f"manifest row {number}"
         if not image_name:
-            cases.append(CaseSpec(f"row-{number}", "none", [label] if label else [csv_path],
-                                  problem=f"{where} has an empty image column"))
+            cases.append(
+                CaseSpec(
+                    f"row-{number}",
+                    "none",
+                    [label] if label else [csv_path],
+                    problem=f"{where} has an empty image column",
+                )
+            )
             continue
         label_problem = None
         if label is None and require_labels:
@@ -319,19 +348,28 @@ def _manifest_cases(csv_path: str, require_labels: bool) -> Tuple[List[CaseSpec]
             series, rejected = dicom.scan_tree(image)
             if len(series) != 1:
                 found = "; ".join(dicom.describe(k) for k in series)
-                cases.append(CaseSpec("", "none", [image], label, problem=(
-                    f"{where}: image folder {image} holds {len(series)} DICOM image stacks, expected one"
-                    + (f" ({found})" if found else ""))))
+                cases.append(
+                    CaseSpec(
+                        "",
+                        "none",
+                        [image],
+                        label,
+                        problem=(
+                            f"{where}: image folder {image} holds {len(series)} DICOM image stacks, expected one"
+                            + (f" ({found})" if found else "")
+                        ),
+                    )
+                )
                 continue
             key, paths = next(iter(series.items()))
-            cases.append(CaseSpec("", "dicom", sorted(paths), label, modality, site, series_key=key,
-                                  problem=label_problem))
+            cases.append(
+                CaseSpec("", "dicom", sorted(paths), label, modality, site, series_key=key, problem=label_problem)
+            )
             continue
         problem = label_problem
         if not os.path.lexists(image):
             problem = f"{where} names a missing image file {image}"
-        cases.append(CaseSpec(_nifti_stem(os.path.basename(image)), "nifti", [image], label,
-                              modality, site, problem))
+        cases.append(CaseSpec(_nifti_stem(os.path.basename(image)), "nifti", [image], label, modality, site, problem))
     return cases, DatasetInfo("manifest", None)
 
 
@@ -392,8 +430,7 @@ def _unclaimed_files(root: str, cases: List[CaseSpec], dataset_problem: str = ""
         for path in spec.inputs:
             claimed.add(os.path.normpath(path))
             if os.path.isdir(path):  # a manifest row naming a DICOM folder claims its files
-                claimed.update(os.path.normpath(os.path.join(d, n)) for d, _, names in os.walk(path)
-                               for n in names)
+                claimed.update(os.path.normpath(os.path.join(d, n)) for d, _, names in os.walk(path) for n in names)
     extra = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -437,11 +474,11 @@ def read_label(path: str, image: Volume, label_set: Optional[set]) -> np.ndarray
     """The label map for `image` from NIfTI `path`, checked: same grid, values in `label_set`."""
     label = read_nifti(path)
     if label.array.shape != image.array.shape:
-        raise CaseError(f"{path}: label shape {label.array.shape} differs from image shape "
-                        f"{image.array.shape}")
+        raise CaseError(f"{path}: label shape {label.array.shape} differs from image shape {image.array.shape}")
     if not affines_match(label.affine, image.affine, AFFINE_TOLERANCE_MM, image.array.shape):
-        raise CaseError(f"{path}: label geometry (affine) differs from the image's by more than "
-                        f"{AFFINE_TOLERANCE_MM} mm")
+        raise CaseError(
+            f"{path}: label geometry (affine) differs from the image's by more than {AFFINE_TOLERANCE_MM} mm"
+        )
     problem = label_values_ok(label.array, label_set)
     if problem:
         raise CaseError(f"{path}: {problem}")

@@ -1,4 +1,5 @@
 """ImageExampleGen: a file-based ExampleGen over medical image folders (Beam executor)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -38,15 +39,26 @@ class ImageExampleGen(FileBasedExampleGen):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
     DRIVER_CLASS = driver.FileBasedDriver
 
-    def __init__(self, input_base: str, output_config: example_gen_pb2.Output,
-                 require_labels: bool = True, salt_env: str = "MEDTFX_PATIENT_SALT",
-                 default_salt: str = "", input_config: Optional[example_gen_pb2.Input] = None):
+    def __init__(
+        self,
+        input_base: str,
+        output_config: example_gen_pb2.Output,
+        require_labels: bool = True,
+        salt_env: str = "MEDTFX_PATIENT_SALT",
+        default_salt: str = "",
+        input_config: Optional[example_gen_pb2.Input] = None,
+    ):
         input_config = input_config or utils.make_default_input_config()
         spec = ImageExampleGenSpec(
-            input_base=input_base, input_config=input_config, output_config=output_config,
+            input_base=input_base,
+            input_config=input_config,
+            output_config=output_config,
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
-            require_labels=int(require_labels), salt_env=salt_env, default_salt=default_salt,
-            examples=types.Channel(type=standard_artifacts.Examples))
+            require_labels=int(require_labels),
+            salt_env=salt_env,
+            default_salt=default_salt,
+            examples=types.Channel(type=standard_artifacts.Examples),
+        )
         # Skip FileBasedExampleGen.__init__ (it builds its own spec); keep its driver and type.
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

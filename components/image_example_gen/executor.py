@@ -3,6 +3,7 @@
 Thin on purpose: finding and reading cases lives in cases.py; splitting by patient is TFX's own
 partitioning on the `patient_hash` feature (output_config.split_config.partition_feature_name).
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,9 @@ class _ProcessCase(beam.DoFn):
 @beam.ptransform_fn
 @beam.typehints.with_input_types(beam.Pipeline)
 @beam.typehints.with_output_types(tf.train.Example)
-def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
-                     split_pattern: str) -> beam.pvalue.PCollection:
+def _ImagesToExample(
+    pipeline: beam.Pipeline, exec_properties: Dict[str, Any], split_pattern: str
+) -> beam.pvalue.PCollection:
     """Reads every case under input_base; quarantine records go to the report directory."""
     del split_pattern  # the whole dataset folder is one input split; we split by patient
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
@@ -73,12 +75,15 @@ def _ImagesToExample(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],
     for warning in getattr(info, "warnings", []):
         _log.warning("%s: %s", input_base, warning)
     label_set = set(info.labels) if info.labels else None
-    outputs = (pipeline
-               | "CaseSpecs" >> beam.Create(specs, reshuffle=True)
-               | "ReadCases" >> beam.ParDo(_ProcessCase(patient_salt(exec_properties), label_set))
-               .with_outputs("report", main="examples"))
+    outputs = (
+        pipeline
+        | "CaseSpecs" >> beam.Create(specs, reshuffle=True)
+        | "ReadCases"
+        >> beam.ParDo(_ProcessCase(patient_salt(exec_properties), label_set)).with_outputs("report", main="examples")
+    )
     _ = outputs.report | "WriteReport" >> beam.io.WriteToText(
-        os.path.join(exec_properties[_REPORT_URI_KEY], "part"), file_name_suffix=".jsonl")
+        os.path.join(exec_properties[_REPORT_URI_KEY], "part"), file_name_suffix=".jsonl"
+    )
     return outputs.examples
 
 
@@ -101,10 +106,13 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _ImagesToExample
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]],
-           output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
-        examples = artifact_utils.get_single_instance(
-            output_dict[standard_component_specs.EXAMPLES_KEY])
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
         report_dir = os.path.join(examples.uri, _REPORT_DIR)
         # The PACS cache is local: Beam's workers read its files (DirectRunner, or one machine).
         pacs_cache = tempfile.mkdtemp(prefix="medtfx-pacs-")
@@ -114,8 +122,10 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         finally:
             shutil.rmtree(pacs_cache, ignore_errors=True)  # the examples hold the voxels now
         records = merge_report(report_dir, os.path.join(examples.uri, INVENTORY_FILE))
-        _log.info("ImageExampleGen: %s; report at %s", cases.summarise(records),
-                     os.path.join(examples.uri, INVENTORY_FILE))
+        _log.info(
+            "ImageExampleGen: %s; report at %s", cases.summarise(records), os.path.join(examples.uri, INVENTORY_FILE)
+        )
         if not any(r["status"] == "ok" for r in records):
-            raise RuntimeError(f"no usable case in {exec_properties['input_base']}: "
-                               f"see {os.path.join(examples.uri, INVENTORY_FILE)}")
+            raise RuntimeError(
+                f"no usable case in {exec_properties['input_base']}: see {os.path.join(examples.uri, INVENTORY_FILE)}"
+            )

@@ -18,6 +18,7 @@ and non-image series are quarantined: they become CaseSpecs of kind 'none' whose
 the reason, so they appear in the inventory like a folder's defects. <id> is a hash of the
 SeriesInstanceUID; no patient attribute is written to names, records or logs.
 """
+
 from __future__ import annotations
 
 import csv
@@ -82,8 +83,9 @@ def seg_label_on_grid(seg, shape: Tuple[int, int, int], affine_ras: np.ndarray) 
     # Linear map: integral on the lattice iff the origin and each unit step map to integers.
     probe = np.abs(np.concatenate([to_seg[:3, 3], to_seg[:3, :3].ravel()]))
     if np.max(np.abs(probe - np.rint(probe))) > LATTICE_TOLERANCE_VOXELS:
-        raise cases.CaseError("the SEG's frames do not lie on the series' voxel grid (other spacing, "
-                              "orientation or position)")
+        raise cases.CaseError(
+            "the SEG's frames do not lie on the series' voxel grid (other spacing, orientation or position)"
+        )
     index = np.indices(shape).reshape(3, -1)
     seg_index = np.rint(to_seg[:3, :3] @ index + to_seg[:3, 3:4]).astype(np.int64)
     inside = np.all((seg_index >= 0) & (seg_index < np.array(seg_labels.shape)[:, None]), axis=0)
@@ -101,18 +103,22 @@ def _series_grid(paths: List[str], where: str) -> Tuple[Tuple[int, int, int], np
     if len(stacks) != 1:
         reasons = "; ".join(reason for _, reason in rejected[:3])
         raise cases.CaseError(f"expected one image stack, found {len(stacks)}" + (f" ({reasons})" if reasons else ""))
-    (key, frames), = stacks.items()
+    ((key, frames),) = stacks.items()
     layout = dicom.stack_layout(frames, where)
     if any(len(row) != 1 for row in layout.grid):
         raise cases.CaseError("a 4D series (several volumes) cannot be a training case")
     first = layout.grid[0][0]
     header = dicom.read_header(first.path)
-    return ((first.cols, first.rows, len(layout.grid)), dicom.LPS_TO_RAS @ layout.affine_lps,
-            str(getattr(header, "FrameOfReferenceUID", "")))
+    return (
+        (first.cols, first.rows, len(layout.grid)),
+        dicom.LPS_TO_RAS @ layout.affine_lps,
+        str(getattr(header, "FrameOfReferenceUID", "")),
+    )
 
 
-def _read_segs(client, study_uid: str, seg_series: List[dicomweb.SeriesInfo],
-               quarantined: List[cases.CaseSpec]) -> Dict[str, list]:
+def _read_segs(
+    client, study_uid: str, seg_series: List[dicomweb.SeriesInfo], quarantined: List[cases.CaseSpec]
+) -> Dict[str, list]:
     """{referenced image SeriesInstanceUID: [highdicom Segmentation, ...]} of a study's SEGs."""
     import highdicom as hd
 
@@ -126,15 +132,16 @@ def _read_segs(client, study_uid: str, seg_series: List[dicomweb.SeriesInfo],
         for ds in datasets:
             try:
                 seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
-                referenced = {series for study, series, _ in seg.get_source_image_uids()
-                              if study == study_uid}
+                referenced = {series for study, series, _ in seg.get_source_image_uids() if study == study_uid}
             except Exception as exc:  # a malformed SEG is a quarantined object, not a crash
-                quarantined.append(_quarantine(study_uid, info.series_uid,
-                                               f"unreadable SEG ({type(exc).__name__}: {exc})"))
+                quarantined.append(
+                    _quarantine(study_uid, info.series_uid, f"unreadable SEG ({type(exc).__name__}: {exc})")
+                )
                 continue
             if not referenced:
-                quarantined.append(_quarantine(study_uid, info.series_uid,
-                                               "SEG references no image series of its study"))
+                quarantined.append(
+                    _quarantine(study_uid, info.series_uid, "SEG references no image series of its study")
+                )
             for series in referenced:
                 by_series.setdefault(series, []).append(seg)
     return by_series
@@ -151,8 +158,7 @@ def _materialise_series(client, info: dicomweb.SeriesInfo, segs: list, out_dir: 
     if not segs:
         return os.path.relpath(folder, out_dir), ""
     if len(segs) > 1:
-        raise cases.CaseError(f"{len(segs)} SEGs reference this series; keep one (the case's "
-                              "label would be ambiguous)")
+        raise cases.CaseError(f"{len(segs)} SEGs reference this series; keep one (the case's label would be ambiguous)")
     shape, affine, frame_of_reference = _series_grid(paths, folder)
     seg = segs[0]
     seg_frame_of_reference = str(getattr(seg, "FrameOfReferenceUID", ""))
@@ -189,17 +195,18 @@ def materialise(url: str, cache_dir: str, require_labels: bool = True, client=No
     selected = client.search_series(filters=filters)
     for study_uid in sorted({s.study_uid for s in selected}):
         in_study = client.search_series(study_uid)
-        segs = _read_segs(client, study_uid, [s for s in in_study if s.modality.upper() == "SEG"],
-                          quarantined)
+        segs = _read_segs(client, study_uid, [s for s in in_study if s.modality.upper() == "SEG"], quarantined)
         for info in (s for s in selected if s.study_uid == study_uid and s.modality.upper() != "SEG"):
             if not info.is_image:
-                quarantined.append(_quarantine(study_uid, info.series_uid,
-                                               f"not an image series (modality {info.modality})"))
+                quarantined.append(
+                    _quarantine(study_uid, info.series_uid, f"not an image series (modality {info.modality})")
+                )
                 continue
             series_segs = segs.get(info.series_uid, [])
             if not series_segs and require_labels:
-                quarantined.append(_quarantine(study_uid, info.series_uid,
-                                               "no DICOM SEG in the study references this series"))
+                quarantined.append(
+                    _quarantine(study_uid, info.series_uid, "no DICOM SEG in the study references this series")
+                )
                 continue
             try:
                 image, label = _materialise_series(client, info, series_segs, out_dir)
@@ -223,8 +230,9 @@ def materialise(url: str, cache_dir: str, require_labels: bool = True, client=No
     return Materialised(manifest, len(rows), quarantined)
 
 
-def find_cases(url: str, cache_dir: str, require_labels: bool = True,
-               client=None) -> Tuple[List[cases.CaseSpec], cases.DatasetInfo]:
+def find_cases(
+    url: str, cache_dir: str, require_labels: bool = True, client=None
+) -> Tuple[List[cases.CaseSpec], cases.DatasetInfo]:
     """cases.find_cases for a PACS dataset URL: materialises into `cache_dir`, then the manifest
     ingestion's cases plus the quarantined series. The cache must outlive the returned specs
     (they name its files)."""

@@ -3,6 +3,7 @@ whose custom_config comes from the plan when one is given.
 
 Same inputs, outputs and semantics as tfx.components.Trainer plus an optional `plan` input;
 the spec is built here because tfx.components.Trainer builds its own fixed spec class."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -19,8 +20,10 @@ from components.planned_trainer import executor
 
 
 class PlannedTrainerSpec(standard_component_specs.TrainerSpec):
-    INPUTS = {**standard_component_specs.TrainerSpec.INPUTS,
-              artifacts.PLAN_KEY: ChannelParameter(type=artifacts.Plan, optional=True)}
+    INPUTS = {
+        **standard_component_specs.TrainerSpec.INPUTS,
+        artifacts.PLAN_KEY: ChannelParameter(type=artifacts.Plan, optional=True),
+    }
 
 
 class PlannedTrainer(base_component.BaseComponent):
@@ -30,13 +33,26 @@ class PlannedTrainer(base_component.BaseComponent):
     SPEC_CLASS = PlannedTrainerSpec
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
-    def __init__(self, examples: types.BaseChannel, transform_graph: types.BaseChannel, run_fn: str,
-                 custom_config: Dict[str, Any], train_steps: int, eval_steps: int,
-                 plan: Optional[types.BaseChannel] = None):
-        super().__init__(spec=PlannedTrainerSpec(
-            examples=examples, transform_graph=transform_graph, run_fn=run_fn,
-            train_args=trainer_pb2.TrainArgs(num_steps=train_steps),
-            eval_args=trainer_pb2.EvalArgs(num_steps=eval_steps),
-            custom_config=json_utils.dumps(custom_config), plan=plan,
-            model=types.Channel(type=standard_artifacts.Model),
-            model_run=types.Channel(type=standard_artifacts.ModelRun)))
+    def __init__(
+        self,
+        examples: types.BaseChannel,
+        transform_graph: types.BaseChannel,
+        run_fn: str,
+        custom_config: Dict[str, Any],
+        train_steps: int,
+        eval_steps: int,
+        plan: Optional[types.BaseChannel] = None,
+    ):
+        super().__init__(
+            spec=PlannedTrainerSpec(
+                examples=examples,
+                transform_graph=transform_graph,
+                run_fn=run_fn,
+                train_args=trainer_pb2.TrainArgs(num_steps=train_steps),
+                eval_args=trainer_pb2.EvalArgs(num_steps=eval_steps),
+                custom_config=json_utils.dumps(custom_config),
+                plan=plan,
+                model=types.Channel(type=standard_artifacts.Model),
+                model_run=types.Channel(type=standard_artifacts.ModelRun),
+            )
+        )

@@ -1,4 +1,5 @@
 """TFX's GenericExecutor with the Trainer's custom_config taken from the plan."""
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,16 @@ def custom_config_from_plan(plan: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class Executor(trainer_executor.GenericExecutor):
-    def Do(self, input_dict: Dict[str, List[types.Artifact]],
-           output_dict: Dict[str, List[types.Artifact]], exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         plan = artifacts.read_plan(input_dict)
         if plan is not None:
-            exec_properties = {**exec_properties, standard_component_specs.CUSTOM_CONFIG_KEY:
-                               json.dumps(custom_config_from_plan(plan))}
-        super().Do({k: v for k, v in input_dict.items() if k != artifacts.PLAN_KEY},
-                   output_dict, exec_properties)
+            exec_properties = {
+                **exec_properties,
+                standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(custom_config_from_plan(plan)),
+            }
+        super().Do({k: v for k, v in input_dict.items() if k != artifacts.PLAN_KEY}, output_dict, exec_properties)

@@ -7,6 +7,7 @@ component writing into it would bypass MLMD lineage and break caching). Same inp
 and blessing semantics as tfx.components.Evaluator, so the Resolver and Pusher wiring is
 unchanged.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -26,11 +27,15 @@ class SegmentationEvaluatorSpec(types.ComponentSpec):
     """EvaluatorSpec + evaluation settings (JSON), num_classes, and an optional plan (whose
     num_classes wins: the labels are known only once the data is fingerprinted)."""
 
-    PARAMETERS = {**standard_component_specs.EvaluatorSpec.PARAMETERS,
-                  executor.SETTINGS_KEY: ExecutionParameter(type=str),
-                  executor.NUM_CLASSES_KEY: ExecutionParameter(type=int)}
-    INPUTS = {**standard_component_specs.EvaluatorSpec.INPUTS,
-              artifacts.PLAN_KEY: ChannelParameter(type=artifacts.Plan, optional=True)}
+    PARAMETERS = {
+        **standard_component_specs.EvaluatorSpec.PARAMETERS,
+        executor.SETTINGS_KEY: ExecutionParameter(type=str),
+        executor.NUM_CLASSES_KEY: ExecutionParameter(type=int),
+    }
+    INPUTS = {
+        **standard_component_specs.EvaluatorSpec.INPUTS,
+        artifacts.PLAN_KEY: ChannelParameter(type=artifacts.Plan, optional=True),
+    }
     OUTPUTS = standard_component_specs.EvaluatorSpec.OUTPUTS
 
 
@@ -41,16 +46,27 @@ class SegmentationEvaluator(base_beam_component.BaseBeamComponent):
     SPEC_CLASS = SegmentationEvaluatorSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
-    def __init__(self, examples: types.BaseChannel, model: types.BaseChannel,
-                 settings: EvaluationSettings, num_classes: int,
-                 baseline_model: Optional[types.BaseChannel] = None,
-                 plan: Optional[types.BaseChannel] = None, example_splits: Optional[List[str]] = None):
+    def __init__(
+        self,
+        examples: types.BaseChannel,
+        model: types.BaseChannel,
+        settings: EvaluationSettings,
+        num_classes: int,
+        baseline_model: Optional[types.BaseChannel] = None,
+        plan: Optional[types.BaseChannel] = None,
+        example_splits: Optional[List[str]] = None,
+    ):
         spec = SegmentationEvaluatorSpec(
-            examples=examples, model=model, baseline_model=baseline_model, plan=plan,
+            examples=examples,
+            model=model,
+            baseline_model=baseline_model,
+            plan=plan,
             eval_config=eval_config.eval_config(settings, num_classes),
             example_splits=json_utils.dumps(example_splits),
             fairness_indicator_thresholds=json_utils.dumps(None),
-            settings=settings.model_dump_json(), num_classes=int(num_classes),
+            settings=settings.model_dump_json(),
+            num_classes=int(num_classes),
             evaluation=types.Channel(type=standard_artifacts.ModelEvaluation),
-            blessing=types.Channel(type=standard_artifacts.ModelBlessing))
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+        )
         super().__init__(spec=spec)

@@ -1,5 +1,6 @@
 """Executor: TFX's Evaluator executor (TFMA metrics, validation, blessing), then the
 segmentation report (report.py) written into the same evaluation directory."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -29,18 +30,25 @@ class Executor(tfx_evaluator_executor.Executor):
     dice_per_label.png into the ModelEvaluation artifact. A report failure fails the component
     (an evaluation without its report should not silently bless a model)."""
 
-    def Do(self, input_dict: Dict[str, List[types.Artifact]],
-           output_dict: Dict[str, List[types.Artifact]],
-           exec_properties: Dict[str, Any]) -> None:
+    def Do(
+        self,
+        input_dict: Dict[str, List[types.Artifact]],
+        output_dict: Dict[str, List[types.Artifact]],
+        exec_properties: Dict[str, Any],
+    ) -> None:
         settings = EvaluationSettings.model_validate_json(exec_properties[SETTINGS_KEY])
         plan = artifacts.read_plan(input_dict)
-        num_classes = int(plan["settings"]["training"]["num_classes"]) if plan else \
-            int(exec_properties[NUM_CLASSES_KEY])
+        num_classes = (
+            int(plan["settings"]["training"]["num_classes"]) if plan else int(exec_properties[NUM_CLASSES_KEY])
+        )
         # The metrics follow the labels the plan found in the data.
-        exec_properties = {**exec_properties, standard_component_specs.EVAL_CONFIG_KEY: json_format.MessageToJson(
-            eval_config.eval_config(settings, num_classes), preserving_proto_field_name=True)}
-        super().Do({k: v for k, v in input_dict.items() if k != artifacts.PLAN_KEY},
-                   output_dict, exec_properties)
+        exec_properties = {
+            **exec_properties,
+            standard_component_specs.EVAL_CONFIG_KEY: json_format.MessageToJson(
+                eval_config.eval_config(settings, num_classes), preserving_proto_field_name=True
+            ),
+        }
+        super().Do({k: v for k, v in input_dict.items() if k != artifacts.PLAN_KEY}, output_dict, exec_properties)
         if settings.task != "segmentation":
             return
         labels = list(range(1, num_classes))
@@ -56,11 +64,22 @@ class Executor(tfx_evaluator_executor.Executor):
                 for uri in artifact_utils.get_split_uris(input_dict[standard_component_specs.EXAMPLES_KEY], split):
                     yield from report.read_serialized_examples(io_utils.all_files_pattern(uri))
 
-        records = report.evaluate_cases(report.saved_model_predictor(model_dir), serialized(),
-                                        labels, settings.surface_tolerance_mm, settings.report_max_cases)
+        records = report.evaluate_cases(
+            report.saved_model_predictor(model_dir),
+            serialized(),
+            labels,
+            settings.surface_tolerance_mm,
+            settings.report_max_cases,
+        )
         result = report.build_report(
-            records, labels, settings.surface_tolerance_mm, report.tfma_metrics(evaluation_uri),
-            report.validation_summary(evaluation_uri), baseline_uri, model.uri,
-            thresholds)
+            records,
+            labels,
+            settings.surface_tolerance_mm,
+            report.tfma_metrics(evaluation_uri),
+            report.validation_summary(evaluation_uri),
+            baseline_uri,
+            model.uri,
+            thresholds,
+        )
         paths = report.write_report(result, evaluation_uri)
         logging.info("segmentation report (%d eval cases): %s", len(records), paths)

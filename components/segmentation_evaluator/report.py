@@ -11,6 +11,7 @@ blessing thresholds gate. The surface report runs the exported `serving_examples
 i.e. exactly what a client gets, on each eval case's own grid, where millimetre tolerances mean
 something (spacing from the example).
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,13 @@ def case_info(example) -> dict:
     }
 
 
-def evaluate_cases(predict: Callable[[List[bytes]], np.ndarray], serialized: Iterable[bytes],
-                   labels: Sequence[int], tolerance_mm: float, max_cases: int = 0) -> List[dict]:
+def evaluate_cases(
+    predict: Callable[[List[bytes]], np.ndarray],
+    serialized: Iterable[bytes],
+    labels: Sequence[int],
+    tolerance_mm: float,
+    max_cases: int = 0,
+) -> List[dict]:
     """Runs `predict` on labelled examples and scores each case on its own grid.
 
     Args:
@@ -90,10 +96,11 @@ def evaluate_cases(predict: Callable[[List[bytes]], np.ndarray], serialized: Ite
         info = case_info(example)
         mask = np.asarray(predict([raw])[0])
         if mask.shape != decoded["label"].shape:
-            raise ValueError(f"case {info['case_id']}: predicted mask shape {mask.shape} differs "
-                             f"from the label's {decoded['label'].shape}")
-        metrics = surface_metrics.label_metrics(mask, decoded["label"], info["spacing"], labels,
-                                                tolerance_mm)
+            raise ValueError(
+                f"case {info['case_id']}: predicted mask shape {mask.shape} differs "
+                f"from the label's {decoded['label'].shape}"
+            )
+        metrics = surface_metrics.label_metrics(mask, decoded["label"], info["spacing"], labels, tolerance_mm)
         records.append({**info, "labels": {str(k): v for k, v in metrics.items()}})
         if max_cases and len(records) >= max_cases:
             break
@@ -115,8 +122,9 @@ def saved_model_predictor(model_dir: str) -> Callable[[List[bytes]], List[np.nda
     return predict
 
 
-def aggregate(records: List[dict], labels: Sequence[int],
-              slice_features: Sequence[str] = SLICE_FEATURES) -> Dict[str, dict]:
+def aggregate(
+    records: List[dict], labels: Sequence[int], slice_features: Sequence[str] = SLICE_FEATURES
+) -> Dict[str, dict]:
     """{slice name: {'cases': n, 'labels': {id: {metric: surface_metrics.summarise(...)}}}} for the
     overall slice and one slice per value of each slice feature ('modality=CT', ...)."""
     groups: Dict[str, List[dict]] = {OVERALL: list(records)}
@@ -127,8 +135,10 @@ def aggregate(records: List[dict], labels: Sequence[int],
     for name, members in groups.items():
         per_label = {}
         for k in labels:
-            per_label[str(k)] = {metric: surface_metrics.summarise(m["labels"][str(k)][metric] for m in members)
-                                 for metric in SURFACE_REPORT_METRICS}
+            per_label[str(k)] = {
+                metric: surface_metrics.summarise(m["labels"][str(k)][metric] for m in members)
+                for metric in SURFACE_REPORT_METRICS
+            }
         out[name] = {"cases": len(members), "labels": per_label}
     return out
 
@@ -181,10 +191,11 @@ def validation_summary(evaluation_uri: str) -> dict:
     for per_slice in result.metric_validations_per_slice:
         slice_name = _slice_name(slicer_lib.deserialize_slice_key(per_slice.slice_key))
         for failure in per_slice.failures:
-            failures.append(f"{slice_name}: {failure.metric_key.name}"
-                            f"{' (change vs baseline)' if failure.metric_key.is_diff else ''} = "
-                            f"{failure.metric_value.double_value.value:.4f} violates {failure.metric_threshold}"
-                            .replace("\n", " "))
+            failures.append(
+                f"{slice_name}: {failure.metric_key.name}"
+                f"{' (change vs baseline)' if failure.metric_key.is_diff else ''} = "
+                f"{failure.metric_value.double_value.value:.4f} violates {failure.metric_threshold}".replace("\n", " ")
+            )
     return {"ok": bool(result.validation_ok), "failures": failures}
 
 
@@ -194,9 +205,16 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def build_report(records: List[dict], labels: Sequence[int], tolerance_mm: float,
-                 tfma: Dict[str, Dict[str, float]], validation: dict, baseline_model: Optional[str],
-                 candidate_model: str, thresholds: dict) -> dict:
+def build_report(
+    records: List[dict],
+    labels: Sequence[int],
+    tolerance_mm: float,
+    tfma: Dict[str, Dict[str, float]],
+    validation: dict,
+    baseline_model: Optional[str],
+    candidate_model: str,
+    thresholds: dict,
+) -> dict:
     """The JSON-ready report (see the module docstring)."""
     return {
         "candidate_model": candidate_model,
@@ -205,8 +223,11 @@ def build_report(records: List[dict], labels: Sequence[int], tolerance_mm: float
         "validation_failures": validation.get("failures", []),
         "thresholds": thresholds,
         "tfma": tfma,
-        "surface": {"tolerance_mm": float(tolerance_mm), "labels": [int(k) for k in labels],
-                    "slices": aggregate(records, labels)},
+        "surface": {
+            "tolerance_mm": float(tolerance_mm),
+            "labels": [int(k) for k in labels],
+            "slices": aggregate(records, labels),
+        },
         "cases": records,
     }
 
@@ -226,22 +247,34 @@ def summary_markdown(report: dict) -> str:
         lines.append(f"- failed: {failure}")
     if "mean_dice" in overall_tfma:
         diff, base = overall_tfma.get("mean_dice_diff"), overall_tfma.get("mean_dice_baseline")
-        lines.append(f"- mean Dice (TFMA, network grid): {_fmt(overall_tfma['mean_dice'])}"
-                     + (f"; baseline {_fmt(base)}" if base is not None else "")
-                     + (f"; change {diff:+.4f} (gate: >= {-t['max_dice_drop']:+.4f})"
-                        if diff is not None and "max_dice_drop" in t else
-                        f"; change {diff:+.4f}" if diff is not None else ""))
-    lines += ["", f"Native-grid metrics of the served model (surface Dice tolerance "
-                  f"{report['surface']['tolerance_mm']:g} mm; mean over cases):", "",
-              "| slice | cases | label | Dice | HD95 (mm) | surface Dice |",
-              "|---|---|---|---|---|---|"]
+        lines.append(
+            f"- mean Dice (TFMA, network grid): {_fmt(overall_tfma['mean_dice'])}"
+            + (f"; baseline {_fmt(base)}" if base is not None else "")
+            + (
+                f"; change {diff:+.4f} (gate: >= {-t['max_dice_drop']:+.4f})"
+                if diff is not None and "max_dice_drop" in t
+                else f"; change {diff:+.4f}"
+                if diff is not None
+                else ""
+            )
+        )
+    lines += [
+        "",
+        f"Native-grid metrics of the served model (surface Dice tolerance "
+        f"{report['surface']['tolerance_mm']:g} mm; mean over cases):",
+        "",
+        "| slice | cases | label | Dice | HD95 (mm) | surface Dice |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in report["surface"]["slices"].items():
         for k in labels:
             m = s["labels"][str(k)]
             inf = m["hd95_mm"]["n_infinite"]
-            lines.append(f"| {name} | {s['cases']} | {k} | {_fmt(m['dice']['mean'])} | "
-                         f"{_fmt(m['hd95_mm']['mean'], 2)}{f' ({inf} missed)' if inf else ''} | "
-                         f"{_fmt(m['surface_dice']['mean'])} |")
+            lines.append(
+                f"| {name} | {s['cases']} | {k} | {_fmt(m['dice']['mean'])} | "
+                f"{_fmt(m['hd95_mm']['mean'], 2)}{f' ({inf} missed)' if inf else ''} | "
+                f"{_fmt(m['surface_dice']['mean'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -257,8 +290,7 @@ def plot_dice(report: dict, path: str) -> None:
     series = []  # (legend, [value per label])
     overall_tfma = report["tfma"].get(OVERALL, {})
     if any(f"dice_label_{k}" in overall_tfma for k in labels):
-        series.append(("TFMA overall (network grid)",
-                       [overall_tfma.get(f"dice_label_{k}", np.nan) for k in labels]))
+        series.append(("TFMA overall (network grid)", [overall_tfma.get(f"dice_label_{k}", np.nan) for k in labels]))
     for name in slices:
         means = [report["surface"]["slices"][name]["labels"][str(k)]["dice"]["mean"] for k in labels]
         series.append((f"{name} (native grid)", [np.nan if v is None else v for v in means]))
@@ -288,8 +320,11 @@ def write_report(report: dict, output_dir: str) -> Dict[str, str]:
 
     import tensorflow as tf
 
-    paths = {"json": os.path.join(output_dir, REPORT_JSON), "summary": os.path.join(output_dir, SUMMARY_MD),
-             "plot": os.path.join(output_dir, DICE_PLOT)}
+    paths = {
+        "json": os.path.join(output_dir, REPORT_JSON),
+        "summary": os.path.join(output_dir, SUMMARY_MD),
+        "plot": os.path.join(output_dir, DICE_PLOT),
+    }
     tf.io.gfile.makedirs(output_dir)
     with tf.io.gfile.GFile(paths["json"], "w") as fh:
         # inf/nan are valid in Python's JSON dialect but not in strict JSON: write them as null.

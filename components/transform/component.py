@@ -4,6 +4,7 @@ whose executor also writes preview.png into the transform_graph artifact.
 Same inputs, outputs and semantics as tfx.components.Transform plus an optional `plan` input;
 TFX 1.16's Transform takes no custom executor, so the spec is built here. Statistics on
 transformed voxels are off (TFDV on per-voxel features floods memory: tfx#1622)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional
@@ -19,8 +20,10 @@ from components.transform import executor
 
 
 class PlannedTransformSpec(standard_component_specs.TransformSpec):
-    INPUTS = {**standard_component_specs.TransformSpec.INPUTS,
-              artifacts.PLAN_KEY: ChannelParameter(type=artifacts.Plan, optional=True)}
+    INPUTS = {
+        **standard_component_specs.TransformSpec.INPUTS,
+        artifacts.PLAN_KEY: ChannelParameter(type=artifacts.Plan, optional=True),
+    }
 
 
 class PlannedTransform(base_beam_component.BaseBeamComponent):
@@ -30,12 +33,25 @@ class PlannedTransform(base_beam_component.BaseBeamComponent):
     SPEC_CLASS = PlannedTransformSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
-    def __init__(self, examples: types.BaseChannel, schema: types.BaseChannel, preprocessing_fn: str,
-                 custom_config: Dict[str, Any], plan: Optional[types.BaseChannel] = None):
-        super().__init__(spec=PlannedTransformSpec(
-            examples=examples, schema=schema, preprocessing_fn=preprocessing_fn,
-            force_tf_compat_v1=0, custom_config=json_utils.dumps(custom_config),
-            disable_statistics=1, plan=plan,
-            transform_graph=types.Channel(type=standard_artifacts.TransformGraph),
-            transformed_examples=types.Channel(type=standard_artifacts.Examples),
-            updated_analyzer_cache=types.Channel(type=standard_artifacts.TransformCache)))
+    def __init__(
+        self,
+        examples: types.BaseChannel,
+        schema: types.BaseChannel,
+        preprocessing_fn: str,
+        custom_config: Dict[str, Any],
+        plan: Optional[types.BaseChannel] = None,
+    ):
+        super().__init__(
+            spec=PlannedTransformSpec(
+                examples=examples,
+                schema=schema,
+                preprocessing_fn=preprocessing_fn,
+                force_tf_compat_v1=0,
+                custom_config=json_utils.dumps(custom_config),
+                disable_statistics=1,
+                plan=plan,
+                transform_graph=types.Channel(type=standard_artifacts.TransformGraph),
+                transformed_examples=types.Channel(type=standard_artifacts.Examples),
+                updated_analyzer_cache=types.Channel(type=standard_artifacts.TransformCache),
+            )
+        )

@@ -4,6 +4,7 @@
 the middle axial slice of the raw (canonical) image and of the network input, each with its
 label overlaid, plus both intensity histograms, into one PNG.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -87,10 +88,18 @@ def collect_cases(serialized: List[bytes], transform_graph_uri: str) -> List[Pre
             value = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
             return value.reshape(shape) if value.ndim == 1 else value  # whole_volume: flattened
 
-        cases.append(PreviewCase(
-            name=raw["case_id"], modality=raw["modality"], raw_image=raw["image"].astype(np.float32),
-            raw_label=raw["label"], raw_spacing=np.linalg.norm(raw["affine"][:3, :3], axis=0),
-            image=volume(IMAGE), label=volume(LABEL), spacing=transformed[GRID_SPACING][i].numpy()))
+        cases.append(
+            PreviewCase(
+                name=raw["case_id"],
+                modality=raw["modality"],
+                raw_image=raw["image"].astype(np.float32),
+                raw_label=raw["label"],
+                raw_spacing=np.linalg.norm(raw["affine"][:3, :3], axis=0),
+                image=volume(IMAGE),
+                label=volume(LABEL),
+                spacing=transformed[GRID_SPACING][i].numpy(),
+            )
+        )
     return cases
 
 
@@ -104,8 +113,16 @@ def _show(ax, image, label, spacing, title):
     ax.imshow(_axial(image), cmap="gray", origin="lower", extent=extent, interpolation="nearest")
     if label is not None:
         overlay = np.ma.masked_equal(_axial(label).astype(np.int32), 0)
-        ax.imshow(overlay, cmap="autumn", alpha=0.45, origin="lower", extent=extent,
-                  interpolation="nearest", vmin=1, vmax=max(int(np.max(label)), 1))
+        ax.imshow(
+            overlay,
+            cmap="autumn",
+            alpha=0.45,
+            origin="lower",
+            extent=extent,
+            interpolation="nearest",
+            vmin=1,
+            vmax=max(int(np.max(label)), 1),
+        )
     ax.set_title(title, fontsize=8)
     ax.set_xlabel("R (mm)", fontsize=7)
     ax.set_ylabel("A (mm)", fontsize=7)
@@ -126,10 +143,14 @@ def render(cases: List[PreviewCase], title: str = "") -> bytes:
         shape_out = "x".join(map(str, case.image.shape))
         sp_in = "x".join(f"{s:.2f}" for s in case.raw_spacing)
         sp_out = "x".join(f"{s:.2f}" for s in case.spacing)
-        _show(row[0], case.raw_image, case.raw_label, case.raw_spacing,
-              f"{case.name} ({case.modality}) raw\n{shape_in} @ {sp_in} mm")
-        _show(row[1], case.image, case.label, case.spacing,
-              f"network input\n{shape_out} @ {sp_out} mm")
+        _show(
+            row[0],
+            case.raw_image,
+            case.raw_label,
+            case.raw_spacing,
+            f"{case.name} ({case.modality}) raw\n{shape_in} @ {sp_in} mm",
+        )
+        _show(row[1], case.image, case.label, case.spacing, f"network input\n{shape_out} @ {sp_out} mm")
         raw_values = case.raw_image.ravel()
         row[2].hist(raw_values, bins=80, color="tab:gray", alpha=0.8)
         row[2].set_xlabel("raw intensity", fontsize=7, color="tab:gray")
@@ -139,12 +160,14 @@ def render(cases: List[PreviewCase], title: str = "") -> bytes:
         twin.set_xlabel("normalised intensity", fontsize=7, color="tab:blue")
         twin.tick_params(labelsize=6)
         row[2].set_yscale("log")
-        row[2].set_title(f"raw [{raw_values.min():.0f}, {raw_values.max():.0f}] -> "
-                         f"mean {case.image.mean():.2f}, std {case.image.std():.2f}", fontsize=8)
+        row[2].set_title(
+            f"raw [{raw_values.min():.0f}, {raw_values.max():.0f}] -> "
+            f"mean {case.image.mean():.2f}, std {case.image.std():.2f}",
+            fontsize=8,
+        )
     if not cases:
         axes[0][0].text(0.5, 0.5, "no examples", ha="center")
-    fig.suptitle(title or "Transform preview: middle axial slices before / after normalisation",
-                 fontsize=10)
+    fig.suptitle(title or "Transform preview: middle axial slices before / after normalisation", fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
@@ -152,8 +175,7 @@ def render(cases: List[PreviewCase], title: str = "") -> bytes:
     return buffer.getvalue()
 
 
-def write_preview(split_uri: str, transform_graph_uri: str, count: int = 4,
-                  title: str = "") -> str:
+def write_preview(split_uri: str, transform_graph_uri: str, count: int = 4, title: str = "") -> str:
     """Renders `count` cases of the raw examples in `split_uri` into
     <transform_graph_uri>/preview.png; returns the path."""
     import tensorflow as tf

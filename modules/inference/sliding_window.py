@@ -7,6 +7,7 @@ sum is divided by the summed weights. Window starts per axis follow nnU-Net:
 n = ceil((L - P) / (P * (1 - overlap))) + 1 windows, starts round(i * (L - P) / (n - 1)).
 Volumes smaller than the patch are padded (pad_value) and the result cropped back.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -54,8 +55,9 @@ def mirrored(model_fn: Callable[[tf.Tensor], tf.Tensor], axes: Sequence[int]) ->
     if not axes:
         return model_fn
     tensor_axes = [1 + a for a in axes]  # (b, P0, P1, P2, C): spatial axes start at 1
-    flip_sets = [list(dims) for r in range(len(tensor_axes) + 1)
-                 for dims in itertools.combinations(tensor_axes, r)]  # [] included: no flip
+    flip_sets = [
+        list(dims) for r in range(len(tensor_axes) + 1) for dims in itertools.combinations(tensor_axes, r)
+    ]  # [] included: no flip
 
     def mean_over_flips(x):
         outputs = [tf.reverse(tf.cast(model_fn(tf.reverse(x, dims)), tf.float32), dims) for dims in flip_sets]
@@ -64,9 +66,16 @@ def mirrored(model_fn: Callable[[tf.Tensor], tf.Tensor], axes: Sequence[int]) ->
     return mean_over_flips
 
 
-def predict(model_fn: Callable[[tf.Tensor], tf.Tensor], volume: tf.Tensor, patch_size: Sequence[int],
-            num_classes: int, overlap: float = 0.5, windows_per_batch: int = 1,
-            sigma_scale: float = 1.0 / 8, pad_value: float = 0.0) -> tf.Tensor:
+def predict(
+    model_fn: Callable[[tf.Tensor], tf.Tensor],
+    volume: tf.Tensor,
+    patch_size: Sequence[int],
+    num_classes: int,
+    overlap: float = 0.5,
+    windows_per_batch: int = 1,
+    sigma_scale: float = 1.0 / 8,
+    pad_value: float = 0.0,
+) -> tf.Tensor:
     """Sliding-window probabilities.
 
     Args:
@@ -96,8 +105,9 @@ def predict(model_fn: Callable[[tf.Tensor], tf.Tensor], volume: tf.Tensor, patch
     k = int(windows_per_batch)
     gauss = tf.constant(gaussian_weights(patch_size, sigma_scale))
     gauss_flat = tf.reshape(gauss, [-1])
-    offsets = tf.stack([tf.reshape(g, [-1]) for g in tf.meshgrid(
-        *[tf.range(p) for p in patch_size], indexing="ij")], axis=1)  # (N, 3)
+    offsets = tf.stack(
+        [tf.reshape(g, [-1]) for g in tf.meshgrid(*[tf.range(p) for p in patch_size], indexing="ij")], axis=1
+    )  # (N, 3)
     n_voxels = int(np.prod(patch_size))
     # Accumulators keep space first so scatter indices address (x, y, z) directly.
     acc_shape = tf.concat([padded_shape, [batch, num_classes]], axis=0)
@@ -108,8 +118,10 @@ def predict(model_fn: Callable[[tf.Tensor], tf.Tensor], volume: tf.Tensor, patch
         index = i * k + tf.range(k)
         valid = tf.cast(index < num_windows, tf.float32)
         index = tf.minimum(index, num_windows - 1)
-        crops = [tf.slice(padded, tf.concat([[0], starts[index[j]], [0]], 0),
-                          tf.concat([[batch], size, [channels]], 0)) for j in range(k)]
+        crops = [
+            tf.slice(padded, tf.concat([[0], starts[index[j]], [0]], 0), tf.concat([[batch], size, [channels]], 0))
+            for j in range(k)
+        ]
         probs = tf.cast(model_fn(tf.concat(crops, axis=0)), tf.float32)
         probs = tf.reshape(probs, tf.concat([[k, batch], size, [num_classes]], 0))
         for j in range(k):
@@ -124,8 +136,7 @@ def predict(model_fn: Callable[[tf.Tensor], tf.Tensor], volume: tf.Tensor, patch
     steps = (num_windows + k - 1) // k
     _, acc, weight = tf.while_loop(lambda i, *_: i < steps, body, (tf.constant(0), acc0, weight0))
     out = tf.transpose(acc / weight[..., None, None], [3, 0, 1, 2, 4])
-    out = tf.slice(out, tf.concat([[0], lo, [0]], 0),
-                   tf.concat([[batch], shape[1:4], [num_classes]], 0))
+    out = tf.slice(out, tf.concat([[0], lo, [0]], 0), tf.concat([[batch], shape[1:4], [num_classes]], 0))
     if volume.shape.rank is not None:
         out.set_shape(volume.shape[:4].concatenate([num_classes]))
     return out

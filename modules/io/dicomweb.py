@@ -16,6 +16,7 @@ A thin layer on `dicomweb-client` that adds what a pipeline needs from a PACS co
 Errors raise DicomWebError with the URL path and HTTP status; patient attributes never appear
 in messages (only UIDs, which a PACS administrator needs to find the object).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,9 @@ TRANSIENT_HTTP_STATUSES = (408, 429, 502, 503, 504)
 # (connect, read) seconds: connecting is quick or never; a large series may stream for minutes.
 DEFAULT_TIMEOUT_S = (10.0, 300.0)
 # Modalities of series that hold no images to segment or train on.
-NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD",
-                                  "REG", "DOC", "FID", "RWV", "AU", "ECG"})
+NON_IMAGE_MODALITIES = frozenset(
+    {"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "DOC", "FID", "RWV", "AU", "ECG"}
+)
 # WADO-RS Accept: any transfer syntax, as stored.
 ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)
 
@@ -73,13 +75,15 @@ def parse_dataset_url(text: str) -> Tuple[str, Dict[str, str]]:
 
     Plain http(s) URLs are accepted too. Raises ValueError for other schemes and for URLs
     carrying credentials (user:password@host): those belong in the environment."""
-    url = text[len(SCHEME_PREFIX):] if is_dicomweb_url(text) else text
+    url = text[len(SCHEME_PREFIX) :] if is_dicomweb_url(text) else text
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not a DICOMweb URL (dicomweb+http(s)://HOST/PATH): {text!r}")
     if parts.username or parts.password:
-        raise ValueError(f"DICOMweb URL carries credentials; set {TOKEN_ENV} or {USER_ENV}/"
-                         f"{PASSWORD_ENV} in the environment instead (e.g. from a Kubernetes Secret)")
+        raise ValueError(
+            f"DICOMweb URL carries credentials; set {TOKEN_ENV} or {USER_ENV}/"
+            f"{PASSWORD_ENV} in the environment instead (e.g. from a Kubernetes Secret)"
+        )
     query = {key: value for key, value in parse_qsl(parts.query, keep_blank_values=False)}
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", "")), query
 
@@ -110,8 +114,11 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, (requests.ConnectionError, requests.Timeout)):
         return True
     response = getattr(error, "response", None)
-    return isinstance(error, requests.HTTPError) and response is not None and \
-        response.status_code in TRANSIENT_HTTP_STATUSES
+    return (
+        isinstance(error, requests.HTTPError)
+        and response is not None
+        and response.status_code in TRANSIENT_HTTP_STATUSES
+    )
 
 
 def _describe(error: BaseException) -> str:
@@ -141,10 +148,16 @@ class DicomWebClient:
     Raises ValueError for a malformed URL or incomplete credentials.
     """
 
-    def __init__(self, url: str, timeout_s=DEFAULT_TIMEOUT_S, attempts: int = 4,
-                 initial_backoff: float = 0.5, max_backoff: float = 8.0,
-                 environ: Optional[Mapping[str, str]] = None,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        url: str,
+        timeout_s=DEFAULT_TIMEOUT_S,
+        attempts: int = 4,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        environ: Optional[Mapping[str, str]] = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         from dicomweb_client.api import DICOMwebClient
 
         self.url, _ = parse_dataset_url(url)
@@ -163,7 +176,7 @@ class DicomWebClient:
             except (requests.RequestException, OSError) as exc:
                 if not is_transient(exc) or attempt == self.attempts - 1:
                     raise DicomWebError(f"{what}: {_describe(exc)}") from None
-                delay = min(self.max_backoff, self.initial_backoff * (2 ** attempt))
+                delay = min(self.max_backoff, self.initial_backoff * (2**attempt))
                 self.retries += 1
                 _log.warning("%s: %s; retry %d in %.1f s", what, _describe(exc), attempt + 1, delay)
                 self._sleep(delay)
@@ -171,31 +184,39 @@ class DicomWebClient:
 
     # ---- QIDO-RS ----------------------------------------------------------------------------
 
-    def search_series(self, study_uid: Optional[str] = None,
-                      filters: Optional[Mapping[str, str]] = None) -> List[SeriesInfo]:
+    def search_series(
+        self, study_uid: Optional[str] = None, filters: Optional[Mapping[str, str]] = None
+    ) -> List[SeriesInfo]:
         """Every series of `study_uid` (or of the whole archive) matching `filters` (QIDO-RS
         matching keys by keyword, e.g. {'StudyDate': '20240101-20241231'}), in a stable order."""
         fields = ["Modality", "SeriesDescription", "NumberOfSeriesRelatedInstances", "StudyInstanceUID"]
         found = self._call(
             f"QIDO-RS series of {'study ' + study_uid if study_uid else 'the archive'}",
-            lambda: self._client.search_for_series(study_instance_uid=study_uid, fields=fields,
-                                                   search_filters=dict(filters or {}), get_remaining=True))
+            lambda: self._client.search_for_series(
+                study_instance_uid=study_uid, fields=fields, search_filters=dict(filters or {}), get_remaining=True
+            ),
+        )
         series = []
         for item in found:
-            series.append(SeriesInfo(
-                study_uid=str(_dataset_value(item, "0020000D", study_uid or "")),
-                series_uid=str(_dataset_value(item, "0020000E")),
-                modality=str(_dataset_value(item, "00080060")),
-                description=str(_dataset_value(item, "0008103E")),
-                number_of_instances=int(_dataset_value(item, "00201209", 0) or 0)))
+            series.append(
+                SeriesInfo(
+                    study_uid=str(_dataset_value(item, "0020000D", study_uid or "")),
+                    series_uid=str(_dataset_value(item, "0020000E")),
+                    modality=str(_dataset_value(item, "00080060")),
+                    description=str(_dataset_value(item, "0008103E")),
+                    number_of_instances=int(_dataset_value(item, "00201209", 0) or 0),
+                )
+            )
         return sorted(series, key=lambda s: (s.study_uid, s.series_uid))
 
     def search_instances(self, study_uid: str, series_uid: str) -> List[str]:
         """SOPInstanceUIDs of one series."""
-        found = self._call(f"QIDO-RS instances of series {series_uid}",
-                           lambda: self._client.search_for_instances(
-                               study_instance_uid=study_uid, series_instance_uid=series_uid,
-                               get_remaining=True))
+        found = self._call(
+            f"QIDO-RS instances of series {series_uid}",
+            lambda: self._client.search_for_instances(
+                study_instance_uid=study_uid, series_instance_uid=series_uid, get_remaining=True
+            ),
+        )
         return sorted(str(_dataset_value(item, "00080018")) for item in found)
 
     # ---- WADO-RS ----------------------------------------------------------------------------
@@ -203,8 +224,10 @@ class DicomWebClient:
     def retrieve_series(self, study_uid: str, series_uid: str) -> list:
         """The series' instances (pydicom Datasets with file meta) in their stored transfer
         syntax."""
-        return self._call(f"WADO-RS series {series_uid}", lambda: list(self._client.retrieve_series(
-            study_uid, series_uid, media_types=ANY_TRANSFER_SYNTAX)))
+        return self._call(
+            f"WADO-RS series {series_uid}",
+            lambda: list(self._client.retrieve_series(study_uid, series_uid, media_types=ANY_TRANSFER_SYNTAX)),
+        )
 
     def retrieve_series_to_folder(self, study_uid: str, series_uid: str, folder: str) -> List[str]:
         """Writes the series' instances as <folder>/<n>.dcm (PS3.10 files, stored transfer
@@ -222,12 +245,14 @@ class DicomWebClient:
     def store(self, datasets: Sequence, study_uid: Optional[str] = None) -> List[str]:
         """STOW-RS `datasets` (pydicom Datasets), into `study_uid` when given. Returns the stored
         SOPInstanceUIDs. Raises DicomWebError when the server refuses any of them."""
-        response = self._call("STOW-RS", lambda: self._client.store_instances(
-            list(datasets), study_instance_uid=study_uid))
+        response = self._call(
+            "STOW-RS", lambda: self._client.store_instances(list(datasets), study_instance_uid=study_uid)
+        )
         failed = list(getattr(response, "FailedSOPSequence", []) or [])
         if failed:
-            reasons = ", ".join(f"{item.ReferencedSOPInstanceUID} (reason {getattr(item, 'FailureReason', '?')})"
-                                for item in failed)
+            reasons = ", ".join(
+                f"{item.ReferencedSOPInstanceUID} (reason {getattr(item, 'FailureReason', '?')})" for item in failed
+            )
             raise DicomWebError(f"STOW-RS: the server refused {reasons}")
         stored = getattr(response, "ReferencedSOPSequence", []) or []
         return [str(item.ReferencedSOPInstanceUID) for item in stored]

@@ -8,6 +8,7 @@ Limits default to sizes that fit real CT (a 1024 x 1024 x 2048 volume, 4 GB of s
 and can be changed per process with the environment variables MEDTFX_MAX_VOXELS and
 MEDTFX_MAX_BYTES, or per call by passing a :class:`Limits`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,7 @@ from typing import Optional, Tuple
 from modules.io.volume import CaseError
 
 DEFAULT_MAX_VOXELS = 1024 * 1024 * 2048
-DEFAULT_MAX_BYTES = 4 * 1024 ** 3
+DEFAULT_MAX_BYTES = 4 * 1024**3
 _GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 1 << 20
 
@@ -44,8 +45,7 @@ def _env_int(name: str, default: int) -> int:
 
 def current() -> Limits:
     """The limits in force: MEDTFX_MAX_VOXELS / MEDTFX_MAX_BYTES when set, else the defaults."""
-    return Limits(_env_int("MEDTFX_MAX_VOXELS", DEFAULT_MAX_VOXELS),
-                  _env_int("MEDTFX_MAX_BYTES", DEFAULT_MAX_BYTES))
+    return Limits(_env_int("MEDTFX_MAX_VOXELS", DEFAULT_MAX_VOXELS), _env_int("MEDTFX_MAX_BYTES", DEFAULT_MAX_BYTES))
 
 
 def _human(n: float) -> str:
@@ -69,13 +69,22 @@ def check_regular_file(path: str, limits: Optional[Limits] = None) -> int:
     except OSError as exc:
         raise CaseError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode)
-                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-                else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        kind = (
+            "a directory"
+            if stat.S_ISDIR(st.st_mode)
+            else "a named pipe (FIFO)"
+            if stat.S_ISFIFO(st.st_mode)
+            else "a device"
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(st.st_mode)
+            else "not a regular file"
+        )
         raise CaseError(f"{path}: is {kind}, not a regular file; only regular files are read")
     if st.st_size > limits.max_bytes:
-        raise CaseError(f"{path}: file is {_human(st.st_size)}, above the {_human(limits.max_bytes)} "
-                        "limit (MEDTFX_MAX_BYTES)")
+        raise CaseError(
+            f"{path}: file is {_human(st.st_size)}, above the {_human(limits.max_bytes)} limit (MEDTFX_MAX_BYTES)"
+        )
     return st.st_size
 
 
@@ -104,8 +113,9 @@ def gunzip(data: bytes, path: str, limits: Optional[Limits] = None) -> bytes:
                 out.append(piece)
                 total += len(piece)
                 if total > limits.max_bytes:
-                    raise CaseError(f"{path}: gzip content is larger than the {_human(limits.max_bytes)} "
-                                    "limit (MEDTFX_MAX_BYTES)")
+                    raise CaseError(
+                        f"{path}: gzip content is larger than the {_human(limits.max_bytes)} limit (MEDTFX_MAX_BYTES)"
+                    )
                 chunk = inflater.unconsumed_tail
                 if not chunk and not piece:
                     break  # input used up without the end-of-stream marker
@@ -158,12 +168,16 @@ def check_size(what: str, shape, itemsize: int, limits: Optional[Limits] = None)
     for n in dims:
         voxels *= n
     if voxels > limits.max_voxels:
-        raise CaseError(f"{what}: declared size {'x'.join(map(str, dims))} is {voxels} voxels, above the "
-                        f"{limits.max_voxels} limit (MEDTFX_MAX_VOXELS)")
+        raise CaseError(
+            f"{what}: declared size {'x'.join(map(str, dims))} is {voxels} voxels, above the "
+            f"{limits.max_voxels} limit (MEDTFX_MAX_VOXELS)"
+        )
     if voxels * int(itemsize) > limits.max_bytes:
-        raise CaseError(f"{what}: declared size {'x'.join(map(str, dims))} needs "
-                        f"{_human(voxels * int(itemsize))}, above the {_human(limits.max_bytes)} limit "
-                        "(MEDTFX_MAX_BYTES)")
+        raise CaseError(
+            f"{what}: declared size {'x'.join(map(str, dims))} needs "
+            f"{_human(voxels * int(itemsize))}, above the {_human(limits.max_bytes)} limit "
+            "(MEDTFX_MAX_BYTES)"
+        )
 
 
 def is_fatal(exc: BaseException) -> bool:

@@ -1,4 +1,5 @@
 """NIfTI volumes (nibabel) to canonical :class:`Volume` s."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,9 @@ def read_nifti(path: str) -> Volume:
         affine = img.affine
         # Neither sform nor qform: nibabel would invent an axis-aligned affine from pixdim, which
         # silently puts the volume in the wrong place/orientation. Refuse instead.
-        no_orientation = (hasattr(header, "get_sform") and int(header["sform_code"]) == 0
-                          and int(header["qform_code"]) == 0)
+        no_orientation = (
+            hasattr(header, "get_sform") and int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0
+        )
     except CaseError:
         raise
     except BaseException as exc:  # nibabel raises many types for corrupt headers
@@ -53,11 +55,12 @@ def read_nifti(path: str) -> Volume:
     limits.check_size(path, shape, dtype.itemsize)
     needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) < needed:
-        raise CaseError(f"{path}: the header declares {'x'.join(map(str, shape))} voxels of {dtype} "
-                        f"({needed} bytes with the header) but the file holds {len(data)}: truncated")
+        raise CaseError(
+            f"{path}: the header declares {'x'.join(map(str, shape))} voxels of {dtype} "
+            f"({needed} bytes with the header) but the file holds {len(data)}: truncated"
+        )
     if no_orientation:
-        raise CaseError(f"{path}: the NIfTI header has neither sform nor qform (both codes 0): "
-                        "orientation unknown")
+        raise CaseError(f"{path}: the NIfTI header has neither sform nor qform (both codes 0): orientation unknown")
     try:
         # The array proxy applies scl_slope/scl_inter (float result when scaled, native otherwise).
         array = np.asarray(np.asanyarray(img.dataobj))

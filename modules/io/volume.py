@@ -4,6 +4,7 @@ Convention (nibabel's): ``array[i, j, k]`` is voxel (i, j, k); ``affine`` (4x4, 
 voxel indices to RAS+ world coordinates. After :func:`to_canonical` the voxel axes point
 as close as possible to +R, +A, +S.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -110,8 +111,9 @@ def affines_match(a: np.ndarray, b: np.ndarray, tol_mm: float = 1e-3, shape=None
     b = np.asarray(b, dtype=np.float64)
     if shape is None:
         return bool(np.allclose(a, b, atol=tol_mm))
-    corners = np.array([[x, y, z, 1.0] for x in (0, shape[0] - 1) for y in (0, shape[1] - 1)
-                        for z in (0, shape[2] - 1)])
+    corners = np.array(
+        [[x, y, z, 1.0] for x in (0, shape[0] - 1) for y in (0, shape[1] - 1) for z in (0, shape[2] - 1)]
+    )
     return bool(np.max(np.abs(corners @ a.T - corners @ b.T)) <= tol_mm)
 
 
@@ -123,8 +125,9 @@ def compact_dtype(array: np.ndarray) -> np.ndarray:
     """
     if array.dtype == np.uint8 or array.dtype == np.int16:
         return array
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
-            or array.dtype == np.bool_):
+    if not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_
+    ):
         raise CaseError(f"image voxels are of type {array.dtype}, not real numbers")
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         raise CaseError("image contains NaN or Inf voxels")
@@ -133,8 +136,10 @@ def compact_dtype(array: np.ndarray) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating) and array.dtype.itemsize > 4:
         largest = float(np.max(np.abs(array)))
         if largest > float(np.finfo(np.float32).max):
-            raise CaseError(f"image values up to {largest:.3g} do not fit 32-bit floats (largest "
-                            f"{float(np.finfo(np.float32).max):.3g}); they would become infinite")
+            raise CaseError(
+                f"image values up to {largest:.3g} do not fit 32-bit floats (largest "
+                f"{float(np.finfo(np.float32).max):.3g}); they would become infinite"
+            )
     lo, hi = float(array.min()), float(array.max())
     integral = np.issubdtype(array.dtype, np.integer) or bool(np.all(np.mod(array, 1) == 0))
     if integral and lo >= -32768 and hi <= 32767:

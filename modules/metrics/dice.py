@@ -8,6 +8,7 @@ NaN for that case, which means "skipped". It is neither 1 (a perfect empty predi
 inflate means on cases that never had the structure) nor 0 (it would punish a correct empty
 prediction). Means over cases therefore skip NaN (np.nanmean, surface_metrics.summarise).
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable

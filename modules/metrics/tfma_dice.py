@@ -6,6 +6,7 @@ directly. Dice is computed per case by modules.metrics.dice.dice_per_label and a
 (nnU-Net's convention); a case where a label is absent from both truth and prediction (NaN
 there) does not count for that label.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional
@@ -68,16 +69,22 @@ class _DiceCombiner(beam.CombineFn):
         return {self._key: value}
 
 
-def _dice_computations(name: str, labels: List[int], model_names: Optional[List[str]] = None,
-                       output_names: Optional[List[str]] = None, eval_config=None,
-                       **kwargs) -> metric_types.MetricComputations:
+def _dice_computations(
+    name: str,
+    labels: List[int],
+    model_names: Optional[List[str]] = None,
+    output_names: Optional[List[str]] = None,
+    eval_config=None,
+    **kwargs,
+) -> metric_types.MetricComputations:
     del eval_config, kwargs
     computations = []
     for model_name in model_names or [""]:
         for output_name in output_names or [""]:
             key = metric_types.MetricKey(name=name, model_name=model_name, output_name=output_name)
-            computations.append(metric_types.MetricComputation(
-                keys=[key], preprocessors=None, combiner=_DiceCombiner(key, labels)))
+            computations.append(
+                metric_types.MetricComputation(keys=[key], preprocessors=None, combiner=_DiceCombiner(key, labels))
+            )
     return computations
 
 

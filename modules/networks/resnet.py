@@ -3,6 +3,7 @@
 Pre-activation-free basic residual blocks (two 3x3x3 convolutions, He et al. 2016), a stride-2
 convolution opening each stage after the first, global average pooling, a dense softmax (float32).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -12,9 +13,14 @@ import tf_keras as keras  # Keras 2 explicitly: tf.keras may already be Keras 3 
 from modules.networks.unet import conv_block, normalization
 
 
-def build_resnet3d(input_shape: Sequence[Optional[int]], num_classes: int,
-                   filters: Sequence[int] = (16, 32, 64, 128), blocks_per_stage: int = 2,
-                   norm: str = "batch", dropout: float = 0.0):
+def build_resnet3d(
+    input_shape: Sequence[Optional[int]],
+    num_classes: int,
+    filters: Sequence[int] = (16, 32, 64, 128),
+    blocks_per_stage: int = 2,
+    norm: str = "batch",
+    dropout: float = 0.0,
+):
     """ResNet for (X, Y, Z, 1) volumes -> (num_classes,) float32 softmax.
 
     Args:
@@ -30,8 +36,7 @@ def build_resnet3d(input_shape: Sequence[Optional[int]], num_classes: int,
     x = keras.layers.LeakyReLU(0.01, name="stem_act")(x)
     for stage, f in enumerate(filters):
         if stage:
-            x = keras.layers.Conv3D(f, 3, strides=2, padding="same", use_bias=False,
-                                       name=f"stage{stage}_down")(x)
+            x = keras.layers.Conv3D(f, 3, strides=2, padding="same", use_bias=False, name=f"stage{stage}_down")(x)
             x = normalization(norm, f, f"stage{stage}_down_norm")(x)
             x = keras.layers.LeakyReLU(0.01, name=f"stage{stage}_down_act")(x)
         for block in range(blocks_per_stage):

@@ -6,6 +6,7 @@ Spatial sizes may be None (fully convolutional: train on patches, infer on any g
 along each axis is divisible by the product of that axis' pooling factors, 2 ** (depth - 1) by
 default). Outputs are float32 softmax probabilities even under a mixed-precision policy.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,16 @@ def _layers(ndim: int):
     raise ValueError(f"ndim must be 2 or 3, got {ndim}")
 
 
-def conv_block(x, filters: int, name: str, ndim: int = 3, norm: str = "instance",
-               residual: bool = False, convs: int = 2, kernel_size: PerAxis = 3):
+def conv_block(
+    x,
+    filters: int,
+    name: str,
+    ndim: int = 3,
+    norm: str = "instance",
+    residual: bool = False,
+    convs: int = 2,
+    kernel_size: PerAxis = 3,
+):
     """`convs` x (kernel_size convolution -> norm -> LeakyReLU(0.01)), 'same' padding.
 
     kernel_size: an int (every axis) or one size per spatial axis, e.g. (3, 3, 1) to leave the
@@ -72,8 +81,9 @@ def conv_block(x, filters: int, name: str, ndim: int = 3, norm: str = "instance"
     return x
 
 
-def _per_level_per_axis(values: Optional[Sequence[PerAxis]], what: str, levels: int, ndim: int,
-                        allowed: Tuple[int, ...], default: int) -> List[Tuple[int, ...]]:
+def _per_level_per_axis(
+    values: Optional[Sequence[PerAxis]], what: str, levels: int, ndim: int, allowed: Tuple[int, ...], default: int
+) -> List[Tuple[int, ...]]:
     """`levels` tuples of `ndim` ints from `allowed`; None gives `default` everywhere.
 
     Raises:
@@ -95,23 +105,32 @@ def _per_level_per_axis(values: Optional[Sequence[PerAxis]], what: str, levels: 
     return result
 
 
-def _check_divisible(spatial: Sequence[Optional[int]], pool_sizes: Sequence[Sequence[int]],
-                     axis_names: Optional[Sequence[str]] = None) -> None:
+def _check_divisible(
+    spatial: Sequence[Optional[int]], pool_sizes: Sequence[Sequence[int]], axis_names: Optional[Sequence[str]] = None
+) -> None:
     """Raises ValueError unless every known size is divisible by the product of its pool factors
     (so pooling never drops voxels and the upsampled decoder lines up with its skips)."""
     for axis, size in enumerate(spatial):
         factor = math.prod(level[axis] for level in pool_sizes)
         if size is not None and size % factor:
             label = axis_names[axis] if axis_names else str(axis)
-            raise ValueError(f"spatial shape {tuple(spatial)}: size {size} along axis {label} is not "
-                             f"divisible by its total pooling factor {factor}")
+            raise ValueError(
+                f"spatial shape {tuple(spatial)}: size {size} along axis {label} is not "
+                f"divisible by its total pooling factor {factor}"
+            )
 
 
-def build_unet(spatial_shape: Sequence[Optional[int]], num_classes: int,
-               filters: Sequence[int] = (8, 16, 32), residual: bool = False,
-               norm: str = "instance", in_channels: int = 1, name: str = "unet",
-               pool_sizes: Optional[Sequence[PerAxis]] = None,
-               kernel_sizes: Optional[Sequence[PerAxis]] = None):
+def build_unet(
+    spatial_shape: Sequence[Optional[int]],
+    num_classes: int,
+    filters: Sequence[int] = (8, 16, 32),
+    residual: bool = False,
+    norm: str = "instance",
+    in_channels: int = 1,
+    name: str = "unet",
+    pool_sizes: Optional[Sequence[PerAxis]] = None,
+    kernel_sizes: Optional[Sequence[PerAxis]] = None,
+):
     """U-Net for (*spatial, in_channels) inputs -> (*spatial, num_classes) float32 softmax.
 
     Args:
@@ -159,28 +178,54 @@ def build_unet(spatial_shape: Sequence[Optional[int]], num_classes: int,
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_unet3d(input_shape: Sequence[Optional[int]], num_classes: int,
-                 filters: Sequence[int] = (8, 16, 32), residual: bool = False, norm: str = "instance",
-                 pool_sizes: Optional[Sequence[PerAxis]] = None,
-                 kernel_sizes: Optional[Sequence[PerAxis]] = None):
+def build_unet3d(
+    input_shape: Sequence[Optional[int]],
+    num_classes: int,
+    filters: Sequence[int] = (8, 16, 32),
+    residual: bool = False,
+    norm: str = "instance",
+    pool_sizes: Optional[Sequence[PerAxis]] = None,
+    kernel_sizes: Optional[Sequence[PerAxis]] = None,
+):
     """3D U-Net: (B, X, Y, Z, 1) -> (B, X, Y, Z, num_classes). input_shape: (X, Y, Z[, 1]).
 
     pool_sizes / kernel_sizes: per level and per axis (X, Y, Z), see build_unet.
     """
-    return build_unet(tuple(input_shape[:3]), num_classes, filters, residual, norm, name="unet3d",
-                      pool_sizes=pool_sizes, kernel_sizes=kernel_sizes)
+    return build_unet(
+        tuple(input_shape[:3]),
+        num_classes,
+        filters,
+        residual,
+        norm,
+        name="unet3d",
+        pool_sizes=pool_sizes,
+        kernel_sizes=kernel_sizes,
+    )
 
 
-def build_unet2d(input_shape: Sequence[Optional[int]], num_classes: int,
-                 filters: Sequence[int] = (16, 32, 64), residual: bool = False, norm: str = "instance",
-                 pool_sizes: Optional[Sequence[PerAxis]] = None,
-                 kernel_sizes: Optional[Sequence[PerAxis]] = None):
+def build_unet2d(
+    input_shape: Sequence[Optional[int]],
+    num_classes: int,
+    filters: Sequence[int] = (16, 32, 64),
+    residual: bool = False,
+    norm: str = "instance",
+    pool_sizes: Optional[Sequence[PerAxis]] = None,
+    kernel_sizes: Optional[Sequence[PerAxis]] = None,
+):
     """2D U-Net: (B, Y, Z, 1) -> (B, Y, Z, num_classes). input_shape: (Y, Z[, 1]).
 
     pool_sizes / kernel_sizes: per level and per in-plane axis, see build_unet.
     """
-    return build_unet(tuple(input_shape[:2]), num_classes, filters, residual, norm, name="unet2d",
-                      pool_sizes=pool_sizes, kernel_sizes=kernel_sizes)
+    return build_unet(
+        tuple(input_shape[:2]),
+        num_classes,
+        filters,
+        residual,
+        norm,
+        name="unet2d",
+        pool_sizes=pool_sizes,
+        kernel_sizes=kernel_sizes,
+    )
 
 
 def _slice_to_front(slice_axis: int) -> Tuple[List[int], List[int]]:
@@ -236,8 +281,9 @@ class SliceWise(keras.layers.Layer):
         return cls(**config)
 
 
-def _in_plane(values: Optional[Sequence[PerAxis]], what: str, slice_axis: int, require_one: bool
-              ) -> Optional[List[PerAxis]]:
+def _in_plane(
+    values: Optional[Sequence[PerAxis]], what: str, slice_axis: int, require_one: bool
+) -> Optional[List[PerAxis]]:
     """Per-level entries given for 3 axes (the slice axis' value dropped) or already for the 2
     in-plane axes (kept); ints kept as they are.
 
@@ -255,20 +301,26 @@ def _in_plane(values: Optional[Sequence[PerAxis]], what: str, slice_axis: int, r
         entry = tuple(entry)
         if len(entry) == 3:
             if require_one and int(entry[slice_axis]) != 1:
-                raise ValueError(f"{what}[{level}] = {entry!r}: the slice axis {slice_axis} value must be 1 "
-                                 f"for a 2D slice-wise net")
-            entry = entry[:slice_axis] + entry[slice_axis + 1:]
+                raise ValueError(
+                    f"{what}[{level}] = {entry!r}: the slice axis {slice_axis} value must be 1 for a 2D slice-wise net"
+                )
+            entry = entry[:slice_axis] + entry[slice_axis + 1 :]
         elif len(entry) != 2:
             raise ValueError(f"{what}[{level}] = {entry!r} needs 3 values (X, Y, Z) or 2 (in-plane)")
         result.append(entry)
     return result
 
 
-def build_unet2d_slicewise(input_shape: Sequence[Optional[int]], num_classes: int,
-                           filters: Sequence[int] = (16, 32, 64), residual: bool = False,
-                           norm: str = "instance", slice_axis: int = 0,
-                           pool_sizes: Optional[Sequence[PerAxis]] = None,
-                           kernel_sizes: Optional[Sequence[PerAxis]] = None):
+def build_unet2d_slicewise(
+    input_shape: Sequence[Optional[int]],
+    num_classes: int,
+    filters: Sequence[int] = (16, 32, 64),
+    residual: bool = False,
+    norm: str = "instance",
+    slice_axis: int = 0,
+    pool_sizes: Optional[Sequence[PerAxis]] = None,
+    kernel_sizes: Optional[Sequence[PerAxis]] = None,
+):
     """A 2D U-Net over the slices perpendicular to `slice_axis` of 3D inputs:
     (B, X, Y, Z, 1) -> (B, X, Y, Z, num_classes).
 
@@ -296,8 +348,15 @@ def build_unet2d_slicewise(input_shape: Sequence[Optional[int]], num_classes: in
     if depth >= 2:
         pools = _per_level_per_axis(pools_2d, "pool_sizes", depth - 1, 2, POOL_FACTORS, 2)
         _check_divisible([spatial[a] for a in in_plane_axes], pools, [str(a) for a in in_plane_axes])
-    model2d = build_unet2d(tuple(spatial[a] for a in in_plane_axes), num_classes, filters, residual, norm,
-                           pool_sizes=pools_2d, kernel_sizes=kernels_2d)
+    model2d = build_unet2d(
+        tuple(spatial[a] for a in in_plane_axes),
+        num_classes,
+        filters,
+        residual,
+        norm,
+        pool_sizes=pools_2d,
+        kernel_sizes=kernels_2d,
+    )
     inputs = keras.Input(shape=spatial + (1,), name="image")
     # float32 layer dtype: the slices' probabilities leave the layer in float32 under any policy.
     outputs = SliceWise(model2d, slice_axis, name="slicewise", dtype="float32")(inputs)

@@ -4,6 +4,7 @@ Builds the network exactly as the Trainer will (modules.train.training.build_mod
 then times a few training steps on random patches of the planned size. The first two steps
 trace and compile the graph and are not counted.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,9 +47,15 @@ def measure_step_seconds(training: Dict, steps: int = 4, seed: int = 0) -> float
         model.train_on_batch(image, label)
         times.append(time.perf_counter() - start)
     seconds = float(np.min(times))
-    _log.info("calibration: %s patch %s batch %d filters %s %s: %.3f s/step", cfg.model,
-              list(cfg.patch_size), batch, list(cfg.filters),
-              "mixed precision" if cfg.mixed_precision else "float32", seconds)
+    _log.info(
+        "calibration: %s patch %s batch %d filters %s %s: %.3f s/step",
+        cfg.model,
+        list(cfg.patch_size),
+        batch,
+        list(cfg.filters),
+        "mixed precision" if cfg.mixed_precision else "float32",
+        seconds,
+    )
     del model
     tf.keras.backend.clear_session()
     return seconds

@@ -13,6 +13,7 @@ and TensorFlow is imported only to write to a remote (``scheme://``) directory.
 Conventions: volumes are (X, Y, Z) arrays in canonical RAS+ voxel order; spacing is (3,) mm per
 array axis; volumes are mm^3 in the JSON and ml in the markdown summary.
 """
+
 from __future__ import annotations
 
 import collections
@@ -62,19 +63,28 @@ def decode_case(example):
       disagrees with the shape.
     """
     f = example.features.feature
-    case_key = (f[features.CASE_ID].bytes_list.value[0].decode("utf-8")
-                if _has_values(f, features.CASE_ID, "bytes_list") else "<no case_id>")
-    required = ((features.IMAGE_RAW, "bytes_list"), (features.IMAGE_DTYPE, "bytes_list"),
-                (features.IMAGE_SHAPE, "int64_list"), (features.SPACING, "float_list"),
-                (features.MODALITY, "bytes_list"), (features.CASE_ID, "bytes_list"))
+    case_key = (
+        f[features.CASE_ID].bytes_list.value[0].decode("utf-8")
+        if _has_values(f, features.CASE_ID, "bytes_list")
+        else "<no case_id>"
+    )
+    required = (
+        (features.IMAGE_RAW, "bytes_list"),
+        (features.IMAGE_DTYPE, "bytes_list"),
+        (features.IMAGE_SHAPE, "int64_list"),
+        (features.SPACING, "float_list"),
+        (features.MODALITY, "bytes_list"),
+        (features.CASE_ID, "bytes_list"),
+    )
     missing = [name for name, kind in required if not _has_values(f, name, kind)]
     if missing:
         raise ValueError(f"case {case_key}: missing feature(s) {missing}")
 
     dtype_name = f[features.IMAGE_DTYPE].bytes_list.value[0].decode("utf-8")
     if dtype_name not in VOXEL_DTYPES:
-        raise ValueError(f"case {case_key}: unsupported image_dtype {dtype_name!r}, "
-                         f"expected one of {sorted(VOXEL_DTYPES)}")
+        raise ValueError(
+            f"case {case_key}: unsupported image_dtype {dtype_name!r}, expected one of {sorted(VOXEL_DTYPES)}"
+        )
     shape = tuple(int(v) for v in f[features.IMAGE_SHAPE].int64_list.value)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"case {case_key}: image_shape {shape} is not 3 positive sizes")
@@ -86,16 +96,19 @@ def decode_case(example):
     num_voxels = int(np.prod(shape))
     raw = f[features.IMAGE_RAW].bytes_list.value[0]
     if len(raw) != num_voxels * dtype.itemsize:
-        raise ValueError(f"case {case_key}: image_raw has {len(raw)} bytes but shape {shape} of "
-                         f"{dtype_name} needs {num_voxels * dtype.itemsize}")
+        raise ValueError(
+            f"case {case_key}: image_raw has {len(raw)} bytes but shape {shape} of "
+            f"{dtype_name} needs {num_voxels * dtype.itemsize}"
+        )
     image = np.frombuffer(raw, dtype=dtype).reshape(shape).astype(np.float32)
 
     label = None
     if _has_values(f, features.LABEL_RAW, "bytes_list") and f[features.LABEL_RAW].bytes_list.value[0]:
         label_raw = f[features.LABEL_RAW].bytes_list.value[0]
         if len(label_raw) != num_voxels:
-            raise ValueError(f"case {case_key}: label_raw has {len(label_raw)} bytes but shape "
-                             f"{shape} of uint8 needs {num_voxels}")
+            raise ValueError(
+                f"case {case_key}: label_raw has {len(label_raw)} bytes but shape {shape} of uint8 needs {num_voxels}"
+            )
         label = np.frombuffer(label_raw, dtype=np.uint8).reshape(shape).copy()
     modality = f[features.MODALITY].bytes_list.value[0].decode("utf-8")
     return image, label, spacing, modality, case_key
@@ -149,8 +162,14 @@ def strided_sample(values: np.ndarray, max_samples: int) -> np.ndarray:
     return values[::stride]
 
 
-def case_fingerprint(image: np.ndarray, label: Optional[np.ndarray], spacing, modality: str,
-                     case_key: str, max_samples: int = DEFAULT_MAX_SAMPLES) -> dict:
+def case_fingerprint(
+    image: np.ndarray,
+    label: Optional[np.ndarray],
+    spacing,
+    modality: str,
+    case_key: str,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+) -> dict:
     """Fingerprint of one case.
 
     Args:
@@ -176,8 +195,7 @@ def case_fingerprint(image: np.ndarray, label: Optional[np.ndarray], spacing, mo
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.size == 0:
-        raise ValueError(f"case {case_key}: image must be a non-empty (X, Y, Z) array, "
-                         f"got shape {image.shape}")
+        raise ValueError(f"case {case_key}: image must be a non-empty (X, Y, Z) array, got shape {image.shape}")
     if not np.all(np.isfinite(image)):
         raise ValueError(f"case {case_key}: image contains NaN or Inf voxels")
     spacing = np.asarray(spacing, dtype=np.float64).reshape(-1)
@@ -185,8 +203,7 @@ def case_fingerprint(image: np.ndarray, label: Optional[np.ndarray], spacing, mo
         raise ValueError(f"case {case_key}: spacing {spacing.tolist()} is not 3 positive mm values")
     if max_samples < 1:
         raise ValueError(f"max_samples must be >= 1, got {max_samples}")
-    integer_valued = bool(np.issubdtype(image.dtype, np.integer)
-                          or np.all(image == np.round(image)))
+    integer_valued = bool(np.issubdtype(image.dtype, np.integer) or np.all(image == np.round(image)))
 
     labels, label_voxels, label_bbox_mm = [], {}, {}
     foreground_bbox_mm = [0.0, 0.0, 0.0]
@@ -200,11 +217,9 @@ def case_fingerprint(image: np.ndarray, label: Optional[np.ndarray], spacing, mo
             if value == 0:
                 continue
             label_voxels[str(value)] = int(counts[value])
-            label_bbox_mm[str(value)] = [_extent_voxels(presence[a][:, value]) * float(spacing[a])
-                                         for a in range(3)]
+            label_bbox_mm[str(value)] = [_extent_voxels(presence[a][:, value]) * float(spacing[a]) for a in range(3)]
         if counts.size > 1:
-            foreground_bbox_mm = [_extent_voxels(presence[a][:, 1:].any(axis=1)) * float(spacing[a])
-                                  for a in range(3)]
+            foreground_bbox_mm = [_extent_voxels(presence[a][:, 1:].any(axis=1)) * float(spacing[a]) for a in range(3)]
         if counts[1:].sum() > 0:
             foreground = label.ravel() > 0
     values = image.ravel() if foreground is None else image.ravel()[foreground]
@@ -300,31 +315,52 @@ def combine(case_fingerprints: Iterable[dict]) -> dict:
     return {
         "version": FINGERPRINT_VERSION,
         "num_cases": len(cases),
-        "channels": [{
-            "index": 0,
-            "modality": _most_common(modality_counts),
-            "modality_counts": {name: int(modality_counts[name]) for name in sorted(modality_counts)},
-            "integer_valued": all(bool(c["integer_valued"]) for c in cases),
-            "foreground_intensity": {
-                "mean": float(samples.mean()), "std": float(samples.std()),
-                "min": float(samples.min()), "max": float(samples.max()),
-                "p00_5": float(p00_5), "p50": float(p50), "p99_5": float(p99_5),
-            },
-        }],
-        "spacing": {"median": _per_axis(spacing, 50.0), "p10": _per_axis(spacing, 10.0),
-                    "p90": _per_axis(spacing, 90.0), "min": [float(v) for v in spacing.min(axis=0)],
-                    "max": [float(v) for v in spacing.max(axis=0)]},
-        "shape": {"median": _per_axis(shape, 50.0), "p90": _per_axis(shape, 90.0),
-                  "min": [int(v) for v in shape.min(axis=0)], "max": [int(v) for v in shape.max(axis=0)]},
+        "channels": [
+            {
+                "index": 0,
+                "modality": _most_common(modality_counts),
+                "modality_counts": {name: int(modality_counts[name]) for name in sorted(modality_counts)},
+                "integer_valued": all(bool(c["integer_valued"]) for c in cases),
+                "foreground_intensity": {
+                    "mean": float(samples.mean()),
+                    "std": float(samples.std()),
+                    "min": float(samples.min()),
+                    "max": float(samples.max()),
+                    "p00_5": float(p00_5),
+                    "p50": float(p50),
+                    "p99_5": float(p99_5),
+                },
+            }
+        ],
+        "spacing": {
+            "median": _per_axis(spacing, 50.0),
+            "p10": _per_axis(spacing, 10.0),
+            "p90": _per_axis(spacing, 90.0),
+            "min": [float(v) for v in spacing.min(axis=0)],
+            "max": [float(v) for v in spacing.max(axis=0)],
+        },
+        "shape": {
+            "median": _per_axis(shape, 50.0),
+            "p90": _per_axis(shape, 90.0),
+            "min": [int(v) for v in shape.min(axis=0)],
+            "max": [int(v) for v in shape.max(axis=0)],
+        },
         "extent_mm": {"median": _per_axis(extent, 50.0), "max": [float(v) for v in extent.max(axis=0)]},
         "labels": label_values,
         "label_stats": label_stats,
-        "foreground_bbox_mm_max": [float(v) for v in np.max(
-            np.array([c["foreground_bbox_mm"] for c in cases], dtype=np.float64), axis=0)],
-        "cases": [{"case": c["case"], "spacing": [float(s) for s in c["spacing"]],
-                   "shape": [int(n) for n in c["shape"]], "modality": c["modality"],
-                   "label_voxels": {k: int(n) for k, n in c["label_voxels"].items()}}
-                  for c in cases],
+        "foreground_bbox_mm_max": [
+            float(v) for v in np.max(np.array([c["foreground_bbox_mm"] for c in cases], dtype=np.float64), axis=0)
+        ],
+        "cases": [
+            {
+                "case": c["case"],
+                "spacing": [float(s) for s in c["spacing"]],
+                "shape": [int(n) for n in c["shape"]],
+                "modality": c["modality"],
+                "label_voxels": {k: int(n) for k, n in c["label_voxels"].items()},
+            }
+            for c in cases
+        ],
     }
 
 
@@ -357,14 +393,20 @@ def to_markdown(fingerprint: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for axis, name in enumerate("XYZ"):
-        lines.append(f"| {name} | " + " | ".join(f"{spacing[k][axis]:.3g}" for k in
-                                                 ("median", "p10", "p90", "min", "max")) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{spacing[k][axis]:.3g}" for k in ("median", "p10", "p90", "min", "max"))
+            + " |"
+        )
     median_spacing = spacing["median"]
     ratio = max(median_spacing) / min(median_spacing)
     if ratio > ANISOTROPY_RATIO:
         coarse = "XYZ"[int(np.argmax(median_spacing))]
-        lines += ["", f"**Anisotropic**: the median spacing along {coarse} is {ratio:.1f} times the "
-                      "finest axis; expect thick-slice handling (e.g. in-plane-only pooling early)."]
+        lines += [
+            "",
+            f"**Anisotropic**: the median spacing along {coarse} is {ratio:.1f} times the "
+            "finest axis; expect thick-slice handling (e.g. in-plane-only pooling early).",
+        ]
     lines += [
         "",
         "## Grid and field of view",
@@ -382,12 +424,18 @@ def to_markdown(fingerprint: dict) -> str:
         f"{intensity['p50']:.4g} / {intensity['p99_5']:.4g}",
     ]
     if fingerprint["label_stats"]:
-        lines += ["", "## Labels", "",
-                  "| label | cases | median volume (ml) | min volume (ml) | median bbox (mm) |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Labels",
+            "",
+            "| label | cases | median volume (ml) | min volume (ml) | median bbox (mm) |",
+            "|---|---|---|---|---|",
+        ]
         for value, stats in fingerprint["label_stats"].items():
-            lines.append(f"| {value} | {stats['cases']} | {stats['volume_mm3_median'] / 1000.0:.3g} | "
-                         f"{stats['volume_mm3_min'] / 1000.0:.3g} | {_fmt(stats['bbox_mm_median'], 1)} |")
+            lines.append(
+                f"| {value} | {stats['cases']} | {stats['volume_mm3_median'] / 1000.0:.3g} | "
+                f"{stats['volume_mm3_min'] / 1000.0:.3g} | {_fmt(stats['bbox_mm_median'], 1)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -399,8 +447,10 @@ def write(fingerprint: dict, directory: str) -> dict:
     Returns:
       {"json": path of fingerprint.json, "markdown": path of fingerprint.md}.
     """
-    texts = {"json": (JSON_NAME, json.dumps(fingerprint, indent=1) + "\n"),
-             "markdown": (MARKDOWN_NAME, to_markdown(fingerprint))}
+    texts = {
+        "json": (JSON_NAME, json.dumps(fingerprint, indent=1) + "\n"),
+        "markdown": (MARKDOWN_NAME, to_markdown(fingerprint)),
+    }
     paths = {}
     if "://" in directory:
         import tensorflow as tf

@@ -14,6 +14,7 @@ shapes and patch sizes are voxels per axis; times are minutes unless a name says
 
 Numpy and the standard library only, so the command line can plan before TensorFlow loads.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,14 +33,39 @@ PLAN_VERSION = 1
 # The settings the plan fills, per stage, in the order decisions are made and reported.
 SETTINGS_KEYS: Dict[str, Tuple[str, ...]] = {
     "transform": ("target_spacing", "target_shape", "spatial_mode", "intensity_mode"),
-    "training": ("model", "slice_axis", "num_classes", "patch_size", "filters", "pool_sizes",
-                 "kernel_sizes", "batch_size", "learning_rate", "loss", "train_steps", "epochs",
-                 "mixed_precision", "time_limit_minutes", "tta_mirror_axes",
-                 "sliding_window_overlap", "foreground_oversample", "val_dice_cases"),
+    "training": (
+        "model",
+        "slice_axis",
+        "num_classes",
+        "patch_size",
+        "filters",
+        "pool_sizes",
+        "kernel_sizes",
+        "batch_size",
+        "learning_rate",
+        "loss",
+        "train_steps",
+        "epochs",
+        "mixed_precision",
+        "time_limit_minutes",
+        "tta_mirror_axes",
+        "sliding_window_overlap",
+        "foreground_oversample",
+        "val_dice_cases",
+    ),
 }
 # The keys step_seconds receives: everything that changes the cost of one training step.
-NETWORK_KEYS = ("model", "slice_axis", "num_classes", "patch_size", "filters", "pool_sizes",
-                "kernel_sizes", "batch_size", "mixed_precision")
+NETWORK_KEYS = (
+    "model",
+    "slice_axis",
+    "num_classes",
+    "patch_size",
+    "filters",
+    "pool_sizes",
+    "kernel_sizes",
+    "batch_size",
+    "mixed_precision",
+)
 
 ANISOTROPY_RATIO = 3.0  # nnU-Net's ANISO_THRESHOLD: coarsest / finest median spacing
 SLICEWISE_ANISOTROPY_RATIO = 10.0  # beyond this a 3D kernel sees almost nothing across slices
@@ -60,7 +86,7 @@ GPU_MEMORY_SHARE = 0.6
 CPU_MEMORY_SHARE = 0.3
 CPU_MEMORY_CAP_GB = 8.0
 DEFAULT_GPU_MEMORY_GB = 8.0  # nnU-Net's default gpu_memory_target_in_gb
-GRID_VOXEL_CAP = 256 ** 3
+GRID_VOXEL_CAP = 256**3
 SMALLEST_PATCH = 32  # budget shrinking keeps at least this many voxels per axis (data allowing)
 LOWRES_SPACING_FACTOR = 1.5
 MAX_SPACING_ROUNDS = 12
@@ -108,17 +134,25 @@ def _read_text(path: str) -> str:
 def _nvidia_smi_memory_gb() -> float:
     """Memory of the first GPU per nvidia-smi (GiB), 0.0 when the query fails."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
         return float(out.split()[0]) / 1024.0  # MiB
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
         return 0.0
 
 
-def detect_machine(cpuinfo_text: Optional[str] = None, meminfo_text: Optional[str] = None,
-                   environ: Optional[Mapping[str, str]] = None,
-                   which: Callable[[str], Optional[str]] = shutil.which,
-                   gpu_memory_gb: Callable[[], float] = _nvidia_smi_memory_gb) -> Machine:
+def detect_machine(
+    cpuinfo_text: Optional[str] = None,
+    meminfo_text: Optional[str] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    which: Callable[[str], Optional[str]] = shutil.which,
+    gpu_memory_gb: Callable[[], float] = _nvidia_smi_memory_gb,
+) -> Machine:
     """The Machine this process runs on.
 
     bf16 when a /proc/cpuinfo flags line lists amx_bf16 or avx512_bf16; memory from /proc/meminfo
@@ -141,14 +175,20 @@ def detect_machine(cpuinfo_text: Optional[str] = None, meminfo_text: Optional[st
     memory_gb = 0.0
     for line in meminfo.splitlines():
         if line.startswith("MemTotal:"):
-            memory_gb = float(line.split()[1]) / 1024.0 ** 2  # kB -> GiB
-    devices = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",")
-               if d.strip() and not d.strip().startswith("-") and d.strip().lower() not in ("none", "nodevfiles")]
+            memory_gb = float(line.split()[1]) / 1024.0**2  # kB -> GiB
+    devices = [
+        d
+        for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        if d.strip() and not d.strip().startswith("-") and d.strip().lower() not in ("none", "nodevfiles")
+    ]
     gpu = bool(devices) and which("nvidia-smi") is not None
-    return Machine(cpu_count=int(os.cpu_count() or 1), memory_gb=round(memory_gb, 2),
-                   accelerator="gpu" if gpu else "cpu",
-                   accelerator_memory_gb=round(gpu_memory_gb(), 2) if gpu else 0.0,
-                   bf16=bool(flags & {"amx_bf16", "avx512_bf16"}))
+    return Machine(
+        cpu_count=int(os.cpu_count() or 1),
+        memory_gb=round(memory_gb, 2),
+        accelerator="gpu" if gpu else "cpu",
+        accelerator_memory_gb=round(gpu_memory_gb(), 2) if gpu else 0.0,
+        bf16=bool(flags & {"amx_bf16", "avx512_bf16"}),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,14 +219,17 @@ def plan_target_spacing(fingerprint: dict) -> Tuple[List[float], str]:
     target = median.copy()
     ratio = float(median.max() / median.min())
     if ratio <= ANISOTROPY_RATIO:
-        return _round_list(target), f"median spacing of the training cases (nnU-Net); spacing ratio {ratio:.1f} <= {ANISOTROPY_RATIO:g}"
+        return _round_list(
+            target
+        ), f"median spacing of the training cases (nnU-Net); spacing ratio {ratio:.1f} <= {ANISOTROPY_RATIO:g}"
     coarse = int(np.argmax(median))
     p10 = float(fingerprint["spacing"]["p10"][coarse])
     others = max(float(median[a]) for a in range(3) if a != coarse)
     target[coarse] = max(p10, others)
     return _round_list(target), (
         f"median spacing, except the coarse axis {coarse} which takes its 10th percentile {p10:g} mm "
-        f"because the data is anisotropic (ratio {ratio:.1f} > {ANISOTROPY_RATIO:g}), as nnU-Net")
+        f"because the data is anisotropic (ratio {ratio:.1f} > {ANISOTROPY_RATIO:g}), as nnU-Net"
+    )
 
 
 def resampled_shape(shape: Sequence[float], spacing: Sequence[float], target_spacing: Sequence[float]) -> np.ndarray:
@@ -213,19 +256,38 @@ def choose_model(fingerprint: dict, target_spacing: Sequence[float]) -> Tuple[st
     thin = int(np.argmin(median_shape))
     coarse = 2 - int(np.argmax(np.asarray(target_spacing)[::-1]))
     if median_shape[thin] < THIN_VOXELS:
-        return "unet2d", thin, (f"thin data: {median_shape[thin]:.0f} resampled voxels along axis {thin} "
-                                f"(< {THIN_VOXELS}) leave no room for 3D pooling, so 2D slices perpendicular to it")
+        return (
+            "unet2d",
+            thin,
+            (
+                f"thin data: {median_shape[thin]:.0f} resampled voxels along axis {thin} "
+                f"(< {THIN_VOXELS}) leave no room for 3D pooling, so 2D slices perpendicular to it"
+            ),
+        )
     if ratio > SLICEWISE_ANISOTROPY_RATIO:
-        return "unet2d", coarse, (f"very anisotropic spacing (ratio {ratio:.1f} > {SLICEWISE_ANISOTROPY_RATIO:g}): "
-                                  f"2D slices perpendicular to the coarse axis {coarse}, as nnU-Net's 2d configuration")
-    return "unet3d", coarse, (f"3D U-Net: at least {THIN_VOXELS} resampled voxels per axis and spacing ratio "
-                              f"{ratio:.1f} <= {SLICEWISE_ANISOTROPY_RATIO:g}")
+        return (
+            "unet2d",
+            coarse,
+            (
+                f"very anisotropic spacing (ratio {ratio:.1f} > {SLICEWISE_ANISOTROPY_RATIO:g}): "
+                f"2D slices perpendicular to the coarse axis {coarse}, as nnU-Net's 2d configuration"
+            ),
+        )
+    return (
+        "unet3d",
+        coarse,
+        (
+            f"3D U-Net: at least {THIN_VOXELS} resampled voxels per axis and spacing ratio "
+            f"{ratio:.1f} <= {SLICEWISE_ANISOTROPY_RATIO:g}"
+        ),
+    )
 
 
 def _looks_like_ct(channel: dict) -> bool:
     stats = channel.get("foreground_intensity", {})
     return bool(channel.get("integer_valued")) and (
-        float(stats.get("p00_5", 0.0)) < -500.0 or float(stats.get("min", 0.0)) <= -1000.0)
+        float(stats.get("p00_5", 0.0)) < -500.0 or float(stats.get("min", 0.0)) <= -1000.0
+    )
 
 
 def plan_intensity(fingerprint: dict) -> Tuple[Dict[str, str], str, List[str]]:
@@ -244,15 +306,23 @@ def plan_intensity(fingerprint: dict) -> Tuple[Dict[str, str], str, List[str]]:
         modality = str(channel.get("modality", "unknown"))
         if modality.upper() == "CT":
             mode = "dataset"
-            notes.append(f"channel {channel.get('index', 0)} is CT: dataset percentile clip + z-score (nnU-Net's CT scheme)")
+            notes.append(
+                f"channel {channel.get('index', 0)} is CT: dataset percentile clip + z-score (nnU-Net's CT scheme)"
+            )
         elif modality.lower() in ("unknown", "ot", "") and _looks_like_ct(channel):
             mode = "dataset"
-            notes.append(f"channel {channel.get('index', 0)} ({modality!r}) looks like CT: dataset percentile clip + z-score")
-            warnings.append(f"channel {channel.get('index', 0)} has modality {modality!r} but integer voxels down to "
-                            f"{channel.get('foreground_intensity', {}).get('min')}: treated as CT (dataset normalisation)")
+            notes.append(
+                f"channel {channel.get('index', 0)} ({modality!r}) looks like CT: dataset percentile clip + z-score"
+            )
+            warnings.append(
+                f"channel {channel.get('index', 0)} has modality {modality!r} but integer voxels down to "
+                f"{channel.get('foreground_intensity', {}).get('min')}: treated as CT (dataset normalisation)"
+            )
         else:
             mode = "zscore_nonzero"
-            notes.append(f"channel {channel.get('index', 0)} is {modality}: per-volume z-score over non-zero voxels (nnU-Net)")
+            notes.append(
+                f"channel {channel.get('index', 0)} is {modality}: per-volume z-score over non-zero voxels (nnU-Net)"
+            )
         if modes.get(modality, mode) != mode:
             warnings.append(f"channels share modality {modality!r} but need different normalisations; the first wins")
         modes.setdefault(modality, mode)
@@ -264,8 +334,9 @@ def plan_intensity(fingerprint: dict) -> Tuple[Dict[str, str], str, List[str]]:
 # Network topology and memory
 
 
-def network_topology(spacing: Sequence[float], patch_size: Sequence[int], max_levels: int,
-                     slice_axis: Optional[int] = None) -> Tuple[List[List[int]], List[List[int]]]:
+def network_topology(
+    spacing: Sequence[float], patch_size: Sequence[int], max_levels: int, slice_axis: Optional[int] = None
+) -> Tuple[List[List[int]], List[List[int]]]:
     """Rule 3 (nnU-Net get_pool_and_conv_props): pooling factors and kernel sizes per level.
 
     Level by level, an axis is pooled (factor 2) while its feature map stays >= 4 voxels after
@@ -329,11 +400,16 @@ def round_up(shape: Sequence[float], divisor: Sequence[int]) -> List[int]:
 
 def default_filters(levels: int, base: int, cap: int) -> List[int]:
     """Rule 5: `base` filters doubling per level, capped at `cap` (nnU-Net: 32 .. 320)."""
-    return [int(min(cap, base * 2 ** level)) for level in range(levels)]
+    return [int(min(cap, base * 2**level)) for level in range(levels)]
 
 
-def activation_bytes(patch_size: Sequence[int], filters: Sequence[int], pool_sizes: Sequence[Sequence[int]],
-                     batch_size: int, bytes_per_value: int = BYTES_PER_VALUE) -> float:
+def activation_bytes(
+    patch_size: Sequence[int],
+    filters: Sequence[int],
+    pool_sizes: Sequence[Sequence[int]],
+    batch_size: int,
+    bytes_per_value: int = BYTES_PER_VALUE,
+) -> float:
     """Rule 4's memory estimate of one training step: the activations the backward pass keeps.
 
     Sum over levels of filters x voxels at that level, x ACTIVATIONS_PER_FILTER tensors, x batch,
@@ -353,9 +429,9 @@ def memory_budget_bytes(machine: Machine) -> Tuple[float, str]:
     target); CPU min(8 GiB, 0.3 x RAM), leaving room for cached cases and the input pipeline."""
     if machine.accelerator == "gpu":
         gb = machine.accelerator_memory_gb or DEFAULT_GPU_MEMORY_GB
-        return GPU_MEMORY_SHARE * gb * 2 ** 30, f"{GPU_MEMORY_SHARE:g} x {gb:g} GiB GPU memory"
+        return GPU_MEMORY_SHARE * gb * 2**30, f"{GPU_MEMORY_SHARE:g} x {gb:g} GiB GPU memory"
     gb = min(CPU_MEMORY_CAP_GB, CPU_MEMORY_SHARE * machine.memory_gb)
-    return gb * 2 ** 30, f"min({CPU_MEMORY_CAP_GB:g} GiB, {CPU_MEMORY_SHARE:g} x {machine.memory_gb:g} GiB RAM)"
+    return gb * 2**30, f"min({CPU_MEMORY_CAP_GB:g} GiB, {CPU_MEMORY_SHARE:g} x {machine.memory_gb:g} GiB RAM)"
 
 
 def sliding_windows(grid: Sequence[int], patch_size: Sequence[int], overlap: float = OVERLAP) -> int:
@@ -408,8 +484,15 @@ class _Net:
 class _Context:
     """What stays fixed while candidates are designed: fingerprint, machine, overrides, model."""
 
-    def __init__(self, fingerprint: dict, machine: Machine, overrides: Dict[str, Any], model: str,
-                 slice_axis: int, num_classes: int):
+    def __init__(
+        self,
+        fingerprint: dict,
+        machine: Machine,
+        overrides: Dict[str, Any],
+        model: str,
+        slice_axis: int,
+        num_classes: int,
+    ):
         self.fp = fingerprint
         self.machine = machine
         self.overrides = overrides
@@ -453,11 +536,11 @@ def _topology(ctx: _Context, spacing, patch, levels_cap: int):
     levels = len(pools) + 1
     if ctx.fixed("training.filters"):
         levels = len(ctx.get("training.filters"))
-        pools = (pools + [[1, 1, 1]] * levels)[:levels - 1]
+        pools = (pools + [[1, 1, 1]] * levels)[: levels - 1]
     if ctx.fixed("training.kernel_sizes"):
         kernels = [list(k) for k in ctx.get("training.kernel_sizes")]
     else:  # keep the bottleneck's kernel last, the per-level kernels before it
-        body = (kernels[:-1] + [kernels[-2] if len(kernels) > 1 else kernels[-1]] * levels)[:levels - 1]
+        body = (kernels[:-1] + [kernels[-2] if len(kernels) > 1 else kernels[-1]] * levels)[: levels - 1]
         kernels = body + [kernels[-1]]
     return pools, kernels
 
@@ -473,12 +556,21 @@ def _grid(ctx: _Context, spacing, divisor) -> Tuple[List[int], str, List[str]]:
     """
     fp = ctx.fp
     spacing = np.asarray(spacing, np.float64)
-    extent_max = np.asarray(fp.get("extent_mm", {}).get("max") or
-                            np.asarray(fp["shape"]["max"], np.float64) * np.asarray(fp["spacing"]["median"]), np.float64)
+    extent_max = np.asarray(
+        fp.get("extent_mm", {}).get("max")
+        or np.asarray(fp["shape"]["max"], np.float64) * np.asarray(fp["spacing"]["median"]),
+        np.float64,
+    )
     full = round_up(extent_max / spacing, divisor)
     if float(np.prod(full, dtype=np.float64)) <= GRID_VOXEL_CAP:
-        return full, (f"covers the largest field of view {_fmt_mm(extent_max)} at the target spacing, rounded up to "
-                      f"multiples of {divisor}, so no case is cropped"), []
+        return (
+            full,
+            (
+                f"covers the largest field of view {_fmt_mm(extent_max)} at the target spacing, rounded up to "
+                f"multiples of {divisor}, so no case is cropped"
+            ),
+            [],
+        )
     cases = fp.get("cases") or []
     if cases:
         extents = np.array([np.asarray(c["shape"], np.float64) * np.asarray(c["spacing"], np.float64) for c in cases])
@@ -495,18 +587,32 @@ def _grid(ctx: _Context, spacing, divisor) -> Tuple[List[int], str, List[str]]:
         how = f"{cropped} of {len(cases)} cases will be cropped, by up to {_fmt_mm(cut.max(axis=0))}"
     else:
         how = f"about 10 % of the cases will be cropped, by up to {_fmt_mm(np.maximum(extent_max - covered, 0))}"
-    warning = (f"the grid for the largest field of view {full} exceeds {GRID_VOXEL_CAP} voxels: using the "
-               f"90th percentile {shape}; {how}")
-    return shape, (f"covers the 90th percentile field of view and the largest foreground box {_fmt_mm(bbox)} "
-                   f"(the largest view {full} exceeds {GRID_VOXEL_CAP} voxels)"), [warning]
+    warning = (
+        f"the grid for the largest field of view {full} exceeds {GRID_VOXEL_CAP} voxels: using the "
+        f"90th percentile {shape}; {how}"
+    )
+    return (
+        shape,
+        (
+            f"covers the 90th percentile field of view and the largest foreground box {_fmt_mm(bbox)} "
+            f"(the largest view {full} exceeds {GRID_VOXEL_CAP} voxels)"
+        ),
+        [warning],
+    )
 
 
 def _fmt_mm(values) -> str:
     return "x".join(f"{float(v):.0f}" for v in values) + " mm"
 
 
-def _design(ctx: _Context, spacing, filter_base: int, filter_cap: int, batch_cap: Optional[int],
-            patch_limit: Optional[Sequence[int]]) -> _Net:
+def _design(
+    ctx: _Context,
+    spacing,
+    filter_base: int,
+    filter_cap: int,
+    batch_cap: Optional[int],
+    patch_limit: Optional[Sequence[int]],
+) -> _Net:
     """One candidate at `spacing`: patch (rule 4), topology (rule 3), filters and batch (rule 5),
     grid (rule 9), honouring the overrides; patch_limit caps the patch (budget shrinking)."""
     fp = ctx.fp
@@ -534,15 +640,23 @@ def _design(ctx: _Context, spacing, filter_base: int, filter_cap: int, batch_cap
             start = [min(s, float(p)) for s, p in zip(start, patch_limit)]
         if user_shape is not None:
             start = [min(s, float(t)) for s, t in zip(start, user_shape)]
-        patch, pools, kernels, shrunk, memory_warnings = _fit_memory(ctx, spacing, median, start, filters_for, levels_cap)
-        notes.append(f"the resampled median shape {[round(m) for m in median]} rounded up to multiples of the "
-                     f"pooling product {divisor_of(pools)}")
+        patch, pools, kernels, shrunk, memory_warnings = _fit_memory(
+            ctx, spacing, median, start, filters_for, levels_cap
+        )
+        notes.append(
+            f"the resampled median shape {[round(m) for m in median]} rounded up to multiples of the "
+            f"pooling product {divisor_of(pools)}"
+        )
         if ctx.plane_axis is not None:
-            notes.append(f"{patch[ctx.plane_axis]} slices per patch (x batch {MIN_BATCH} ~ nnU-Net's 2D batch of "
-                         f"{SLICES_PER_2D_BATCH})")
+            notes.append(
+                f"{patch[ctx.plane_axis]} slices per patch (x batch {MIN_BATCH} ~ nnU-Net's 2D batch of "
+                f"{SLICES_PER_2D_BATCH})"
+            )
         if shrunk:
-            notes.append(f"shrunk from {shrunk} to fit the activation memory budget {ctx.memory_note}, the axis "
-                         "largest relative to the median shape first (nnU-Net)")
+            notes.append(
+                f"shrunk from {shrunk} to fit the activation memory budget {ctx.memory_note}, the axis "
+                "largest relative to the median shape first (nnU-Net)"
+            )
     filters = filters_for(len(pools) + 1)
     divisor = divisor_of(pools)
 
@@ -550,8 +664,9 @@ def _design(ctx: _Context, spacing, filter_base: int, filter_cap: int, batch_cap
     if ctx.fixed("training.batch_size"):
         batch = int(ctx.get("training.batch_size"))
     else:
-        batch, batch_note = plan_batch_size(ctx.kind, patch, filters, pools, ctx.memory_budget,
-                                            float(np.prod(median)) * int(fp["num_cases"]))
+        batch, batch_note = plan_batch_size(
+            ctx.kind, patch, filters, pools, ctx.memory_budget, float(np.prod(median)) * int(fp["num_cases"])
+        )
     if batch_cap is not None and not ctx.fixed("training.batch_size") and batch > batch_cap:
         batch = batch_cap
         batch_note += f"; reduced to {batch_cap} to fit the time budget"
@@ -568,16 +683,30 @@ def _design(ctx: _Context, spacing, filter_base: int, filter_cap: int, batch_cap
         if not ctx.fixed("training.pool_sizes"):
             pools, kernels = _topology(ctx, spacing, patch, len(pools) + 1)
             filters = filters_for(len(pools) + 1)
-    return _Net(spacing=tuple(_round_list(spacing)), median_shape=tuple(float(m) for m in median),
-                patch=tuple(int(p) for p in patch), filters=tuple(filters),
-                pools=tuple(tuple(int(v) for v in p) for p in pools),
-                kernels=tuple(tuple(int(v) for v in k) for k in kernels), batch=int(batch),
-                target_shape=tuple(int(t) for t in target), patch_note="; ".join(notes), batch_note=batch_note,
-                grid_note=grid_note, warnings=tuple(memory_warnings + grid_warnings))
+    return _Net(
+        spacing=tuple(_round_list(spacing)),
+        median_shape=tuple(float(m) for m in median),
+        patch=tuple(int(p) for p in patch),
+        filters=tuple(filters),
+        pools=tuple(tuple(int(v) for v in p) for p in pools),
+        kernels=tuple(tuple(int(v) for v in k) for k in kernels),
+        batch=int(batch),
+        target_shape=tuple(int(t) for t in target),
+        patch_note="; ".join(notes),
+        batch_note=batch_note,
+        grid_note=grid_note,
+        warnings=tuple(memory_warnings + grid_warnings),
+    )
 
 
-def plan_batch_size(kind: str, patch_size: Sequence[int], filters: Sequence[int],
-                    pool_sizes: Sequence[Sequence[int]], memory_budget: float, dataset_voxels: float) -> Tuple[int, str]:
+def plan_batch_size(
+    kind: str,
+    patch_size: Sequence[int],
+    filters: Sequence[int],
+    pool_sizes: Sequence[Sequence[int]],
+    memory_budget: float,
+    dataset_voxels: float,
+) -> Tuple[int, str]:
     """Rule 5's batch size. CPU ("cpu"): nnU-Net's minimum of 2, since the step time grows about
     linearly with the batch and the time budget buys more from more steps. GPU: as many patches as
     the activation memory budget (bytes) holds, but one batch covers at most 5 % of the dataset's
@@ -586,13 +715,16 @@ def plan_batch_size(kind: str, patch_size: Sequence[int], filters: Sequence[int]
     Returns (batch size, reason).
     """
     if kind != "gpu":
-        return MIN_BATCH, (f"nnU-Net's minimum of {MIN_BATCH}: on a CPU a larger batch costs proportionally more time "
-                           "per step and buys nothing the budget could not spend on more steps")
+        return MIN_BATCH, (
+            f"nnU-Net's minimum of {MIN_BATCH}: on a CPU a larger batch costs proportionally more time "
+            "per step and buys nothing the budget could not spend on more steps"
+        )
     by_memory = int(memory_budget // activation_bytes(patch_size, filters, pool_sizes, 1))
     by_coverage = int(round(dataset_voxels * MAX_DATASET_COVERED / float(np.prod(patch_size, dtype=np.float64))))
     return max(MIN_BATCH, min(by_memory, by_coverage)), (
         f"as large as GPU memory allows ({by_memory}) but covering at most 5 % of the dataset's voxels "
-        f"({by_coverage}), at least {MIN_BATCH} (nnU-Net)")
+        f"({by_coverage}), at least {MIN_BATCH} (nnU-Net)"
+    )
 
 
 def _fit_memory(ctx: _Context, spacing, median, start, filters_for, levels_cap):
@@ -615,21 +747,39 @@ def _fit_memory(ctx: _Context, spacing, median, start, filters_for, levels_cap):
         floors = [1 if a == ctx.plane_axis else min(2 * MIN_FEATURE_MAP, padded[a]) for a in range(3)]
         shrinkable = [a for a in range(3) if padded[a] > floors[a]]
         if not shrinkable:
-            return padded, pools, kernels, first, [
-                f"even the smallest patch {padded} exceeds the memory budget {ctx.memory_note}"]
+            return (
+                padded,
+                pools,
+                kernels,
+                first,
+                [f"even the smallest patch {padded} exceeds the memory budget {ctx.memory_note}"],
+            )
         first = first or padded
         axis = max(shrinkable, key=lambda a: padded[a] / max(median[a], 1.0))
         step = divisor[axis] if padded[axis] - divisor[axis] >= floors[axis] else max(1, padded[axis] // 2)
         patch = [float(p) for p in padded]
         patch[axis] = float(max(floors[axis], padded[axis] - step))
-    return padded, pools, kernels, first, [f"gave up shrinking the patch {padded} into the memory budget {ctx.memory_note}"]
+    return (
+        padded,
+        pools,
+        kernels,
+        first,
+        [f"gave up shrinking the patch {padded} into the memory budget {ctx.memory_note}"],
+    )
 
 
 def _training_settings(ctx: _Context, net: _Net, mixed_precision: bool) -> dict:
-    return {"model": ctx.model, "slice_axis": int(ctx.slice_axis), "num_classes": int(ctx.num_classes),
-            "patch_size": list(net.patch), "filters": list(net.filters),
-            "pool_sizes": [list(p) for p in net.pools], "kernel_sizes": [list(k) for k in net.kernels],
-            "batch_size": int(net.batch), "mixed_precision": bool(mixed_precision)}
+    return {
+        "model": ctx.model,
+        "slice_axis": int(ctx.slice_axis),
+        "num_classes": int(ctx.num_classes),
+        "patch_size": list(net.patch),
+        "filters": list(net.filters),
+        "pool_sizes": [list(p) for p in net.pools],
+        "kernel_sizes": [list(k) for k in net.kernels],
+        "batch_size": int(net.batch),
+        "mixed_precision": bool(mixed_precision),
+    }
 
 
 class _StepMeter:
@@ -691,9 +841,16 @@ def inference_minutes(cases: int, windows: int, step_seconds: float, batch_size:
     return cases * windows * passes * step_seconds / (INFERENCE_SPEEDUP * batch_size) / 60.0
 
 
-def split_budget(budget_minutes: float, step_seconds: float, batch_size: int, windows: int,
-                 val_dice_cases: int, epochs: Optional[int] = None,
-                 time_limit_minutes: Optional[float] = None, train_steps: Optional[int] = None) -> dict:
+def split_budget(
+    budget_minutes: float,
+    step_seconds: float,
+    batch_size: int,
+    windows: int,
+    val_dice_cases: int,
+    epochs: Optional[int] = None,
+    time_limit_minutes: Optional[float] = None,
+    train_steps: Optional[int] = None,
+) -> dict:
     """Rule 11: the Trainer's wall time = training + per-epoch validation + export.
 
     export = 1 min; validation = epochs x val_dice_cases x windows x step_seconds / (3 x batch)
@@ -720,13 +877,19 @@ def split_budget(budget_minutes: float, step_seconds: float, batch_size: int, wi
     if time_limit_minutes is not None:
         training = float(time_limit_minutes)
     affordable = int(math.floor(training * 60.0 / step_seconds + _EPS))
-    return {"epochs": int(epochs), "training_minutes": training, "validation_minutes": validation(epochs),
-            "export_minutes": EXPORT_MINUTES, "affordable_steps": affordable,
-            "train_steps": int(train_steps) if train_steps is not None else affordable}
+    return {
+        "epochs": int(epochs),
+        "training_minutes": training,
+        "validation_minutes": validation(epochs),
+        "export_minutes": EXPORT_MINUTES,
+        "affordable_steps": affordable,
+        "train_steps": int(train_steps) if train_steps is not None else affordable,
+    }
 
 
-def plan_mirror_axes(budget_minutes: float, eval_minutes_per_pass: float, spacing: Sequence[float],
-                     slice_axis: Optional[int]) -> Tuple[List[int], str]:
+def plan_mirror_axes(
+    budget_minutes: float, eval_minutes_per_pass: float, spacing: Sequence[float], slice_axis: Optional[int]
+) -> Tuple[List[int], str]:
     """Rule 13: test-time mirroring over all 3 axes (nnU-Net) unless the Evaluator's inference
     (eval cases x windows x 2^k passes) would exceed 15 % of the budget; then axes are dropped,
     the slice axis (unet2d) or the coarsest axis first.
@@ -743,10 +906,14 @@ def plan_mirror_axes(budget_minutes: float, eval_minutes_per_pass: float, spacin
         dropped.append(axis)
     cost = eval_minutes_per_pass * 2 ** len(kept)
     if not dropped:
-        return kept, (f"mirroring over all axes (nnU-Net): {2 ** len(kept)} passes per window cost ~{cost:.1f} min "
-                      f"of evaluation, within {MAX_EVALUATION_SHARE:.0%} of the budget")
-    return sorted(kept), (f"dropped axes {dropped} (coarsest/slice axis first) so evaluation inference "
-                          f"(~{cost:.1f} min) stays within {MAX_EVALUATION_SHARE:.0%} of the budget")
+        return kept, (
+            f"mirroring over all axes (nnU-Net): {2 ** len(kept)} passes per window cost ~{cost:.1f} min "
+            f"of evaluation, within {MAX_EVALUATION_SHARE:.0%} of the budget"
+        )
+    return sorted(kept), (
+        f"dropped axes {dropped} (coarsest/slice axis first) so evaluation inference "
+        f"(~{cost:.1f} min) stays within {MAX_EVALUATION_SHARE:.0%} of the budget"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -803,8 +970,14 @@ def _halved_patch(ctx: _Context, net: _Net, exhausted: set) -> Optional[Tuple[Li
 # The plan
 
 
-def make_plan(fingerprint: dict, budget_minutes: float, machine: Machine, step_seconds: Callable[[dict], float],
-              overrides: Optional[Dict[str, Any]] = None, min_steps: int = 800) -> dict:
+def make_plan(
+    fingerprint: dict,
+    budget_minutes: float,
+    machine: Machine,
+    step_seconds: Callable[[dict], float],
+    overrides: Optional[Dict[str, Any]] = None,
+    min_steps: int = 800,
+) -> dict:
     """The plan: every transform/training setting with its reason, estimates and warnings.
 
     Rules 1-14 are applied by the functions named in their docstrings; the order here is: classes
@@ -894,12 +1067,16 @@ def make_plan(fingerprint: dict, budget_minutes: float, machine: Machine, step_s
         calibration["float32"] = meter.measure(_training_settings(ctx, net, False))
         calibration[mixed_name] = meter.measure(_training_settings(ctx, net, True))
         mixed = calibration[mixed_name] < calibration["float32"]
-        precision_reason = (f"measured {calibration['float32']:.3g} s/step float32 vs {calibration[mixed_name]:.3g} s "
-                            f"{mixed_name} on this {'GPU' if ctx.kind == 'gpu' else 'bf16-capable CPU'}; kept the faster")
+        precision_reason = (
+            f"measured {calibration['float32']:.3g} s/step float32 vs {calibration[mixed_name]:.3g} s "
+            f"{mixed_name} on this {'GPU' if ctx.kind == 'gpu' else 'bf16-capable CPU'}; kept the faster"
+        )
     else:
         mixed = False
         calibration["float32"] = meter.measure(_training_settings(ctx, net, False))
-        precision_reason = "float32: this CPU has no native bfloat16 (no amx_bf16/avx512_bf16), so mixed precision only emulates it"
+        precision_reason = (
+            "float32: this CPU has no native bfloat16 (no amx_bf16/avx512_bf16), so mixed precision only emulates it"
+        )
     decide("training.mixed_precision", mixed, precision_reason)
 
     # Rule 11: budget, for a candidate network.
@@ -909,11 +1086,16 @@ def make_plan(fingerprint: dict, budget_minutes: float, machine: Machine, step_s
     required = int(overrides.get("training.train_steps", min_steps))
 
     def timing(candidate: _Net, seconds: float) -> dict:
-        return split_budget(budget_minutes, seconds, candidate.batch,
-                            sliding_windows(candidate.target_shape, candidate.patch, overlap), val_cases,
-                            epochs=overrides.get("training.epochs"),
-                            time_limit_minutes=overrides.get("training.time_limit_minutes"),
-                            train_steps=overrides.get("training.train_steps"))
+        return split_budget(
+            budget_minutes,
+            seconds,
+            candidate.batch,
+            sliding_windows(candidate.target_shape, candidate.patch, overlap),
+            val_cases,
+            epochs=overrides.get("training.epochs"),
+            time_limit_minutes=overrides.get("training.time_limit_minutes"),
+            train_steps=overrides.get("training.train_steps"),
+        )
 
     def assess(candidate: _Net, final: bool = False) -> Tuple[dict, float]:
         settings = _training_settings(ctx, candidate, mixed)
@@ -936,7 +1118,9 @@ def make_plan(fingerprint: dict, budget_minutes: float, machine: Machine, step_s
 
     def attempt(what: str, note: str) -> bool:
         nonlocal net, split, seconds
-        candidate = _design(ctx, state["spacing"], state["base"], state["cap"], state["batch_cap"], state["patch_limit"])
+        candidate = _design(
+            ctx, state["spacing"], state["base"], state["cap"], state["batch_cap"], state["patch_limit"]
+        )
         if candidate == net:
             return False
         net = candidate
@@ -981,22 +1165,28 @@ def make_plan(fingerprint: dict, budget_minutes: float, machine: Machine, step_s
         if meter.measured(_training_settings(ctx, net, mixed)) is None and meter.can_measure():
             split, seconds = assess(net, final=True)  # the chosen plan's time measured, not scaled
         if not fits(split):
-            warnings.append(f"even the smallest plan allows only {split['affordable_steps']} training steps "
-                            f"(< {required}) within {budget_minutes:g} min: expect an undertrained model; "
-                            f"a larger budget would help (the initial plan allowed {start_steps})")
+            warnings.append(
+                f"even the smallest plan allows only {split['affordable_steps']} training steps "
+                f"(< {required}) within {budget_minutes:g} min: expect an undertrained model; "
+                f"a larger budget would help (the initial plan allowed {start_steps})"
+            )
     warnings.extend(net.warnings)
 
     # Transform decisions that depend on the final network.
     spacing_reason = reasons.get("transform.target_spacing", "")
     if shrinks["spacing"]:
         values["transform.target_spacing"] = list(net.spacing)
-        spacing_reason += ("; then coarsened for the time budget (a low-resolution plan as nnU-Net's 3d_lowres, "
-                           f"no label's median box under {MIN_STRUCTURE_VOXELS} voxels per axis): "
-                           + "; ".join(shrinks["spacing"]))
+        spacing_reason += (
+            "; then coarsened for the time budget (a low-resolution plan as nnU-Net's 3d_lowres, "
+            f"no label's median box under {MIN_STRUCTURE_VOXELS} voxels per axis): " + "; ".join(shrinks["spacing"])
+        )
         reasons["transform.target_spacing"] = spacing_reason
     decide("transform.target_shape", list(net.target_shape), net.grid_note)
-    decide("transform.spatial_mode", "fixed_shape",
-           "every case is cropped/padded to target_shape, so batches stack and serving's sliding window covers one known grid")
+    decide(
+        "transform.spatial_mode",
+        "fixed_shape",
+        "every case is cropped/padded to target_shape, so batches stack and serving's sliding window covers one known grid",
+    )
 
     patch_reason = initial.patch_note
     if shrinks["patch"]:
@@ -1004,44 +1194,70 @@ def make_plan(fingerprint: dict, budget_minutes: float, machine: Machine, step_s
     if shrinks["spacing"] and net.patch != initial.patch:
         patch_reason += f"; {list(net.patch)} at the coarser spacing {list(net.spacing)} mm"
     decide("training.patch_size", list(net.patch), patch_reason)
-    filters_reason = (f"base {FILTERS[ctx.kind][0]} doubling per level capped at {FILTERS[ctx.kind][1]}"
-                      + (" (nnU-Net's GPU scheme)" if ctx.kind == "gpu" else
-                         ": on a CPU the compute per step grows with filters squared, so half nnU-Net's 32..320"))
+    filters_reason = f"base {FILTERS[ctx.kind][0]} doubling per level capped at {FILTERS[ctx.kind][1]}" + (
+        " (nnU-Net's GPU scheme)"
+        if ctx.kind == "gpu"
+        else ": on a CPU the compute per step grows with filters squared, so half nnU-Net's 32..320"
+    )
     if shrinks["filters"]:
         filters_reason += "; capped lower for the time budget: " + "; ".join(shrinks["filters"])
     decide("training.filters", list(net.filters), filters_reason + f"; {len(net.filters)} levels from the pooling")
-    decide("training.pool_sizes", [list(p) for p in net.pools],
-           f"nnU-Net's rule: pool an axis while its feature map stays >= {MIN_FEATURE_MAP} voxels and its spacing is "
-           f"within 2x of the finest, at most {MAX_LEVELS[ctx.kind]} levels on a {ctx.kind.upper()}")
-    decide("training.kernel_sizes", [list(k) for k in net.kernels],
-           "nnU-Net's rule: kernel 1 along an axis more than 2x coarser than the finest at that level, else 3"
-           + ("; 1 along the slice axis of the 2D U-Net" if model == "unet2d" else ""))
+    decide(
+        "training.pool_sizes",
+        [list(p) for p in net.pools],
+        f"nnU-Net's rule: pool an axis while its feature map stays >= {MIN_FEATURE_MAP} voxels and its spacing is "
+        f"within 2x of the finest, at most {MAX_LEVELS[ctx.kind]} levels on a {ctx.kind.upper()}",
+    )
+    decide(
+        "training.kernel_sizes",
+        [list(k) for k in net.kernels],
+        "nnU-Net's rule: kernel 1 along an axis more than 2x coarser than the finest at that level, else 3"
+        + ("; 1 along the slice axis of the 2D U-Net" if model == "unet2d" else ""),
+    )
     batch_reason = net.batch_note + ("; " + "; ".join(shrinks["batch"]) if shrinks["batch"] else "")
     decide("training.batch_size", int(net.batch), batch_reason)
     decide("training.learning_rate", LEARNING_RATE, "nnU-Net-style Adam at 3e-3 with polynomial (0.9) decay to 1 %")
     decide("training.loss", LOSS, "Dice + cross-entropy, nnU-Net's loss: robust to class imbalance yet smooth early on")
 
     windows = sliding_windows(net.target_shape, net.patch, overlap)
-    steps_reason = (f"floor({split['training_minutes']:.1f} min x 60 / {seconds:.3g} s per step), the steps the "
-                    "training time allows")
+    steps_reason = (
+        f"floor({split['training_minutes']:.1f} min x 60 / {seconds:.3g} s per step), the steps the "
+        "training time allows"
+    )
     decide("training.train_steps", int(split["train_steps"]), steps_reason)
     if "training.train_steps" in overrides and split["train_steps"] > split["affordable_steps"]:
-        warnings.append(f"train_steps {split['train_steps']} exceeds the {split['affordable_steps']} steps the "
-                        f"budget allows: the time limit will stop training early")
-    decide("training.epochs", int(split["epochs"]),
-           f"round(training minutes / {MINUTES_PER_EPOCH:g}) within 1..{MAX_EPOCHS}: one validation Dice every "
-           f"~{MINUTES_PER_EPOCH:g} min of training")
-    decide("training.time_limit_minutes", round(split["training_minutes"], 2),
-           f"budget {budget_minutes:g} min minus export {EXPORT_MINUTES:g} min and per-epoch validation "
-           f"{split['validation_minutes']:.1f} min")
+        warnings.append(
+            f"train_steps {split['train_steps']} exceeds the {split['affordable_steps']} steps the "
+            f"budget allows: the time limit will stop training early"
+        )
+    decide(
+        "training.epochs",
+        int(split["epochs"]),
+        f"round(training minutes / {MINUTES_PER_EPOCH:g}) within 1..{MAX_EPOCHS}: one validation Dice every "
+        f"~{MINUTES_PER_EPOCH:g} min of training",
+    )
+    decide(
+        "training.time_limit_minutes",
+        round(split["training_minutes"], 2),
+        f"budget {budget_minutes:g} min minus export {EXPORT_MINUTES:g} min and per-epoch validation "
+        f"{split['validation_minutes']:.1f} min",
+    )
     eval_pass = inference_minutes(eval_cases, windows, seconds, net.batch)
-    axes, tta_reason = plan_mirror_axes(budget_minutes, eval_pass, net.spacing, slice_axis if model == "unet2d" else None)
+    axes, tta_reason = plan_mirror_axes(
+        budget_minutes, eval_pass, net.spacing, slice_axis if model == "unet2d" else None
+    )
     axes = decide("training.tta_mirror_axes", axes, tta_reason)
     decide("training.sliding_window_overlap", OVERLAP, "half-patch steps, nnU-Net's tile step of 0.5")
-    decide("training.foreground_oversample", FOREGROUND_OVERSAMPLE,
-           "a third of patches centred on foreground, as nnU-Net, so small structures are seen often")
-    decide("training.val_dice_cases", min(MAX_VAL_DICE_CASES, eval_cases),
-           f"min({MAX_VAL_DICE_CASES}, the ~{eval_cases} eval cases): per-epoch validation Dice stays affordable")
+    decide(
+        "training.foreground_oversample",
+        FOREGROUND_OVERSAMPLE,
+        "a third of patches centred on foreground, as nnU-Net, so small structures are seen often",
+    )
+    decide(
+        "training.val_dice_cases",
+        min(MAX_VAL_DICE_CASES, eval_cases),
+        f"min({MAX_VAL_DICE_CASES}, the ~{eval_cases} eval cases): per-epoch validation Dice stays affordable",
+    )
 
     settings = {stage: {key: values[f"{stage}.{key}"] for key in keys} for stage, keys in SETTINGS_KEYS.items()}
     decisions = []
@@ -1049,11 +1265,19 @@ def make_plan(fingerprint: dict, budget_minutes: float, machine: Machine, step_s
         for key in keys:
             full = f"{stage}.{key}"
             user = full in overrides
-            decisions.append({"key": full, "value": values[full], "origin": "user" if user else "plan",
-                              "reason": "set by the user" if user else reasons[full]})
+            decisions.append(
+                {
+                    "key": full,
+                    "value": values[full],
+                    "origin": "user" if user else "plan",
+                    "reason": "set by the user" if user else reasons[full],
+                }
+            )
     estimates = {
         "step_seconds": round(seconds, 4),
-        "step_seconds_source": "measured" if meter.measured(_training_settings(ctx, net, mixed)) is not None else "scaled",
+        "step_seconds_source": "measured"
+        if meter.measured(_training_settings(ctx, net, mixed)) is not None
+        else "scaled",
         "calibration": {k: round(v, 4) for k, v in calibration.items()},
         "measurements": meter.calls,
         "train_steps": int(values["training.train_steps"]),
@@ -1063,27 +1287,39 @@ def make_plan(fingerprint: dict, budget_minutes: float, machine: Machine, step_s
         "evaluation_minutes": round(eval_pass * 2 ** len(axes), 2),
         "windows_per_case": windows,
     }
-    plan = {"version": PLAN_VERSION, "budget_minutes": float(budget_minutes), "machine": dataclasses.asdict(machine),
-            "settings": settings, "decisions": decisions, "estimates": estimates, "warnings": warnings}
+    plan = {
+        "version": PLAN_VERSION,
+        "budget_minutes": float(budget_minutes),
+        "machine": dataclasses.asdict(machine),
+        "settings": settings,
+        "decisions": decisions,
+        "estimates": estimates,
+        "warnings": warnings,
+    }
     return json.loads(json.dumps(plan))  # plain JSON types only (no tuples, no numpy scalars)
 
 
 def describe(plan: dict, reason_width: int = 70) -> str:
     """The plan as a terminal table (key | value | origin | reason, reasons wrapped at
     `reason_width` characters), then the estimates and the warnings."""
-    rows = [(d["key"], json.dumps(d["value"], separators=(",", ":")), d["origin"], d["reason"])
-            for d in plan["decisions"]]
+    rows = [
+        (d["key"], json.dumps(d["value"], separators=(",", ":")), d["origin"], d["reason"]) for d in plan["decisions"]
+    ]
     key_w = max(len("key"), *(len(r[0]) for r in rows))
     value_w = min(32, max(len("value"), *(len(r[1]) for r in rows)))
     origin_w = max(len("origin"), *(len(r[2]) for r in rows))
-    lines = [f"{'key':<{key_w}} | {'value':<{value_w}} | {'origin':<{origin_w}} | reason",
-             f"{'-' * key_w}-+-{'-' * value_w}-+-{'-' * origin_w}-+-{'-' * reason_width}"]
+    lines = [
+        f"{'key':<{key_w}} | {'value':<{value_w}} | {'origin':<{origin_w}} | reason",
+        f"{'-' * key_w}-+-{'-' * value_w}-+-{'-' * origin_w}-+-{'-' * reason_width}",
+    ]
     for key, value, origin, reason in rows:
         values = textwrap.wrap(value, value_w, break_on_hyphens=False) or [""]
         reasons = textwrap.wrap(reason, reason_width) or [""]
         for i in range(max(len(values), len(reasons))):
-            lines.append(f"{key if i == 0 else '':<{key_w}} | {values[i] if i < len(values) else '':<{value_w}} | "
-                         f"{origin if i == 0 else '':<{origin_w}} | {reasons[i] if i < len(reasons) else ''}".rstrip())
+            lines.append(
+                f"{key if i == 0 else '':<{key_w}} | {values[i] if i < len(values) else '':<{value_w}} | "
+                f"{origin if i == 0 else '':<{origin_w}} | {reasons[i] if i < len(reasons) else ''}".rstrip()
+            )
     lines.append("")
     lines.append(f"estimates (budget {plan['budget_minutes']:g} min on {plan['machine']['accelerator']}):")
     for key, value in plan["estimates"].items():

@@ -5,6 +5,7 @@
 with origin "user"), and validates each stage's complete settings with its model
 (modules.settings), so a consumer takes `plan["settings"][stage]` as its whole configuration.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
@@ -20,19 +21,32 @@ def trained_modalities(fingerprint: Dict[str, Any]) -> list:
     return sorted(fingerprint["channels"][0].get("modality_counts", {}))
 
 
-def build_plan(fingerprint: Dict[str, Any], base_settings: Dict[str, Dict[str, Any]],
-               user_overrides: Dict[str, Any], planning: PlanningSettings,
-               step_seconds: Callable[[Dict], float],
-               machine: Optional[planner.Machine] = None) -> Dict[str, Any]:
+def build_plan(
+    fingerprint: Dict[str, Any],
+    base_settings: Dict[str, Dict[str, Any]],
+    user_overrides: Dict[str, Any],
+    planning: PlanningSettings,
+    step_seconds: Callable[[Dict], float],
+    machine: Optional[planner.Machine] = None,
+) -> Dict[str, Any]:
     """The plan: planner choices, then the user's settings, over `base_settings` (stage ->
     settings dict as configured). Raises ValueError (pydantic's) when the merged settings of a
     stage are invalid."""
     machine = machine or planner.detect_machine()
     # The planner decides SETTINGS_KEYS; the user's other settings are merged in below.
-    planned_overrides = {k: v for k, v in user_overrides.items()
-                         if "." in k and k.split(".", 1)[1] in planner.SETTINGS_KEYS.get(k.split(".", 1)[0], ())}
-    plan = planner.make_plan(fingerprint, planning.budget_minutes, machine, step_seconds,
-                             overrides=planned_overrides, min_steps=planning.min_steps)
+    planned_overrides = {
+        k: v
+        for k, v in user_overrides.items()
+        if "." in k and k.split(".", 1)[1] in planner.SETTINGS_KEYS.get(k.split(".", 1)[0], ())
+    }
+    plan = planner.make_plan(
+        fingerprint,
+        planning.budget_minutes,
+        machine,
+        step_seconds,
+        overrides=planned_overrides,
+        min_steps=planning.min_steps,
+    )
     for stage in PLANNED_STAGES:
         merged = {**base_settings.get(stage, {}), **plan["settings"].get(stage, {})}
         for key, value in user_overrides.items():

@@ -7,6 +7,7 @@ Intensity (image only): multiplicative scale, additive shift, Gaussian noise.
 Probabilities and ranges follow nnU-Net's defaults, with smaller rotations/scales.
 Volumes are (X, Y, Z); seeds are (2,) int tensors.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,7 @@ def random_affine(cfg: AugmentConfig, seed) -> tf.Tensor:
     max_angle = cfg.max_rotation_deg * math.pi / 180.0
     rotate = _u(seeds[0], shape=(3,)) < cfg.p_rotation
     angles = tf.where(rotate, _u(seeds[1], -max_angle, max_angle, (3,)), 0.0)
-    scale = tf.where(_u(seeds[2]) < cfg.p_scale,
-                     _u(seeds[3], cfg.scale_range[0], cfg.scale_range[1]), 1.0)
+    scale = tf.where(_u(seeds[2]) < cfg.p_scale, _u(seeds[3], cfg.scale_range[0], cfg.scale_range[1]), 1.0)
     return rotation_matrix(angles) * scale
 
 
@@ -81,14 +81,12 @@ def sample_points(volume: tf.Tensor, coords: tf.Tensor, linear: bool, fill: floa
     return out
 
 
-def affine_patch(image: tf.Tensor, label: tf.Tensor, centre: tf.Tensor, matrix: tf.Tensor,
-                 patch_size: Sequence[int]):
+def affine_patch(image: tf.Tensor, label: tf.Tensor, centre: tf.Tensor, matrix: tf.Tensor, patch_size: Sequence[int]):
     """Patch of `patch_size` whose voxel offset o from the patch centre reads the case at
     centre + matrix @ o (voxels). Image trilinear (fill 0), label nearest (fill 0)."""
     coords = _patch_offsets(patch_size) @ tf.transpose(matrix) + tf.cast(centre, tf.float32)
     size = list(patch_size)
-    return (tf.reshape(sample_points(image, coords, True), size),
-            tf.reshape(sample_points(label, coords, False), size))
+    return (tf.reshape(sample_points(image, coords, True), size), tf.reshape(sample_points(label, coords, False), size))
 
 
 def mirror(image: tf.Tensor, label: tf.Tensor, seed):
@@ -96,25 +94,39 @@ def mirror(image: tf.Tensor, label: tf.Tensor, seed):
     image, label = tf.convert_to_tensor(image), tf.convert_to_tensor(label)
     flips = _u(seed, shape=(3,)) < 0.5
     for axis in range(3):
-        image, label = tf.cond(flips[axis], lambda a=axis: (tf.reverse(image, [a]), tf.reverse(label, [a])),
-                               lambda: (image, label))
+        image, label = tf.cond(
+            flips[axis], lambda a=axis: (tf.reverse(image, [a]), tf.reverse(label, [a])), lambda: (image, label)
+        )
     return image, label
 
 
 def intensity(image: tf.Tensor, cfg: AugmentConfig, seed) -> tf.Tensor:
     """Multiplicative scale, additive shift, Gaussian noise, each with its probability."""
     seeds = tf.random.experimental.stateless_split(seed, 7)
-    image = tf.where(_u(seeds[0]) < cfg.p_intensity_scale,
-                     image * _u(seeds[1], cfg.intensity_scale_range[0], cfg.intensity_scale_range[1]), image)
-    image = tf.where(_u(seeds[2]) < cfg.p_intensity_shift,
-                     image + tf.random.stateless_normal([], seed=seeds[3]) * cfg.intensity_shift_std, image)
+    image = tf.where(
+        _u(seeds[0]) < cfg.p_intensity_scale,
+        image * _u(seeds[1], cfg.intensity_scale_range[0], cfg.intensity_scale_range[1]),
+        image,
+    )
+    image = tf.where(
+        _u(seeds[2]) < cfg.p_intensity_shift,
+        image + tf.random.stateless_normal([], seed=seeds[3]) * cfg.intensity_shift_std,
+        image,
+    )
     noise_std = _u(seeds[5], 0.0, cfg.max_noise_std)
     noise = tf.random.stateless_normal(tf.shape(image), seed=seeds[6]) * noise_std
     return tf.where(_u(seeds[4]) < cfg.p_noise, image + noise, image)
 
 
-def training_patch(image: tf.Tensor, label: tf.Tensor, patch_size: Sequence[int], num_classes: int,
-                   foreground_oversample: float, cfg: AugmentConfig, seed):
+def training_patch(
+    image: tf.Tensor,
+    label: tf.Tensor,
+    patch_size: Sequence[int],
+    num_classes: int,
+    foreground_oversample: float,
+    cfg: AugmentConfig,
+    seed,
+):
     """One class-balanced, augmented training patch of an (X, Y, Z) case: the patch sampler of
     the input pipeline. The case is padded to the patch size, the patch placed by
     modules.train.patches (a share `foreground_oversample` centred on foreground), then read through
@@ -134,7 +146,8 @@ def training_patch(image: tf.Tensor, label: tf.Tensor, patch_size: Sequence[int]
         image, label = tf.cond(
             tf.reduce_all(tf.equal(matrix, tf.eye(3))),
             lambda: (tf.slice(image, start, size), tf.slice(label, start, size)),
-            lambda: affine_patch(image, label, centre, matrix, patch_size))
+            lambda: affine_patch(image, label, centre, matrix, patch_size),
+        )
     else:
         image, label = tf.slice(image, start, size), tf.slice(label, start, size)
     if cfg.mirror:

@@ -8,6 +8,7 @@ dataset like Decathlon hippocampus are ~1 MB per case), and batches are prefetch
 sampling and augmentation are stateless functions of (seed, element index): the same seed gives
 identical batches.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Union
@@ -36,12 +37,20 @@ def records(files: Sequence[str], parallel: bool = True) -> tf.data.Dataset:
     """Serialized records of TFRecord files (GZIP when the names end in .gz), files read in parallel
     and interleaved deterministically."""
     compression = "GZIP" if all(f.endswith(".gz") for f in files) else ""
-    return tf.data.TFRecordDataset(list(files), compression_type=compression, buffer_size=_READ_BUFFER,
-                                   num_parallel_reads=AUTOTUNE if parallel and len(files) > 1 else None)
+    return tf.data.TFRecordDataset(
+        list(files),
+        compression_type=compression,
+        buffer_size=_READ_BUFFER,
+        num_parallel_reads=AUTOTUNE if parallel and len(files) > 1 else None,
+    )
 
 
-def case_decoder(feature_spec: Dict[str, object], image_key: str = "image", label_key: Optional[str] = "label",
-                 shape_key: str = "grid_shape"):
+def case_decoder(
+    feature_spec: Dict[str, object],
+    image_key: str = "image",
+    label_key: Optional[str] = "label",
+    shape_key: str = "grid_shape",
+):
     """serialized transformed tf.Example -> (image (X, Y, Z) float32, label) of one case.
 
     Handles both Transform layouts: a fixed grid (FixedLenFeature of shape (X, Y, Z)) and whole
@@ -53,8 +62,9 @@ def case_decoder(feature_spec: Dict[str, object], image_key: str = "image", labe
     spec = {k: feature_spec[k] for k in keys}
     needs_shape = any(not isinstance(spec[k], tf.io.FixedLenFeature) for k in keys)
     label_spec = spec.get(label_key)
-    classification = isinstance(label_spec, tf.io.FixedLenFeature) and \
-        int(tf.TensorShape(label_spec.shape).num_elements()) == 1
+    classification = (
+        isinstance(label_spec, tf.io.FixedLenFeature) and int(tf.TensorShape(label_spec.shape).num_elements()) == 1
+    )
     if needs_shape:
         spec[shape_key] = feature_spec[shape_key]
 
@@ -90,10 +100,16 @@ def cases(files: Sequence[str], decoder, cache: bool = True) -> tf.data.Dataset:
     return ds.cache() if cache else ds
 
 
-def training_patches(case_ds: tf.data.Dataset, patch_size: Sequence[int], batch_size: int,
-                     num_classes: int, foreground_oversample: float = 0.33,
-                     augmentation: Optional[augment.AugmentConfig] = None, seed: int = 0,
-                     shuffle_buffer: int = 256) -> tf.data.Dataset:
+def training_patches(
+    case_ds: tf.data.Dataset,
+    patch_size: Sequence[int],
+    batch_size: int,
+    num_classes: int,
+    foreground_oversample: float = 0.33,
+    augmentation: Optional[augment.AugmentConfig] = None,
+    seed: int = 0,
+    shuffle_buffer: int = 256,
+) -> tf.data.Dataset:
     """Endless batches of (image (B, *patch, 1) float32, label (B, *patch) int32).
 
     Deterministic: cases are shuffled with `seed` and patch i is drawn with seed (seed, i).
@@ -103,8 +119,9 @@ def training_patches(case_ds: tf.data.Dataset, patch_size: Sequence[int], batch_
 
     def patch(i, case):
         image, label = case
-        return augment.training_patch(image, label, patch_size, num_classes, foreground_oversample, cfg,
-                                      tf.stack([tf.cast(seed, tf.int64), i]))
+        return augment.training_patch(
+            image, label, patch_size, num_classes, foreground_oversample, cfg, tf.stack([tf.cast(seed, tf.int64), i])
+        )
 
     ds = case_ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.enumerate().map(patch, num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -112,8 +129,13 @@ def training_patches(case_ds: tf.data.Dataset, patch_size: Sequence[int], batch_
     return ds.map(lambda x, y: (x[..., None], tf.cast(y, tf.int32))).prefetch(AUTOTUNE)
 
 
-def classification_batches(case_ds: tf.data.Dataset, batch_size: int, shuffle: bool, seed: int = 0,
-                           augmentation: Optional[augment.AugmentConfig] = None) -> tf.data.Dataset:
+def classification_batches(
+    case_ds: tf.data.Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    augmentation: Optional[augment.AugmentConfig] = None,
+) -> tf.data.Dataset:
     """(image (B, X, Y, Z, 1), class id (B,)) batches of whole cases (fixed grid), mirrored and
     intensity-augmented when `augmentation` is given; endless when shuffling."""
     cfg = augmentation
@@ -134,16 +156,29 @@ def classification_batches(case_ds: tf.data.Dataset, batch_size: int, shuffle: b
     return ds.map(lambda x, y: (x[..., None], y)).prefetch(AUTOTUNE)
 
 
-def validation_patches(case_ds: tf.data.Dataset, patch_size: Sequence[int], batch_size: int,
-                       num_classes: int, foreground_oversample: float = 0.33, seed: int = 0):
+def validation_patches(
+    case_ds: tf.data.Dataset,
+    patch_size: Sequence[int],
+    batch_size: int,
+    num_classes: int,
+    foreground_oversample: float = 0.33,
+    seed: int = 0,
+):
     """A fixed set of patches (one per case, no augmentation, same every epoch) for val_loss."""
     patch_size = [int(p) for p in patch_size]
     cfg = augment.AugmentConfig.off()
 
     def patch(i, case):
         image, label = case
-        return augment.training_patch(image, label, patch_size, num_classes, foreground_oversample, cfg,
-                                      tf.stack([tf.cast(seed, tf.int64) + 1000003, i]))
+        return augment.training_patch(
+            image,
+            label,
+            patch_size,
+            num_classes,
+            foreground_oversample,
+            cfg,
+            tf.stack([tf.cast(seed, tf.int64) + 1000003, i]),
+        )
 
     ds = case_ds.enumerate().map(patch, num_parallel_calls=AUTOTUNE).batch(batch_size)
     return ds.map(lambda x, y: (x[..., None], tf.cast(y, tf.int32))).prefetch(AUTOTUNE)
@@ -178,8 +213,15 @@ def normalise(volumes: tf.Tensor, offset: float = 0.0, scale: float = 1.0) -> tf
     return (tf.cast(volumes, tf.float32) - offset) * scale
 
 
-def raw_volume_batches(files: Sequence[str], shape: Sequence[int], batch_size: int, dtype: str = "int16",
-                       cache: bool = False, repeat: bool = True, normalisation=None) -> tf.data.Dataset:
+def raw_volume_batches(
+    files: Sequence[str],
+    shape: Sequence[int],
+    batch_size: int,
+    dtype: str = "int16",
+    cache: bool = False,
+    repeat: bool = True,
+    normalisation=None,
+) -> tf.data.Dataset:
     """(B, X, Y, Z, 1) batches of ingested volumes.
 
     Streaming (cache=False): every record is parsed and decoded (parallel reads, parallel map, one

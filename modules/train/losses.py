@@ -4,6 +4,7 @@ Segmentation: y_true (B, *spatial) integer labels; y_pred (B, *spatial, C) softm
 Classification: y_true (B,) or (B, 1) class ids; y_pred (B, C) softmax probabilities.
 Probabilities are cast to float32 first, so the losses are safe under mixed precision.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -14,8 +15,7 @@ _EPS = 1e-7  # probability floor for the logarithm in cross-entropy
 def _onehot_and_probs(y_true, y_pred, num_classes: int):
     y_pred = tf.cast(y_pred, tf.float32)
     labels = tf.cast(y_true, tf.int32)
-    if labels.shape.rank is not None and y_pred.shape.rank is not None \
-            and labels.shape.rank == y_pred.shape.rank:
+    if labels.shape.rank is not None and y_pred.shape.rank is not None and labels.shape.rank == y_pred.shape.rank:
         labels = tf.squeeze(labels, -1)  # (B, ..., 1) labels
     return tf.one_hot(labels, num_classes, dtype=tf.float32), y_pred
 
@@ -24,8 +24,11 @@ def _class_sums(onehot, y_pred):
     """Per-class (intersection, truth volume, predicted volume), each (C,), summed over the batch
     and all voxels (nnU-Net's 'batch Dice': stable when a patch lacks some class)."""
     axes = tf.range(tf.rank(y_pred) - 1)
-    return (tf.reduce_sum(onehot * y_pred, axis=axes), tf.reduce_sum(onehot, axis=axes),
-            tf.reduce_sum(y_pred, axis=axes))
+    return (
+        tf.reduce_sum(onehot * y_pred, axis=axes),
+        tf.reduce_sum(onehot, axis=axes),
+        tf.reduce_sum(y_pred, axis=axes),
+    )
 
 
 def soft_dice_loss(num_classes: int, smooth: float = 1e-5, include_background: bool = False):
@@ -90,8 +93,7 @@ def dice_ce_loss(num_classes: int, ce_weight: float = 1.0):
     return loss
 
 
-LOSSES = {"dice": soft_dice_loss, "dice_ce": dice_ce_loss, "gdice": generalized_dice_loss,
-          "ce": cross_entropy_loss}
+LOSSES = {"dice": soft_dice_loss, "dice_ce": dice_ce_loss, "gdice": generalized_dice_loss, "ce": cross_entropy_loss}
 
 
 def get_loss(name: str, num_classes: int):

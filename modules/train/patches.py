@@ -7,6 +7,7 @@ augmentation that reads around it) is cut by modules.train.augment.training_patc
 building blocks. Volumes are (X, Y, Z) tensors; seeds are (2,) int tensors (see
 tf.random.stateless_uniform).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -14,8 +15,7 @@ from typing import Sequence
 import tensorflow as tf
 
 
-def pad_to_patch(image: tf.Tensor, label: tf.Tensor, patch_size: Sequence[int],
-                 image_fill: float = 0.0):
+def pad_to_patch(image: tf.Tensor, label: tf.Tensor, patch_size: Sequence[int], image_fill: float = 0.0):
     """Pads (X, Y, Z) image and label symmetrically so every axis is >= the patch size.
 
     image_fill: value of padded image voxels (0 = the mean after z-scoring); labels pad with 0.
@@ -23,8 +23,10 @@ def pad_to_patch(image: tf.Tensor, label: tf.Tensor, patch_size: Sequence[int],
     shape = tf.shape(image)
     missing = tf.maximum(tf.constant(list(patch_size), tf.int32) - shape, 0)
     paddings = tf.stack([missing // 2, missing - missing // 2], axis=1)
-    return (tf.pad(image, paddings, constant_values=image_fill),
-            tf.pad(label, paddings, constant_values=tf.cast(0, label.dtype)))
+    return (
+        tf.pad(image, paddings, constant_values=image_fill),
+        tf.pad(label, paddings, constant_values=tf.cast(0, label.dtype)),
+    )
 
 
 def _uniform_int(seed, upper_exclusive):
@@ -53,8 +55,9 @@ def foreground_voxel(label: tf.Tensor, num_classes: int, seed):
     return found, tf.cond(found, pick, lambda: tf.zeros([3], tf.int32))
 
 
-def patch_start(shape: tf.Tensor, patch_size: Sequence[int], force_foreground: tf.Tensor,
-                label: tf.Tensor, num_classes: int, seed) -> tf.Tensor:
+def patch_start(
+    shape: tf.Tensor, patch_size: Sequence[int], force_foreground: tf.Tensor, label: tf.Tensor, num_classes: int, seed
+) -> tf.Tensor:
     """(3,) int32 start of a patch inside a volume of `shape` (each axis >= patch size).
 
     force_foreground: centre the patch on a foreground voxel (if the case has any), shifted to stay
@@ -64,8 +67,8 @@ def patch_start(shape: tf.Tensor, patch_size: Sequence[int], force_foreground: t
     size = tf.constant(list(patch_size), tf.int32)
     room = shape - size + 1  # number of valid starts per axis
     random_start = tf.minimum(
-        tf.cast(tf.random.stateless_uniform([3], seed=seeds[0]) * tf.cast(room, tf.float32), tf.int32),
-        room - 1)
+        tf.cast(tf.random.stateless_uniform([3], seed=seeds[0]) * tf.cast(room, tf.float32), tf.int32), room - 1
+    )
     found, voxel = foreground_voxel(label, num_classes, seeds[1])
     centred = tf.clip_by_value(voxel - size // 2, 0, room - 1)
     return tf.where(tf.logical_and(force_foreground, found), centred, random_start)

@@ -16,6 +16,7 @@ Signatures of the exported model:
   transform_raw(the serving_default inputs): Transform's outputs for raw voxels, i.e. exactly
       the network input serving_default computes internally (for skew checks).
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,14 @@ def trainer_config(custom_config: Optional[dict]) -> Tuple[TrainingSettings, Dic
 class _ExportModule(tf.Module):
     """Holds the trained model and the Transform layer; defines the serving signatures."""
 
-    def __init__(self, model, tf_transform_output: tft.TFTransformOutput, mirror_axes: Sequence[int] = (),
-                 overlap: float = 0.5, modalities: Sequence[str] = ()):
+    def __init__(
+        self,
+        model,
+        tf_transform_output: tft.TFTransformOutput,
+        mirror_axes: Sequence[int] = (),
+        overlap: float = 0.5,
+        modalities: Sequence[str] = (),
+    ):
         super().__init__()
         self.model = model
         self._mirror_axes = tuple(int(a) for a in mirror_axes)
@@ -73,8 +80,7 @@ class _ExportModule(tf.Module):
         patch_size = self.model.input_shape[1:4]
         num_classes = self.model.output_shape[-1]
         network = sliding_window.mirrored(lambda x: self.model(x, training=False), self._mirror_axes)
-        return sliding_window.predict(network, tf.expand_dims(image, -1),
-                                      patch_size, num_classes, self._overlap)
+        return sliding_window.predict(network, tf.expand_dims(image, -1), patch_size, num_classes, self._overlap)
 
     def _checked_modality(self, modality):
         """The request's modality strings, '' filled with the model's own when it was trained on
@@ -85,9 +91,14 @@ class _ExportModule(tf.Module):
         default = self._modalities[0] if len(self._modalities) == 1 else ""
         filled = tf.where(tf.equal(modality, ""), default, modality)
         known = tf.reduce_any(tf.equal(filled[:, None], tf.constant(self._modalities)[None, :]), axis=1)
-        check = tf.debugging.Assert(tf.reduce_all(known), [
-            f"modality refused: this model was trained on {list(self._modalities)}; the request says",
-            filled, "(send an empty modality to use the model's own)"])
+        check = tf.debugging.Assert(
+            tf.reduce_all(known),
+            [
+                f"modality refused: this model was trained on {list(self._modalities)}; the request says",
+                filled,
+                "(send an empty modality to use the model's own)",
+            ],
+        )
         with tf.control_dependencies([check]):
             return tf.identity(filled)
 
@@ -106,33 +117,59 @@ class _ExportModule(tf.Module):
             # Inverse of Transform's spatial path: un-crop/pad, resample to the raw grid, undo
             # the canonical reorientation (modules.transform.volume_ops.probabilities_to_mask).
             probs, shape, spacing, direction, grid_spacing, grid_shape = args
-            mask = volume_ops.probabilities_to_mask(probs, shape, spacing, direction, grid_spacing,
-                                                    grid_shape)
+            mask = volume_ops.probabilities_to_mask(probs, shape, spacing, direction, grid_spacing, grid_shape)
             return tf.pad(mask, tf.stack([tf.zeros(3, tf.int32), max_shape - shape], axis=1))
 
-        masks = tf.map_fn(one, (probabilities, shapes, raw_features[es.SPACING],
-                                raw_features[es.DIRECTION], transformed[GRID_SPACING],
-                                transformed[GRID_SHAPE]), fn_output_signature=tf.uint8)
+        masks = tf.map_fn(
+            one,
+            (
+                probabilities,
+                shapes,
+                raw_features[es.SPACING],
+                raw_features[es.DIRECTION],
+                transformed[GRID_SPACING],
+                transformed[GRID_SHAPE],
+            ),
+            fn_output_signature=tf.uint8,
+        )
         return {"mask": masks, "mask_shape": tf.cast(shapes, tf.int64)}
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None], tf.string, name=es.IMAGE_RAW),
-        tf.TensorSpec([None], tf.string, name=es.IMAGE_DTYPE),
-        tf.TensorSpec([None, 3], tf.int64, name=es.IMAGE_SHAPE),
-        tf.TensorSpec([None, 3], tf.float32, name=es.SPACING),
-        tf.TensorSpec([None, 9], tf.float32, name=es.DIRECTION),
-        tf.TensorSpec([None], tf.string, name=es.MODALITY),
-    ])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.string, name=es.IMAGE_RAW),
+            tf.TensorSpec([None], tf.string, name=es.IMAGE_DTYPE),
+            tf.TensorSpec([None, 3], tf.int64, name=es.IMAGE_SHAPE),
+            tf.TensorSpec([None, 3], tf.float32, name=es.SPACING),
+            tf.TensorSpec([None, 9], tf.float32, name=es.DIRECTION),
+            tf.TensorSpec([None], tf.string, name=es.MODALITY),
+        ]
+    )
     def serve_raw(self, image_raw, image_dtype, image_shape, spacing, direction, modality):
-        return self._segment({es.IMAGE_RAW: image_raw, es.IMAGE_DTYPE: image_dtype,
-                            es.IMAGE_SHAPE: image_shape, es.SPACING: spacing,
-                            es.DIRECTION: direction, es.MODALITY: modality})
+        return self._segment(
+            {
+                es.IMAGE_RAW: image_raw,
+                es.IMAGE_DTYPE: image_dtype,
+                es.IMAGE_SHAPE: image_shape,
+                es.SPACING: spacing,
+                es.DIRECTION: direction,
+                es.MODALITY: modality,
+            }
+        )
 
     @tf.function(input_signature=serve_raw.input_signature)
     def transform_raw(self, image_raw, image_dtype, image_shape, spacing, direction, modality):
-        return self.tft_layer(self._with_modality({
-            es.IMAGE_RAW: image_raw, es.IMAGE_DTYPE: image_dtype, es.IMAGE_SHAPE: image_shape,
-            es.SPACING: spacing, es.DIRECTION: direction, es.MODALITY: modality}))
+        return self.tft_layer(
+            self._with_modality(
+                {
+                    es.IMAGE_RAW: image_raw,
+                    es.IMAGE_DTYPE: image_dtype,
+                    es.IMAGE_SHAPE: image_shape,
+                    es.SPACING: spacing,
+                    es.DIRECTION: direction,
+                    es.MODALITY: modality,
+                }
+            )
+        )
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
@@ -160,17 +197,26 @@ class _ClassifierExportModule(_ExportModule):
         return {"probabilities": probabilities, "class_id": tf.argmax(probabilities, axis=-1)}
 
 
-def export(model, tf_transform_output: tft.TFTransformOutput, export_dir: str,
-           mirror_axes: Sequence[int] = (), overlap: float = 0.5, modalities: Sequence[str] = (),
-           plan: Optional[dict] = None) -> None:
+def export(
+    model,
+    tf_transform_output: tft.TFTransformOutput,
+    export_dir: str,
+    mirror_axes: Sequence[int] = (),
+    overlap: float = 0.5,
+    modalities: Sequence[str] = (),
+    plan: Optional[dict] = None,
+) -> None:
     """Saves the model with the signatures described in the module docstring. mirror_axes:
     segmentation only, test-time mirroring over these network axes inside every signature
     (sliding_window.mirrored), so serving and evaluation see the same predictions. modalities:
     what the model was trained on (requests naming another are refused; '' means the model's).
     `assets.extra/` gets model_inputs.json and the plan, for clients and people."""
     classifier = len(model.output_shape) == 2  # (B, C): one class per case
-    module = (_ClassifierExportModule(model, tf_transform_output, modalities=modalities) if classifier
-              else _ExportModule(model, tf_transform_output, mirror_axes, overlap, modalities))
+    module = (
+        _ClassifierExportModule(model, tf_transform_output, modalities=modalities)
+        if classifier
+        else _ExportModule(model, tf_transform_output, mirror_axes, overlap, modalities)
+    )
     signatures = {
         "serving_default": module.serve_raw.get_concrete_function(),
         "serving_examples": module.serve_examples.get_concrete_function(),
@@ -181,9 +227,14 @@ def export(model, tf_transform_output: tft.TFTransformOutput, export_dir: str,
     tf.saved_model.save(module, export_dir, signatures=signatures)
     extra = os.path.join(export_dir, "assets.extra")
     tf.io.gfile.makedirs(extra)
-    inputs = {"channels": 1, "modalities": list(modalities), "patch_size": list(model.input_shape[1:4]),
-              "num_classes": int(model.output_shape[-1]), "tta_mirror_axes": list(mirror_axes),
-              "sliding_window_overlap": overlap}
+    inputs = {
+        "channels": 1,
+        "modalities": list(modalities),
+        "patch_size": list(model.input_shape[1:4]),
+        "num_classes": int(model.output_shape[-1]),
+        "tta_mirror_axes": list(mirror_axes),
+        "sliding_window_overlap": overlap,
+    }
     with tf.io.gfile.GFile(os.path.join(extra, MODEL_INPUTS_FILE), "w") as fh:
         fh.write(json.dumps(inputs, indent=2))
     if plan:
@@ -208,13 +259,22 @@ def run_fn(fn_args) -> None:
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     # The serving signatures take the fixed grid: fail before training, not at export.
     if not isinstance(tf_transform_output.transformed_feature_spec()[IMAGE], tf.io.FixedLenFeature):
-        raise ValueError("Transform ran with spatial_mode='whole_volume' (variable-size volumes): the "
-                         "exported signatures need spatial_mode='fixed_shape' (train on patches of it "
-                         "with patch_size; serving uses sliding windows over the grid)")
+        raise ValueError(
+            "Transform ran with spatial_mode='whole_volume' (variable-size volumes): the "
+            "exported signatures need spatial_mode='fixed_shape' (train on patches of it "
+            "with patch_size; serving uses sliding windows over the grid)"
+        )
     model_run_dir = fn_args.model_run_dir or os.path.dirname(fn_args.serving_model_dir)
     model, _, cfg = training.train_from_records(
-        cfg, fn_args.train_files, fn_args.eval_files, tf_transform_output.transformed_feature_spec(),
-        model_run_dir)
-    export(model, tf_transform_output, fn_args.serving_model_dir, cfg.tta_mirror_axes,
-           cfg.sliding_window_overlap, inputs["modalities"], plan)
+        cfg, fn_args.train_files, fn_args.eval_files, tf_transform_output.transformed_feature_spec(), model_run_dir
+    )
+    export(
+        model,
+        tf_transform_output,
+        fn_args.serving_model_dir,
+        cfg.tta_mirror_axes,
+        cfg.sliding_window_overlap,
+        inputs["modalities"],
+        plan,
+    )
     _log.info("exported model to %s", fn_args.serving_model_dir)

@@ -7,6 +7,7 @@ cases (sliding window; logged to TensorBoard as val_dice_label_<k> / val_mean_di
 checkpoint, BackupAndRestore (resumes a preempted pod), early stopping, a wall-clock limit.
 Classification (resnet3d): the label is one class id per case, trained on whole cases.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,6 +40,7 @@ def _skip_autograph_for_tf_keras() -> None:
 
 
 _skip_autograph_for_tf_keras()
+
 
 def config(custom: Optional[dict]) -> TrainingSettings:
     """The Trainer's custom_config (TrainingSettings as a dict), validated."""
@@ -88,8 +90,9 @@ def build_model(cfg: TrainingSettings) -> keras.Model:
         if cfg.model == "unet3d":
             return unet.build_unet3d(cfg.patch_size, residual=bool(cfg.residual), **args, **topology)
         if cfg.model == "unet2d":
-            return unet.build_unet2d_slicewise(cfg.patch_size, residual=bool(cfg.residual),
-                                               slice_axis=cfg.slice_axis, **args, **topology)
+            return unet.build_unet2d_slicewise(
+                cfg.patch_size, residual=bool(cfg.residual), slice_axis=cfg.slice_axis, **args, **topology
+            )
         return resnet.build_resnet3d(cfg.patch_size, **args)
 
 
@@ -128,9 +131,12 @@ class PolyLearningRate(keras.callbacks.Callback):
 def compile_model(model: keras.Model, cfg: TrainingSettings) -> None:
     """Adam at cfg.learning_rate (the poly schedule is a callback, see PolyLearningRate)."""
     metrics = ["accuracy"] if is_classifier(cfg) else None
-    model.compile(optimizer=keras.optimizers.Adam(float(cfg.learning_rate)),
-                  loss=losses.get_loss(cfg.loss, int(cfg.num_classes)),
-                  metrics=metrics, jit_compile=bool(cfg.xla))
+    model.compile(
+        optimizer=keras.optimizers.Adam(float(cfg.learning_rate)),
+        loss=losses.get_loss(cfg.loss, int(cfg.num_classes)),
+        metrics=metrics,
+        jit_compile=bool(cfg.xla),
+    )
 
 
 class PerLabelDice(keras.callbacks.Callback):
@@ -139,8 +145,9 @@ class PerLabelDice(keras.callbacks.Callback):
     does not count). Adds val_dice_label_<k> and val_mean_dice to the epoch logs, so the
     TensorBoard callback after it logs them and EarlyStopping / ModelCheckpoint can monitor them."""
 
-    def __init__(self, cases: tf.data.Dataset, patch_size: Sequence[int], num_classes: int,
-                 overlap: float = 0.5, every: int = 1):
+    def __init__(
+        self, cases: tf.data.Dataset, patch_size: Sequence[int], num_classes: int, overlap: float = 0.5, every: int = 1
+    ):
         super().__init__()
         self.cases = cases  # (image (X, Y, Z), label (X, Y, Z)) elements
         self.patch_size = [int(p) for p in patch_size]
@@ -151,11 +158,18 @@ class PerLabelDice(keras.callbacks.Callback):
 
     def _predictor(self):
         if self._predict is None:
+
             @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32)])
             def predict(image):
-                probs = sliding_window.predict(lambda x: self.model(x, training=False), image[None, ..., None],
-                                               self.patch_size, self.num_classes, self.overlap)
+                probs = sliding_window.predict(
+                    lambda x: self.model(x, training=False),
+                    image[None, ..., None],
+                    self.patch_size,
+                    self.num_classes,
+                    self.overlap,
+                )
                 return tf.argmax(probs[0], axis=-1, output_type=tf.int32)
+
             self._predict = predict
         return self._predict
 
@@ -177,8 +191,12 @@ class PerLabelDice(keras.callbacks.Callback):
             return
         start = time.time()
         logs.update(self.scores())
-        logging.info("epoch %d validation Dice %s (%.1f s)", epoch + 1,
-                     {k: round(v, 4) for k, v in logs.items() if "dice" in k}, time.time() - start)
+        logging.info(
+            "epoch %d validation Dice %s (%.1f s)",
+            epoch + 1,
+            {k: round(v, 4) for k, v in logs.items() if "dice" in k},
+            time.time() - start,
+        )
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -206,26 +224,39 @@ def make_callbacks(cfg: TrainingSettings, model_run_dir: str, dice_cases: Option
         callbacks.append(PolyLearningRate(cfg.learning_rate, cfg.train_steps, cfg.time_limit_minutes))
     monitor, mode = "val_loss", "min"
     if dice_cases is not None and not is_classifier(cfg):
-        callbacks.append(PerLabelDice(dice_cases, cfg.patch_size, cfg.num_classes,
-                                      cfg.sliding_window_overlap))
+        callbacks.append(PerLabelDice(dice_cases, cfg.patch_size, cfg.num_classes, cfg.sliding_window_overlap))
         monitor, mode = "val_mean_dice", "max"
     if cfg.checkpoint:
-        callbacks.append(keras.callbacks.ModelCheckpoint(
-            os.path.join(model_run_dir, "checkpoints", "best"), monitor=monitor, mode=mode,
-            save_best_only=True, save_weights_only=True))
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(model_run_dir, "checkpoints", "best"),
+                monitor=monitor,
+                mode=mode,
+                save_best_only=True,
+                save_weights_only=True,
+            )
+        )
         callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(model_run_dir, "backup")))
     if int(cfg.early_stopping_patience) > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=monitor, mode=mode, patience=int(cfg.early_stopping_patience),
-            restore_best_weights=True))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, mode=mode, patience=int(cfg.early_stopping_patience), restore_best_weights=True
+            )
+        )
     if float(cfg.time_limit_minutes) > 0:
         callbacks.append(TimeLimit(float(cfg.time_limit_minutes)))
     callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_run_dir, "logs"), update_freq="epoch"))
     return callbacks
 
 
-def fit(cfg: TrainingSettings, train: tf.data.Dataset, validation: Optional[tf.data.Dataset], model_run_dir: str,
-        validation_steps: int = 0, dice_cases: Optional[tf.data.Dataset] = None):
+def fit(
+    cfg: TrainingSettings,
+    train: tf.data.Dataset,
+    validation: Optional[tf.data.Dataset],
+    model_run_dir: str,
+    validation_steps: int = 0,
+    dice_cases: Optional[tf.data.Dataset] = None,
+):
     """Builds (inside the strategy scope), compiles and fits the model; returns (model, history).
 
     train: endless (image, label) batches of the *global* batch size; cfg.train_steps steps in
@@ -239,9 +270,15 @@ def fit(cfg: TrainingSettings, train: tf.data.Dataset, validation: Optional[tf.d
     epochs = max(1, int(cfg.epochs))
     callbacks = make_callbacks(cfg, model_run_dir, dice_cases)
     start = time.time()
-    history = model.fit(train, epochs=epochs, steps_per_epoch=max(1, steps // epochs),
-                        validation_data=validation, validation_steps=validation_steps or None,
-                        callbacks=callbacks, verbose=2)
+    history = model.fit(
+        train,
+        epochs=epochs,
+        steps_per_epoch=max(1, steps // epochs),
+        validation_data=validation,
+        validation_steps=validation_steps or None,
+        callbacks=callbacks,
+        verbose=2,
+    )
     logging.info("trained %d epochs in %.0f s", len(history.epoch), time.time() - start)
     # The last weights are returned (early stopping restores its best): the validation split is
     # also where Dice is reported, so picking the best epoch on it would flatter the report.
@@ -269,10 +306,11 @@ def train_from_records(cfg: TrainingSettings, train_files, eval_files, feature_s
         return fit(cfg, train, validation.take(max(1, eval_steps)), model_run_dir) + (cfg,)
     num_classes = int(cfg.num_classes)
     train = input_pipeline.training_patches(
-        train_cases, cfg.patch_size, global_batch, num_classes, float(cfg.foreground_oversample),
-        aug, int(cfg.seed))
-    validation = input_pipeline.validation_patches(eval_cases, cfg.patch_size, global_batch, num_classes,
-                                                   float(cfg.foreground_oversample), int(cfg.seed))
+        train_cases, cfg.patch_size, global_batch, num_classes, float(cfg.foreground_oversample), aug, int(cfg.seed)
+    )
+    validation = input_pipeline.validation_patches(
+        eval_cases, cfg.patch_size, global_batch, num_classes, float(cfg.foreground_oversample), int(cfg.seed)
+    )
     dice_cases = eval_cases.take(int(cfg.val_dice_cases)) if int(cfg.val_dice_cases) > 0 else None
     # One fixed patch per evaluation case (at most eval_steps batches): the same set every epoch.
     return fit(cfg, train, validation.take(max(1, eval_steps)), model_run_dir, 0, dice_cases) + (cfg,)

@@ -18,6 +18,7 @@ cannot drift.
 
 custom_config: modules.settings.TransformSettings as a dict (each field documented there).
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -63,8 +64,12 @@ def _intensity_stats(inputs, mode: tf.Tensor, settings: TransformSettings) -> tf
     cases (all their voxels when the dataset has no labels)."""
     dataset_mode = volume_ops.INTENSITY_MODES.index("dataset")
     has_label = es.LABEL_RAW in inputs
-    elems = [_scalar(inputs[es.IMAGE_RAW]), _scalar(inputs[es.IMAGE_DTYPE]),
-             tf.reshape(inputs[es.IMAGE_SHAPE], [-1, 3]), mode]
+    elems = [
+        _scalar(inputs[es.IMAGE_RAW]),
+        _scalar(inputs[es.IMAGE_DTYPE]),
+        tf.reshape(inputs[es.IMAGE_SHAPE], [-1, 3]),
+        mode,
+    ]
     if has_label:
         elems.append(_scalar(inputs[es.LABEL_RAW]))
 
@@ -78,20 +83,25 @@ def _intensity_stats(inputs, mode: tf.Tensor, settings: TransformSettings) -> tf
 
         return tf.cond(tf.equal(case_mode, dataset_mode), take, lambda: tf.zeros([0], tf.float32))
 
-    samples = tf.map_fn(sample, tuple(elems),
-                        fn_output_signature=tf.RaggedTensorSpec([None], tf.float32, ragged_rank=0))
+    samples = tf.map_fn(
+        sample, tuple(elems), fn_output_signature=tf.RaggedTensorSpec([None], tf.float32, ragged_rank=0)
+    )
     values = samples.flat_values
     bounds = tft.quantiles(values, _QUANTILE_BUCKETS, _QUANTILE_EPSILON, name="intensity_quantiles")
-    return volume_ops.dataset_stats(bounds[0, 0], bounds[0, -1], tft.mean(values, name="intensity_mean"),
-                                    tft.var(values, name="intensity_var"), tft.size(values, name="intensity_count"))
+    return volume_ops.dataset_stats(
+        bounds[0, 0],
+        bounds[0, -1],
+        tft.mean(values, name="intensity_mean"),
+        tft.var(values, name="intensity_var"),
+        tft.size(values, name="intensity_count"),
+    )
 
 
 def _grid_spacing(canonical_spacing: tf.Tensor, settings: TransformSettings) -> tf.Tensor:
     """(3,) float32 mm: configured, or the per-axis median spacing of the training set."""
     if settings.target_spacing is not None:
         return tf.constant(settings.target_spacing, tf.float32)
-    median = tft.quantiles(canonical_spacing, 2, _QUANTILE_EPSILON, reduce_instance_dims=False,
-                           name="median_spacing")
+    median = tft.quantiles(canonical_spacing, 2, _QUANTILE_EPSILON, reduce_instance_dims=False, name="median_spacing")
     median = tf.reshape(median, [3])
     return tf.where(tf.logical_and(tf.math.is_finite(median), median > 0.0), median, 1.0)
 
@@ -106,8 +116,9 @@ def preprocessing_fn(inputs: dict, custom_config: Optional[dict] = None) -> dict
     directions = tf.reshape(tf.cast(inputs[es.DIRECTION], tf.float32), [-1, 9])
     mode = intensity_mode_index(modality, settings.intensity_mode)
 
-    orders = tf.map_fn(lambda d: resample.orientation(d)[0], directions,
-                       fn_output_signature=tf.TensorSpec([3], tf.int32))
+    orders = tf.map_fn(
+        lambda d: resample.orientation(d)[0], directions, fn_output_signature=tf.TensorSpec([3], tf.int32)
+    )
     canonical_spacing = tf.gather(spacings, orders, batch_dims=1)
     canonical_shape = tf.gather(shapes, orders, batch_dims=1)
     grid_spacing = _grid_spacing(canonical_spacing, settings)
@@ -128,24 +139,33 @@ def preprocessing_fn(inputs: dict, custom_config: Optional[dict] = None) -> dict
     def image_fn(args):
         raw, dtype_name, shape, spacing, direction, case_mode = args
         volume = volume_ops.decode_voxels(raw, dtype_name, shape)
-        return finish(volume_ops.to_network(volume, spacing, direction, case_mode, stats,
-                                            settings.intensity_window, grid_spacing, size))
+        return finish(
+            volume_ops.to_network(
+                volume, spacing, direction, case_mode, stats, settings.intensity_window, grid_spacing, size
+            )
+        )
 
     batch = tf.shape(modality)[0]
     outputs = {
-        IMAGE: tf.map_fn(image_fn, (_scalar(inputs[es.IMAGE_RAW]), _scalar(inputs[es.IMAGE_DTYPE]),
-                                    shapes, spacings, directions, mode),
-                         fn_output_signature=output_spec(tf.float32)),
+        IMAGE: tf.map_fn(
+            image_fn,
+            (_scalar(inputs[es.IMAGE_RAW]), _scalar(inputs[es.IMAGE_DTYPE]), shapes, spacings, directions, mode),
+            fn_output_signature=output_spec(tf.float32),
+        ),
         MODALITY: modality,
         GRID_SPACING: tf.tile(tf.reshape(grid_spacing, [1, 3]), [batch, 1]),
         GRID_SHAPE: tf.cast(grid_shape, tf.int64),
     }
     if es.LABEL_RAW in inputs:
+
         def label_fn(args):
             raw, shape, spacing, direction = args
             label = volume_ops.decode_label(raw, shape)
             return finish(volume_ops.label_to_network(label, spacing, direction, grid_spacing, size))
 
-        outputs[LABEL] = tf.map_fn(label_fn, (_scalar(inputs[es.LABEL_RAW]), shapes, spacings, directions),
-                                   fn_output_signature=output_spec(tf.int64))
+        outputs[LABEL] = tf.map_fn(
+            label_fn,
+            (_scalar(inputs[es.LABEL_RAW]), shapes, spacings, directions),
+            fn_output_signature=output_spec(tf.int64),
+        )
     return outputs

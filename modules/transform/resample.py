@@ -18,6 +18,7 @@ outside [0, m - 1] are padding. Interpolation is separable (one axis at a time):
 half a voxel the output grid can reach beyond the input's outermost voxel centres; 'nearest'
 rounds half up, like ITK's nearest-neighbour interpolator.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -30,6 +31,7 @@ NEAREST = "nearest"
 
 
 # --- orientation ---------------------------------------------------------------------------------
+
 
 def orientation(direction: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     """How to bring voxel axes to canonical RAS+ order (as ingestion's volume.to_canonical does).
@@ -48,8 +50,10 @@ def orientation(direction: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     sign = tf.gather_nd(d, tf.stack([world_axis, tf.range(3)], axis=1))
     order = tf.argsort(world_axis, stable=True)
     check = tf.debugging.assert_equal(
-        tf.sort(world_axis), tf.range(3),
-        message="volume orientation is degenerate: two voxel axes point along the same world axis")
+        tf.sort(world_axis),
+        tf.range(3),
+        message="volume orientation is degenerate: two voxel axes point along the same world axis",
+    )
     with tf.control_dependencies([check]):
         order = tf.identity(order)
     return order, tf.less(tf.gather(sign, order), 0.0)
@@ -73,6 +77,7 @@ def from_canonical(volume: tf.Tensor, order: tf.Tensor, flip: tf.Tensor) -> tf.T
 
 
 # --- grid geometry -------------------------------------------------------------------------------
+
 
 def as_float64(x) -> tf.Tensor:
     """float64 tensor; Python/numpy values convert directly (a detour through float32 would
@@ -121,6 +126,7 @@ def inverse_coordinates(n, s, t, m, size, offset) -> Tuple[tf.Tensor, tf.Tensor]
 
 # --- interpolation -------------------------------------------------------------------------------
 
+
 def resample_first_axis(x: tf.Tensor, coords: tf.Tensor, method: str = LINEAR) -> tf.Tensor:
     """Interpolates along axis 0 of x (n, ...) at continuous indices coords (k,) -> (k, ...).
 
@@ -143,8 +149,9 @@ def resample_first_axis(x: tf.Tensor, coords: tf.Tensor, method: str = LINEAR) -
     return a + (tf.gather(x, i1) - a) * w
 
 
-def resample_separable(volume: tf.Tensor, coords: Sequence[tf.Tensor], valid: Sequence[tf.Tensor],
-                       method: str = LINEAR, fill=0.0) -> tf.Tensor:
+def resample_separable(
+    volume: tf.Tensor, coords: Sequence[tf.Tensor], valid: Sequence[tf.Tensor], method: str = LINEAR, fill=0.0
+) -> tf.Tensor:
     """Separable 3D resampling.
 
     Args:
@@ -162,16 +169,22 @@ def resample_separable(volume: tf.Tensor, coords: Sequence[tf.Tensor], valid: Se
         x = resample_first_axis(x, coords[axis], method)
         keep = tf.reshape(valid[axis], tf.concat([[-1], tf.ones([rank - 1], tf.int32)], axis=0))
         # Padding is the exception (whole volumes, most crops): skip a full pass when there is none.
-        x = tf.cond(tf.reduce_all(valid[axis]), lambda x=x: x,
-                    lambda x=x, keep=keep: tf.where(keep, x, fill))
+        x = tf.cond(tf.reduce_all(valid[axis]), lambda x=x: x, lambda x=x, keep=keep: tf.where(keep, x, fill))
         x = tf.transpose(x, rotate)
     return x
 
 
 # --- whole pipeline steps ------------------------------------------------------------------------
 
-def to_network_grid(volume: tf.Tensor, spacing: tf.Tensor, target_spacing: tf.Tensor,
-                    size: Optional[tf.Tensor] = None, method: str = LINEAR, fill=0.0):
+
+def to_network_grid(
+    volume: tf.Tensor,
+    spacing: tf.Tensor,
+    target_spacing: tf.Tensor,
+    size: Optional[tf.Tensor] = None,
+    method: str = LINEAR,
+    fill=0.0,
+):
     """Canonical (X, Y, Z[, C]) volume at `spacing` -> network grid at `target_spacing`.
 
     Args:
@@ -183,15 +196,20 @@ def to_network_grid(volume: tf.Tensor, spacing: tf.Tensor, target_spacing: tf.Te
     m = resampled_shape(shape, spacing, target_spacing)
     size = m if size is None else tf.cast(size, tf.int32)
     offset = crop_pad_offset(m, size)
-    axes = [forward_coordinates(shape[a], spacing[a], target_spacing[a], m[a], size[a], offset[a])
-            for a in range(3)]
-    out = resample_separable(tf.cast(volume, tf.float32), [c for c, _ in axes], [v for _, v in axes],
-                             method, fill)
+    axes = [forward_coordinates(shape[a], spacing[a], target_spacing[a], m[a], size[a], offset[a]) for a in range(3)]
+    out = resample_separable(tf.cast(volume, tf.float32), [c for c, _ in axes], [v for _, v in axes], method, fill)
     return out, m
 
 
-def from_network_grid(values: tf.Tensor, shape: tf.Tensor, spacing: tf.Tensor,
-                      target_spacing: tf.Tensor, m: tf.Tensor, method: str = LINEAR, fill=0.0):
+def from_network_grid(
+    values: tf.Tensor,
+    shape: tf.Tensor,
+    spacing: tf.Tensor,
+    target_spacing: tf.Tensor,
+    m: tf.Tensor,
+    method: str = LINEAR,
+    fill=0.0,
+):
     """Inverse of to_network_grid: network (T0, T1, T2[, C]) -> canonical input grid `shape`.
 
     Args:
@@ -202,7 +220,5 @@ def from_network_grid(values: tf.Tensor, shape: tf.Tensor, spacing: tf.Tensor,
     shape = tf.cast(shape, tf.int32)
     size = tf.shape(values)[:3]
     offset = crop_pad_offset(m, size)
-    axes = [inverse_coordinates(shape[a], spacing[a], target_spacing[a], m[a], size[a], offset[a])
-            for a in range(3)]
-    return resample_separable(tf.cast(values, tf.float32), [c for c, _ in axes],
-                              [v for _, v in axes], method, fill)
+    axes = [inverse_coordinates(shape[a], spacing[a], target_spacing[a], m[a], size[a], offset[a]) for a in range(3)]
+    return resample_separable(tf.cast(values, tf.float32), [c for c, _ in axes], [v for _, v in axes], method, fill)

@@ -5,6 +5,7 @@ are (B, X, Y, Z). The per-case path raw voxels -> network grid is `to_network` (
 `label_to_network`; its inverse for predictions is `probabilities_to_mask`. Geometry lives in
 modules.transform.resample.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -36,12 +37,15 @@ def decode_voxels(raw: tf.Tensor, dtype_name: tf.Tensor, shape: tf.Tensor) -> tf
     Returns:
       (X, Y, Z) float32 volume.
     """
+
     def as_float(out_type):
         return lambda: tf.cast(tf.io.decode_raw(raw, out_type, little_endian=True), tf.float32)
 
-    flat = tf.case([(tf.equal(dtype_name, "uint8"), as_float(tf.uint8)),
-                    (tf.equal(dtype_name, "int16"), as_float(tf.int16))],
-                   default=as_float(tf.float32), exclusive=True)
+    flat = tf.case(
+        [(tf.equal(dtype_name, "uint8"), as_float(tf.uint8)), (tf.equal(dtype_name, "int16"), as_float(tf.int16))],
+        default=as_float(tf.float32),
+        exclusive=True,
+    )
     return tf.reshape(flat, tf.cast(shape, tf.int32))
 
 
@@ -55,8 +59,7 @@ def decode_label(raw: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
     shape = tf.cast(shape, tf.int32)
     values = tf.io.decode_raw(raw, tf.uint8)
     count = tf.reduce_prod(shape)
-    values = tf.cond(tf.equal(tf.size(values), count), lambda: values,
-                     lambda: tf.zeros([count], tf.uint8))
+    values = tf.cond(tf.equal(tf.size(values), count), lambda: values, lambda: tf.zeros([count], tf.uint8))
     return tf.reshape(values, shape)
 
 
@@ -102,8 +105,7 @@ def normalise_intensity(volume: tf.Tensor, mode: tf.Tensor, stats: tf.Tensor, wi
         "zscore": [unbounded_lo, unbounded_hi, all_mean, all_std],
         "window": [lo, hi, (lo + hi) / 2.0, (hi - lo) / 2.0],
     }
-    table = tf.stack([tf.stack([tf.cast(v, tf.float32) for v in params[name]])
-                      for name in INTENSITY_MODES])
+    table = tf.stack([tf.stack([tf.cast(v, tf.float32) for v in params[name]]) for name in INTENSITY_MODES])
     clip_lo, clip_hi, centre, scale = tf.unstack(tf.gather(table, tf.cast(mode, tf.int32)))
     return (tf.clip_by_value(volume, clip_lo, clip_hi) - centre) / scale
 
@@ -113,8 +115,9 @@ def dataset_stats(quantile_lo, quantile_hi, mean, var, count) -> tf.Tensor:
     sample was empty (count == 0), std floored so a constant foreground cannot divide by zero."""
     std = tf.sqrt(tf.maximum(tf.cast(var, tf.float32), 0.0))
     std = tf.where(std > 1e-6, std, 1.0)
-    stats = tf.stack([tf.cast(quantile_lo, tf.float32), tf.cast(quantile_hi, tf.float32),
-                      tf.cast(mean, tf.float32), std])
+    stats = tf.stack(
+        [tf.cast(quantile_lo, tf.float32), tf.cast(quantile_hi, tf.float32), tf.cast(mean, tf.float32), std]
+    )
     return tf.where(tf.cast(count, tf.int64) > 0, stats, tf.constant(NEUTRAL_STATS, tf.float32))
 
 
@@ -132,34 +135,53 @@ def foreground_sample(volume: tf.Tensor, label: tf.Tensor = None, max_samples: i
 def canonical_geometry(shape: tf.Tensor, spacing: tf.Tensor, direction: tf.Tensor):
     """(order, flip, canonical shape (3,) int32, canonical spacing (3,) float64) of one volume."""
     order, flip = resample.orientation(direction)
-    return (order, flip, tf.gather(tf.cast(shape, tf.int32), order),
-            tf.gather(resample.as_float64(spacing), order))
+    return (order, flip, tf.gather(tf.cast(shape, tf.int32), order), tf.gather(resample.as_float64(spacing), order))
 
 
-def to_network(volume: tf.Tensor, spacing: tf.Tensor, direction: tf.Tensor, mode: tf.Tensor,
-               stats: tf.Tensor, window, grid_spacing: tf.Tensor, size=None) -> tf.Tensor:
+def to_network(
+    volume: tf.Tensor,
+    spacing: tf.Tensor,
+    direction: tf.Tensor,
+    mode: tf.Tensor,
+    stats: tf.Tensor,
+    window,
+    grid_spacing: tf.Tensor,
+    size=None,
+) -> tf.Tensor:
     """One image: raw (X, Y, Z) -> canonical orientation -> intensity normalisation (on the raw
     grid, where the statistics were taken) -> trilinear resampling to `grid_spacing` (mm, (3,)) ->
     centre crop/pad to `size` (3 ints), or the whole resampled volume when size is None.
     Padding takes the volume's minimum (air/background after normalisation). Returns float32."""
     order, flip, _, canonical_spacing = canonical_geometry(tf.shape(volume), spacing, direction)
     x = normalise_intensity(resample.to_canonical(volume, order, flip), mode, stats, window)
-    out, _ = resample.to_network_grid(x, canonical_spacing, grid_spacing, size, resample.LINEAR,
-                                      fill=tf.reduce_min(x))
+    out, _ = resample.to_network_grid(x, canonical_spacing, grid_spacing, size, resample.LINEAR, fill=tf.reduce_min(x))
     return out
 
 
-def label_to_network(label: tf.Tensor, spacing: tf.Tensor, direction: tf.Tensor,
-                     grid_spacing: tf.Tensor, size=None) -> tf.Tensor:
+def label_to_network(
+    label: tf.Tensor, spacing: tf.Tensor, direction: tf.Tensor, grid_spacing: tf.Tensor, size=None
+) -> tf.Tensor:
     """One label map, as to_network but nearest-neighbour and padded with 0. Returns int64."""
     order, flip, _, canonical_spacing = canonical_geometry(tf.shape(label), spacing, direction)
-    out, _ = resample.to_network_grid(tf.cast(resample.to_canonical(label, order, flip), tf.float32),
-                                      canonical_spacing, grid_spacing, size, resample.NEAREST, fill=0.0)
+    out, _ = resample.to_network_grid(
+        tf.cast(resample.to_canonical(label, order, flip), tf.float32),
+        canonical_spacing,
+        grid_spacing,
+        size,
+        resample.NEAREST,
+        fill=0.0,
+    )
     return tf.cast(out, tf.int64)
 
 
-def probabilities_to_mask(probabilities: tf.Tensor, shape: tf.Tensor, spacing: tf.Tensor,
-                          direction: tf.Tensor, grid_spacing: tf.Tensor, grid_shape: tf.Tensor) -> tf.Tensor:
+def probabilities_to_mask(
+    probabilities: tf.Tensor,
+    shape: tf.Tensor,
+    spacing: tf.Tensor,
+    direction: tf.Tensor,
+    grid_spacing: tf.Tensor,
+    grid_shape: tf.Tensor,
+) -> tf.Tensor:
     """Inverse of to_network for predictions.
 
     Args:
@@ -173,8 +195,14 @@ def probabilities_to_mask(probabilities: tf.Tensor, shape: tf.Tensor, spacing: t
     """
     order, flip, canonical_shape, canonical_spacing = canonical_geometry(shape, spacing, direction)
     num_classes = tf.shape(probabilities)[-1]
-    values = resample.from_network_grid(probabilities, canonical_shape, canonical_spacing,
-                                        resample.as_float64(grid_spacing), tf.cast(grid_shape, tf.int32),
-                                        resample.LINEAR, fill=tf.one_hot(0, num_classes))
+    values = resample.from_network_grid(
+        probabilities,
+        canonical_shape,
+        canonical_spacing,
+        resample.as_float64(grid_spacing),
+        tf.cast(grid_shape, tf.int32),
+        resample.LINEAR,
+        fill=tf.one_hot(0, num_classes),
+    )
     mask = tf.cast(tf.argmax(values, axis=-1), tf.uint8)
     return resample.from_canonical(mask, order, flip)

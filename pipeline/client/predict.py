@@ -16,6 +16,7 @@ Inputs fail independently: each gets an ok/failed record with the reason (predic
 the command exits non-zero if any failed. gRPC calls are retried on transient status codes
 (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) with exponential backoff.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,6 +48,7 @@ class PredictError(Exception):
 # Geometry: canonical <-> the input's own voxel order
 # --------------------------------------------------------------------------------------------
 
+
 def from_canonical(array: np.ndarray, native_affine: np.ndarray) -> np.ndarray:
     """Inverse of volume.to_canonical: (X', Y', Z') canonical voxels -> the voxel order of a grid
     with `native_affine` (4, 4). Pure axis permutation/flips (nibabel.orientations), exact."""
@@ -70,6 +72,7 @@ def dicom_native_grid(layout: dicom.Layout) -> Tuple[np.ndarray, List[dicom.Fram
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class PredictInput:
@@ -134,8 +137,7 @@ def read_input(path: str, modality: str = "", series: Optional[int] = None) -> P
     canonical_affine = to_canonical(np.zeros(tuple(shape), np.uint8), affine)[1]
     if not affines_match(canonical_affine, volume.affine, 1e-3, volume.array.shape):
         raise PredictError(f"{path}: could not relate the canonical grid to the input's own grid")
-    return PredictInput(path, input_name(path), kind, volume, affine,
-                        tuple(int(v) for v in shape), dicom_frames)
+    return PredictInput(path, input_name(path), kind, volume, affine, tuple(int(v) for v in shape), dicom_frames)
 
 
 def _check_3d(path: str, array: np.ndarray) -> None:
@@ -150,10 +152,13 @@ def validate_volume(path: str, array: np.ndarray, max_voxels: int) -> np.ndarray
     if min(array.shape) < 2:
         raise PredictError(f"{path}: every axis needs at least 2 voxels, got shape {array.shape}")
     if array.size > max_voxels:
-        raise PredictError(f"{path}: {array.size} voxels {array.shape} exceed the limit of {max_voxels} "
-                           "(raise --max-voxels if the server accepts such messages)")
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
-            or array.dtype == np.bool_):
+        raise PredictError(
+            f"{path}: {array.size} voxels {array.shape} exceed the limit of {max_voxels} "
+            "(raise --max-voxels if the server accepts such messages)"
+        )
+    if not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_
+    ):
         raise PredictError(f"{path}: unsupported voxel dtype {array.dtype}")
     try:
         compact = compact_dtype(array.astype(np.float32) if array.dtype == np.bool_ else array)
@@ -188,6 +193,7 @@ def crop_mask(mask: np.ndarray, mask_shape: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # Models: in process or over gRPC
 # --------------------------------------------------------------------------------------------
+
 
 class InProcessModel:
     """The exported SavedModel loaded with tf.saved_model.load."""
@@ -227,9 +233,15 @@ def status_name(error) -> str:
         return ""
 
 
-def call_with_retries(call: Callable[[], object], attempts: int = 4, initial_backoff: float = 0.5,
-                      max_backoff: float = 8.0, retryable: Sequence[str] = RETRYABLE_CODES,
-                      sleep: Callable[[float], None] = time.sleep, on_retry=None):
+def call_with_retries(
+    call: Callable[[], object],
+    attempts: int = 4,
+    initial_backoff: float = 0.5,
+    max_backoff: float = 8.0,
+    retryable: Sequence[str] = RETRYABLE_CODES,
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry=None,
+):
     """call() with up to `attempts` tries; retries only gRPC errors whose status is in
     `retryable`, sleeping initial_backoff * 2**i (capped at max_backoff) between tries."""
     import grpc
@@ -240,7 +252,7 @@ def call_with_retries(call: Callable[[], object], attempts: int = 4, initial_bac
         except grpc.RpcError as exc:
             if status_name(exc) not in retryable or attempt == attempts - 1:
                 raise
-            delay = min(max_backoff, initial_backoff * (2 ** attempt))
+            delay = min(max_backoff, initial_backoff * (2**attempt))
             if on_retry:
                 on_retry(attempt + 1, status_name(exc), delay)
             sleep(delay)
@@ -251,21 +263,34 @@ class GrpcModel:
     """TF Serving's PredictionService over gRPC (insecure channel; put TLS in a sidecar or
     pass `credentials`)."""
 
-    def __init__(self, target: str, model_name: str, signature: str = SIGNATURE,
-                 timeout_s: float = 120.0, attempts: int = 4, initial_backoff: float = 0.5,
-                 max_backoff: float = 8.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 credentials=None, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        target: str,
+        model_name: str,
+        signature: str = SIGNATURE,
+        timeout_s: float = 120.0,
+        attempts: int = 4,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        credentials=None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         import grpc
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-        options = [("grpc.max_send_message_length", int(max_message_bytes)),
-                   ("grpc.max_receive_message_length", int(max_message_bytes))]
-        self._channel = (grpc.secure_channel(target, credentials, options=options) if credentials
-                         else grpc.insecure_channel(target, options=options))
+        options = [
+            ("grpc.max_send_message_length", int(max_message_bytes)),
+            ("grpc.max_receive_message_length", int(max_message_bytes)),
+        ]
+        self._channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials
+            else grpc.insecure_channel(target, options=options)
+        )
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self.model_name, self.signature, self.timeout_s = model_name, signature, timeout_s
-        self._retry = dict(attempts=attempts, initial_backoff=initial_backoff, max_backoff=max_backoff,
-                           sleep=sleep)
+        self._retry = dict(attempts=attempts, initial_backoff=initial_backoff, max_backoff=max_backoff, sleep=sleep)
         self.retries = 0  # transient failures retried so far (for reports and tests)
 
     def _count(self, *_):
@@ -280,8 +305,9 @@ class GrpcModel:
         request.model_spec.signature_name = self.signature
         for key, value in arrays.items():
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
-        response = call_with_retries(lambda: self._stub.Predict(request, timeout=self.timeout_s),
-                                     on_retry=self._count, **self._retry)
+        response = call_with_retries(
+            lambda: self._stub.Predict(request, timeout=self.timeout_s), on_retry=self._count, **self._retry
+        )
         return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
     def num_classes(self) -> Optional[int]:
@@ -293,8 +319,11 @@ class GrpcModel:
         request.model_spec.name = self.model_name
         request.metadata_field.append("signature_def")
         try:
-            response = call_with_retries(lambda: self._stub.GetModelMetadata(request, timeout=self.timeout_s),
-                                         on_retry=self._count, **self._retry)
+            response = call_with_retries(
+                lambda: self._stub.GetModelMetadata(request, timeout=self.timeout_s),
+                on_retry=self._count,
+                **self._retry,
+            )
         except grpc.RpcError:
             return None
         signatures = get_model_metadata_pb2.SignatureDefMap()
@@ -314,8 +343,17 @@ class GrpcModel:
 # --------------------------------------------------------------------------------------------
 
 # Type 2 patient/study attributes a SEG copies from its sources: must exist, may be empty.
-_TYPE2_SOURCE_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID",
-                            "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName")
+_TYPE2_SOURCE_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
 
 
 def _with_type2_defaults(ds):
@@ -373,14 +411,22 @@ def _seg_volume(mask: np.ndarray, affine_ras: np.ndarray, frame_of_reference_uid
     import highdicom as hd
 
     affine_lps = dicom.LPS_TO_RAS @ np.asarray(affine_ras, dtype=np.float64)  # the flip is its own inverse
-    return hd.Volume(np.ascontiguousarray(np.transpose(mask, (2, 1, 0)).astype(np.uint8)),
-                     affine_lps[:, [2, 1, 0, 3]], coordinate_system="PATIENT",
-                     frame_of_reference_uid=frame_of_reference_uid)
+    return hd.Volume(
+        np.ascontiguousarray(np.transpose(mask, (2, 1, 0)).astype(np.uint8)),
+        affine_lps[:, [2, 1, 0, 3]],
+        coordinate_system="PATIENT",
+        frame_of_reference_uid=frame_of_reference_uid,
+    )
 
 
-def write_dicom_seg(path: str, mask: np.ndarray, frames: Sequence[dicom.Frame],
-                    affine_ras: np.ndarray, num_classes: int,
-                    label_names: Optional[Dict[int, str]] = None) -> int:
+def write_dicom_seg(
+    path: str,
+    mask: np.ndarray,
+    frames: Sequence[dicom.Frame],
+    affine_ras: np.ndarray,
+    num_classes: int,
+    label_names: Optional[Dict[int, str]] = None,
+) -> int:
     """DICOM SEG (binary, one segment per foreground class) referencing the source images.
 
     mask: (columns, rows, slices) uint8 on the stack's own grid (`affine_ras`, voxel -> RAS mm);
@@ -399,24 +445,40 @@ def write_dicom_seg(path: str, mask: np.ndarray, frames: Sequence[dicom.Frame],
     pixel_array = _frame_aligned_pixels(mask, frames, sources)
     if pixel_array is None:
         pixel_array = _seg_volume(mask, affine_ras, sources[0].FrameOfReferenceUID)
-    algorithm = hd.AlgorithmIdentificationSequence(name="medtfx", version="0.1.0",
-                                                   family=codes.cid7162.ArtificialIntelligence)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medtfx", version="0.1.0", family=codes.cid7162.ArtificialIntelligence
+    )
     names = label_names or {}
-    descriptions = [hd.seg.SegmentDescription(
-        segment_number=k, segment_label=names.get(k, f"label_{k}"),
-        segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Tissue,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm) for k in range(1, max(2, int(num_classes)))]
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=k,
+            segment_label=names.get(k, f"label_{k}"),
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for k in range(1, max(2, int(num_classes)))
+    ]
     with warnings.catch_warnings():
         # highdicom warns about odd person names by quoting them: a patient name in the log.
         warnings.filterwarnings("ignore", message=".*person name.*")
         seg = hd.seg.Segmentation(
-            source_images=sources, pixel_array=pixel_array,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
-            series_instance_uid=hd.UID(), series_number=900, sop_instance_uid=hd.UID(), instance_number=1,
-            manufacturer="medtfx", manufacturer_model_name="medtfx-seg", software_versions="0.1.0",
-            device_serial_number="0", series_description="medtfx segmentation",
-            omit_empty_frames=bool(mask.any()))  # all-empty: keep frames so the SEG is valid
+            source_images=sources,
+            pixel_array=pixel_array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=900,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="medtfx",
+            manufacturer_model_name="medtfx-seg",
+            software_versions="0.1.0",
+            device_serial_number="0",
+            series_description="medtfx segmentation",
+            omit_empty_frames=bool(mask.any()),
+        )  # all-empty: keep frames so the SEG is valid
     seg.save_as(path)
     return int(seg.NumberOfFrames)
 
@@ -429,9 +491,16 @@ def _unique_name(name: str, taken: set) -> str:
     return candidate
 
 
-def predict_one(model, path: str, output_dir: str, name: str, modality: str = "",
-                max_voxels: int = DEFAULT_MAX_VOXELS, num_classes: Optional[int] = None,
-                series: Optional[int] = None) -> dict:
+def predict_one(
+    model,
+    path: str,
+    output_dir: str,
+    name: str,
+    modality: str = "",
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    num_classes: Optional[int] = None,
+    series: Optional[int] = None,
+) -> dict:
     """Segments one input; returns its ok record. Raises PredictError/CaseError/gRPC errors."""
     start = time.time()
     item = read_input(path, modality, series)
@@ -441,22 +510,28 @@ def predict_one(model, path: str, output_dir: str, name: str, modality: str = ""
         raise PredictError(f"{path}: the model returned {sorted(out)}, expected mask and mask_shape")
     mask = crop_mask(out["mask"], out["mask_shape"])
     if mask.shape != array.shape:
-        raise PredictError(f"{path}: the model returned a mask of shape {mask.shape} for a volume of "
-                           f"shape {array.shape}")
+        raise PredictError(
+            f"{path}: the model returned a mask of shape {mask.shape} for a volume of shape {array.shape}"
+        )
     native = np.ascontiguousarray(from_canonical(mask, item.native_affine)).astype(np.uint8)
     outputs = {"nifti": os.path.join(output_dir, f"{name}.nii.gz")}
     write_nifti(outputs["nifti"], native, item.native_affine)
-    record = {"input": path, "status": "ok", "reason": "", "kind": item.kind,
-              "shape": list(native.shape), "wire_dtype": array.dtype.name,
-              "labels_present": sorted(int(v) for v in np.unique(native) if v)}
+    record = {
+        "input": path,
+        "status": "ok",
+        "reason": "",
+        "kind": item.kind,
+        "shape": list(native.shape),
+        "wire_dtype": array.dtype.name,
+        "labels_present": sorted(int(v) for v in np.unique(native) if v),
+    }
     if item.kind == "dicom":
         record["stack"] = item.volume.meta.get("stack", "")
     if item.dicom_frames:
         seg_path = os.path.join(output_dir, f"{name}.seg.dcm")
         classes = num_classes or int(native.max()) + 1
         try:
-            record["seg_frames"] = write_dicom_seg(seg_path, native, item.dicom_frames,
-                                                   item.native_affine, classes)
+            record["seg_frames"] = write_dicom_seg(seg_path, native, item.dicom_frames, item.native_affine, classes)
             outputs["dicom_seg"] = seg_path
         except Exception as exc:  # the mask is written; a SEG the sources cannot support is a warning
             record["warnings"] = [f"{path}: DICOM SEG not written: {type(exc).__name__}: {exc}"]
@@ -465,9 +540,16 @@ def predict_one(model, path: str, output_dir: str, name: str, modality: str = ""
     return record
 
 
-def predict_inputs(model, inputs: Sequence[str], output_dir: str, modality: str = "",
-                   max_voxels: int = DEFAULT_MAX_VOXELS, num_classes: Optional[int] = None,
-                   log: Callable[[str], None] = print, series: Optional[int] = None) -> List[dict]:
+def predict_inputs(
+    model,
+    inputs: Sequence[str],
+    output_dir: str,
+    modality: str = "",
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    num_classes: Optional[int] = None,
+    log: Callable[[str], None] = print,
+    series: Optional[int] = None,
+) -> List[dict]:
     """Segments every input independently; returns one record per input (ok or failed with the
     reason) and writes them to <output_dir>/predict_report.json."""
     import grpc
@@ -488,12 +570,14 @@ def predict_inputs(model, inputs: Sequence[str], output_dir: str, modality: str 
             reason = str(exc) if path in str(exc) else f"{path}: {exc}"
             record = {"input": path, "status": "failed", "reason": reason}
         except grpc.RpcError as exc:
-            record = {"input": path, "status": "failed",
-                      "reason": f"{path}: server error {status_name(exc) or 'UNKNOWN'}: "
-                                f"{exc.details() if hasattr(exc, 'details') else exc}"}
+            record = {
+                "input": path,
+                "status": "failed",
+                "reason": f"{path}: server error {status_name(exc) or 'UNKNOWN'}: "
+                f"{exc.details() if hasattr(exc, 'details') else exc}",
+            }
         except Exception as exc:  # one bad input must not stop the others
-            record = {"input": path, "status": "failed",
-                      "reason": f"{path}: unexpected {type(exc).__name__}: {exc}"}
+            record = {"input": path, "status": "failed", "reason": f"{path}: unexpected {type(exc).__name__}: {exc}"}
         records.append(record)
         if record["status"] == "ok":
             log(f"ok      {path} -> {', '.join(record['outputs'].values())}")
@@ -510,13 +594,21 @@ def predict_inputs(model, inputs: Sequence[str], output_dir: str, modality: str 
 # A study in a PACS (DICOMweb)
 # --------------------------------------------------------------------------------------------
 
+
 def _series_locator(study_uid: str, series_uid: str) -> str:
     return f"studies/{study_uid}/series/{series_uid}"
 
 
-def predict_study(model, client, study_uid: str, output_dir: str, store: bool = False,
-                  max_voxels: int = DEFAULT_MAX_VOXELS, num_classes: Optional[int] = None,
-                  log: Callable[[str], None] = print) -> List[dict]:
+def predict_study(
+    model,
+    client,
+    study_uid: str,
+    output_dir: str,
+    store: bool = False,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    num_classes: Optional[int] = None,
+    log: Callable[[str], None] = print,
+) -> List[dict]:
     """Segments every image series of a PACS study, as `predict` does a DICOM folder.
 
     Finds the study's series with QIDO-RS (`client`: modules.io.dicomweb.DicomWebClient),
@@ -553,16 +645,16 @@ def predict_study(model, client, study_uid: str, output_dir: str, store: bool = 
             locator = _series_locator(study_uid, info.series_uid)
             record = {"input": locator, "series_uid": info.series_uid, "modality": info.modality}
             if not info.is_image:
-                record.update(status="skipped", reason=f"{locator}: not an image series (modality "
-                                                       f"{info.modality})")
+                record.update(status="skipped", reason=f"{locator}: not an image series (modality {info.modality})")
                 records.append(record)
                 log(f"skipped {record['reason']}")
                 continue
             folder = os.path.join(scratch, info.series_uid)
             try:
                 client.retrieve_series_to_folder(study_uid, info.series_uid, folder)
-                result = predict_one(model, folder, output_dir, info.series_uid, max_voxels=max_voxels,
-                                     num_classes=num_classes)
+                result = predict_one(
+                    model, folder, output_dir, info.series_uid, max_voxels=max_voxels, num_classes=num_classes
+                )
                 result["input"] = locator  # the scratch folder is gone: name the series
                 if result.get("warnings"):
                     result["warnings"] = [w.replace(folder, locator) for w in result["warnings"]]
@@ -578,11 +670,12 @@ def predict_study(model, client, study_uid: str, output_dir: str, store: bool = 
             except DicomWebError as exc:
                 record.update(status="failed", reason=f"{locator}: {exc}")
             except grpc.RpcError as exc:
-                record.update(status="failed", reason=f"{locator}: server error "
-                                                      f"{status_name(exc) or 'UNKNOWN'}")
+                record.update(status="failed", reason=f"{locator}: server error {status_name(exc) or 'UNKNOWN'}")
             except Exception as exc:  # one bad series must not stop the others
-                record.update(status="failed", reason=f"{locator}: unexpected {type(exc).__name__}: "
-                                                      f"{str(exc).replace(folder, locator)}")
+                record.update(
+                    status="failed",
+                    reason=f"{locator}: unexpected {type(exc).__name__}: {str(exc).replace(folder, locator)}",
+                )
             finally:
                 import shutil
 

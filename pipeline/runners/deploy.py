@@ -5,6 +5,7 @@ API v2beta1).
 plan_deploy() compiles and returns everything that would be sent (DeployPlan); describe() prints
 it (`--dry-run` stops there and opens no connection); submit() sends it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,7 @@ TOKEN_ENV = "MEDTFX_KFP_TOKEN"  # optional bearer token for an authenticated KFP
 @dataclasses.dataclass
 class DeployPlan:
     """What a deploy sends: the package (path + sha256) and the names/values around it."""
+
     endpoint: str
     pipeline_name: str
     version_name: str
@@ -37,8 +39,7 @@ class DeployPlan:
     namespace: Optional[str] = None
 
 
-def resolve_image(cli_image: Optional[str], cfg: PipelineConfig,
-                  env: Mapping[str, str] = os.environ) -> str:
+def resolve_image(cli_image: Optional[str], cfg: PipelineConfig, env: Mapping[str, str] = os.environ) -> str:
     """--image, else $MEDTFX_IMAGE (CI's freshly pushed digest), else the config's image."""
     return cli_image or env.get(IMAGE_ENV) or cfg.runner.image
 
@@ -56,10 +57,17 @@ def version_name(pipeline_name: str, package_sha256: str, now: datetime.datetime
     return f"{pipeline_name}-{now:%Y%m%d-%H%M%S}-{package_sha256[:12]}"
 
 
-def plan_deploy(cfg: PipelineConfig, endpoint: str, output_dir: str, image: Optional[str] = None,
-                experiment: str = "medtfx", pipeline_name: Optional[str] = None,
-                namespace: Optional[str] = None, env: Mapping[str, str] = os.environ,
-                now: Optional[datetime.datetime] = None) -> DeployPlan:
+def plan_deploy(
+    cfg: PipelineConfig,
+    endpoint: str,
+    output_dir: str,
+    image: Optional[str] = None,
+    experiment: str = "medtfx",
+    pipeline_name: Optional[str] = None,
+    namespace: Optional[str] = None,
+    env: Mapping[str, str] = os.environ,
+    now: Optional[datetime.datetime] = None,
+) -> DeployPlan:
     """Compiles the pipeline (image and pipeline name resolved) into output_dir; sends nothing."""
     from pipeline.runners import kubeflow
 
@@ -73,22 +81,38 @@ def plan_deploy(cfg: PipelineConfig, endpoint: str, output_dir: str, image: Opti
     package_sha = sha256_file(written["kfp_package"])
     version = version_name(name, package_sha, now or datetime.datetime.now(datetime.timezone.utc))
     return DeployPlan(
-        endpoint=endpoint, pipeline_name=name, version_name=version, experiment=experiment,
-        run_name=f"run-{version}", image=cfg.runner.image,
+        endpoint=endpoint,
+        pipeline_name=name,
+        version_name=version,
+        experiment=experiment,
+        run_name=f"run-{version}",
+        image=cfg.runner.image,
         # No RuntimeParameters in the DAG: every setting is compiled into the spec.
-        parameters={}, pipeline_root=cfg.runner.kubeflow_pipeline_root,
-        package_path=written["kfp_package"], package_sha256=package_sha,
-        pipeline_job_path=written["pipeline_job"], namespace=namespace)
+        parameters={},
+        pipeline_root=cfg.runner.kubeflow_pipeline_root,
+        package_path=written["kfp_package"],
+        package_sha256=package_sha,
+        pipeline_job_path=written["pipeline_job"],
+        namespace=namespace,
+    )
 
 
 def describe(plan: DeployPlan) -> str:
     """Human-readable lines of what submit() sends."""
-    rows = [("endpoint", plan.endpoint), ("namespace", plan.namespace or "(client default)"),
-            ("pipeline", plan.pipeline_name), ("version", plan.version_name),
-            ("experiment", plan.experiment), ("run", plan.run_name), ("image", plan.image),
-            ("parameters", plan.parameters), ("pipeline root", plan.pipeline_root),
-            ("package", plan.package_path), ("package sha256", plan.package_sha256),
-            ("pipeline job", plan.pipeline_job_path)]
+    rows = [
+        ("endpoint", plan.endpoint),
+        ("namespace", plan.namespace or "(client default)"),
+        ("pipeline", plan.pipeline_name),
+        ("version", plan.version_name),
+        ("experiment", plan.experiment),
+        ("run", plan.run_name),
+        ("image", plan.image),
+        ("parameters", plan.parameters),
+        ("pipeline root", plan.pipeline_root),
+        ("package", plan.package_path),
+        ("package sha256", plan.package_sha256),
+        ("pipeline job", plan.pipeline_job_path),
+    ]
     return "\n".join(f"{key:>15s}: {value}" for key, value in rows)
 
 
@@ -111,16 +135,29 @@ def submit(plan: DeployPlan, client) -> Dict[str, str]:
     pipeline_id = client.get_pipeline_id(plan.pipeline_name)
     if pipeline_id is None:
         body = client.api_models.V2beta1Pipeline(
-            display_name=plan.pipeline_name, namespace=plan.namespace,
-            description="medtfx: TFX medical image segmentation pipeline")
+            display_name=plan.pipeline_name,
+            namespace=plan.namespace,
+            description="medtfx: TFX medical image segmentation pipeline",
+        )
         pipeline_id = client.pipelines.create_pipeline(body=body).pipeline_id
     version = client.upload_pipeline_version(
-        plan.package_path, plan.version_name, pipeline_id=pipeline_id,
-        description=f"image {plan.image}, package sha256 {plan.package_sha256}")
+        plan.package_path,
+        plan.version_name,
+        pipeline_id=pipeline_id,
+        description=f"image {plan.image}, package sha256 {plan.package_sha256}",
+    )
     experiment = client.create_experiment(plan.experiment, namespace=plan.namespace)
     run = client.run_pipeline(
-        experiment_id=experiment.experiment_id, job_name=plan.run_name,
-        pipeline_id=pipeline_id, version_id=version.pipeline_version_id,
-        params=plan.parameters, pipeline_root=plan.pipeline_root)
-    return {"pipeline_id": pipeline_id, "pipeline_version_id": version.pipeline_version_id,
-            "experiment_id": experiment.experiment_id, "run_id": run.run_id}
+        experiment_id=experiment.experiment_id,
+        job_name=plan.run_name,
+        pipeline_id=pipeline_id,
+        version_id=version.pipeline_version_id,
+        params=plan.parameters,
+        pipeline_root=plan.pipeline_root,
+    )
+    return {
+        "pipeline_id": pipeline_id,
+        "pipeline_version_id": version.pipeline_version_id,
+        "experiment_id": experiment.experiment_id,
+        "run_id": run.run_id,
+    }

@@ -1,5 +1,6 @@
 """Kubeflow Pipelines v2: the KubeflowV2DagRunner compile, the KFP package (pipeline spec plus the
 kfp-kubernetes platform spec), and the ConfigMap that carries cluster settings."""
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,11 @@ def configmap_overrides(data: Dict[str, str]) -> List[str]:
     if data.get("PIPELINE_ROOT_PVC") and data.get("PIPELINE_ROOT_MOUNT"):
         mounts[data["PIPELINE_ROOT_PVC"]] = data["PIPELINE_ROOT_MOUNT"]
     serving_mount = data.get("SERVING_MODELS_MOUNT", "")
-    if (data.get("SERVING_MODELS_PVC") and serving_mount
-            and data.get("SERVING_MODEL_DIR", "").startswith(serving_mount.rstrip("/") + "/")):
+    if (
+        data.get("SERVING_MODELS_PVC")
+        and serving_mount
+        and data.get("SERVING_MODEL_DIR", "").startswith(serving_mount.rstrip("/") + "/")
+    ):
         mounts[data["SERVING_MODELS_PVC"]] = serving_mount
     if mounts:
         overrides.append(f"kubeflow_pvc_mounts={json.dumps(mounts, sort_keys=True)}")
@@ -92,8 +96,10 @@ def _kustomization_literals(directory: str, name: str) -> Dict[str, str]:
         if generator.get("name") != name:
             continue
         if generator.get("files") or generator.get("envs"):
-            raise ValueError(f"{directory}: ConfigMap {name!r} uses files/envs; pass a rendered "
-                             "YAML instead (kubectl kustomize DIR > render.yaml)")
+            raise ValueError(
+                f"{directory}: ConfigMap {name!r} uses files/envs; pass a rendered "
+                "YAML instead (kubectl kustomize DIR > render.yaml)"
+            )
         data.update(lit.split("=", 1) for lit in generator.get("literals", []))
     return data
 
@@ -146,12 +152,15 @@ def _check_tolerations(tolerations) -> List[dict]:
     out = []
     for i, tol in enumerate(tolerations):
         if not isinstance(tol, dict) or set(tol) - TOLERATION_FIELDS:
-            raise ValueError(f"trainer_tolerations[{i}] = {tol!r}: expected an object with keys "
-                             f"from {sorted(TOLERATION_FIELDS)}")
+            raise ValueError(
+                f"trainer_tolerations[{i}] = {tol!r}: expected an object with keys from {sorted(TOLERATION_FIELDS)}"
+            )
         operator = tol.get("operator", "Equal")
         if operator not in TOLERATION_OPERATORS or tol.get("effect", "") not in TOLERATION_EFFECTS:
-            raise ValueError(f"trainer_tolerations[{i}] = {tol!r}: operator must be one of "
-                             f"{sorted(TOLERATION_OPERATORS)}, effect one of {sorted(TOLERATION_EFFECTS)}")
+            raise ValueError(
+                f"trainer_tolerations[{i}] = {tol!r}: operator must be one of "
+                f"{sorted(TOLERATION_OPERATORS)}, effect one of {sorted(TOLERATION_EFFECTS)}"
+            )
         if operator == "Exists" and tol.get("value"):
             raise ValueError(f"trainer_tolerations[{i}] = {tol!r}: operator Exists takes no value")
         out.append(dict(tol))
@@ -173,17 +182,16 @@ def kubernetes_platform_spec(cfg: PipelineConfig, pipeline_spec: dict) -> dict:
         {"nodeSelector": {"labels": {...}}, "tolerations": [...], "pvcMount": [...]}}}}}}"""
     executors: Dict[str, dict] = {}
     if cfg.runner.kubeflow_pvc_mounts:
-        mounts = [{"constant": pvc, "mountPath": path}
-                  for pvc, path in sorted(cfg.runner.kubeflow_pvc_mounts.items())]
+        mounts = [{"constant": pvc, "mountPath": path} for pvc, path in sorted(cfg.runner.kubeflow_pvc_mounts.items())]
         for label, executor in pipeline_spec["deploymentSpec"]["executors"].items():
             if "container" in executor:
                 executors[label] = {"pvcMount": [dict(m) for m in mounts]}
     trainer = executor_label(pipeline_spec, TRAINER_ID)
     if cfg.runner.trainer_node_selector:
-        if not all(isinstance(k, str) and isinstance(v, str)
-                   for k, v in cfg.runner.trainer_node_selector.items()):
-            raise ValueError(f"trainer_node_selector {cfg.runner.trainer_node_selector!r}: "
-                             "labels and values must be strings")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in cfg.runner.trainer_node_selector.items()):
+            raise ValueError(
+                f"trainer_node_selector {cfg.runner.trainer_node_selector!r}: labels and values must be strings"
+            )
         executors.setdefault(trainer, {})["nodeSelector"] = {"labels": dict(cfg.runner.trainer_node_selector)}
     if cfg.runner.trainer_tolerations:
         executors.setdefault(trainer, {})["tolerations"] = _check_tolerations(cfg.runner.trainer_tolerations)
@@ -207,17 +215,22 @@ def build_kubeflow_job(cfg: PipelineConfig) -> dict:
     the 2.1 `constant` parameter values), Trainer resources attached."""
     from tfx import v1 as tfx
 
-    pipeline = create_pipeline(cfg, pipeline_root=cfg.runner.kubeflow_pipeline_root,
-                               data_root=cfg.data_root or "/data/input",
-                               beam_args=cfg.beam_pipeline_args(),
-                               baseline_resolver=cfg.runner.kubeflow_baseline_resolver)
+    pipeline = create_pipeline(
+        cfg,
+        pipeline_root=cfg.runner.kubeflow_pipeline_root,
+        data_root=cfg.data_root or "/data/input",
+        beam_args=cfg.beam_pipeline_args(),
+        baseline_resolver=cfg.runner.kubeflow_baseline_resolver,
+    )
     resources = trainer_resource_spec(cfg)
     if resources is not None:
         trainer = next(c for c in pipeline.components if c.id == TRAINER_ID)
         trainer.with_platform_config(resources)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-            default_image=cfg.runner.image, use_pipeline_spec_2_1=True))
+            default_image=cfg.runner.image, use_pipeline_spec_2_1=True
+        )
+    )
     return runner.run(pipeline, write_out=False)
 
 
@@ -238,8 +251,10 @@ def write_kfp_package(path: str, docs: List[dict]) -> str:
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:
-        fh.write(f"# PIPELINE DEFINITION\n# Name: {docs[0]['pipelineInfo']['name']}\n"
-                 "# KFP package written by `medtfx compile` (TFX KubeflowV2DagRunner + platform spec)\n")
+        fh.write(
+            f"# PIPELINE DEFINITION\n# Name: {docs[0]['pipelineInfo']['name']}\n"
+            "# KFP package written by `medtfx compile` (TFX KubeflowV2DagRunner + platform spec)\n"
+        )
         yaml.safe_dump_all(docs, fh, sort_keys=True)
     return path
 
@@ -267,5 +282,3 @@ def compile_kubeflow(cfg: PipelineConfig, output_file: str) -> Dict[str, str]:
         package = os.path.splitext(output_file)[0] + ".yaml"
     written["kfp_package"] = write_kfp_package(package, docs)
     return written
-
-

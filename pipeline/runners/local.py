@@ -1,5 +1,6 @@
 """The embedded default runner: the whole DAG in this process (LocalDagRunner, SQLite metadata,
 Beam DirectRunner), and reading back what a local run produced."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,14 @@ def run_local(cfg: PipelineConfig, until: Optional[str] = None) -> None:
 
     os.makedirs(cfg.workdir, exist_ok=True)
     pipeline = create_pipeline(
-        cfg, pipeline_root=os.path.abspath(cfg.pipeline_root), data_root=_local_or_url(cfg.data_root),
+        cfg,
+        pipeline_root=os.path.abspath(cfg.pipeline_root),
+        data_root=_local_or_url(cfg.data_root),
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            os.path.abspath(cfg.metadata_path)), until=until)
+            os.path.abspath(cfg.metadata_path)
+        ),
+        until=until,
+    )
     tfx.orchestration.LocalDagRunner().run(pipeline)
 
 
@@ -41,8 +47,16 @@ def latest_artifacts(metadata_path: str) -> Dict[str, object]:
     config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
     store = metadata_store.MetadataStore(config)
     latest: Dict[str, object] = {}
-    for type_name in ("Examples", "ModelEvaluation", "ModelBlessing", "PushedModel", "Model",
-                      "TransformGraph", "medtfx.Plan", "medtfx.DatasetFingerprint"):
+    for type_name in (
+        "Examples",
+        "ModelEvaluation",
+        "ModelBlessing",
+        "PushedModel",
+        "Model",
+        "TransformGraph",
+        "medtfx.Plan",
+        "medtfx.DatasetFingerprint",
+    ):
         artifacts = store.get_artifacts_by_type(type_name)
         if type_name == "Examples":  # ExampleGen's (input-fingerprinted), not Transform's output
             artifacts = [a for a in artifacts if "input_fingerprint" in a.custom_properties]
@@ -87,11 +101,12 @@ def run_summary(cfg: PipelineConfig) -> dict:
         for key, name in (("evaluation_summary", "summary.md"), ("dice_plot", "dice_per_label.png")):
             if os.path.exists(os.path.join(latest["ModelEvaluation"].uri, name)):
                 summary[key] = os.path.join(latest["ModelEvaluation"].uri, name)
-    if "TransformGraph" in latest and os.path.exists(
-            os.path.join(latest["TransformGraph"].uri, "preview.png")):
+    if "TransformGraph" in latest and os.path.exists(os.path.join(latest["TransformGraph"].uri, "preview.png")):
         summary["transform_preview"] = os.path.join(latest["TransformGraph"].uri, "preview.png")
-    for type_name, key, name in (("medtfx.Plan", "plan", "plan.json"),
-                                 ("medtfx.DatasetFingerprint", "fingerprint", "fingerprint.md")):
+    for type_name, key, name in (
+        ("medtfx.Plan", "plan", "plan.json"),
+        ("medtfx.DatasetFingerprint", "fingerprint", "fingerprint.md"),
+    ):
         if type_name in latest and os.path.exists(os.path.join(latest[type_name].uri, name)):
             summary[key] = os.path.join(latest[type_name].uri, name)
     if "ModelBlessing" in latest:

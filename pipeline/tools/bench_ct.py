@@ -5,6 +5,7 @@ own grid, and checks that naming the wrong modality is refused rather than answe
 
     python -m pipeline.tools.bench_ct --data workdir/ct_data --workdir workdir/ct [--cases 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     model_dir = newest_version(os.path.join(args.workdir, "serving", "medtfx-seg"))
-    held_out = synthesize_ct(os.path.join(os.path.dirname(os.path.abspath(args.data)), "ct_held_out"),
-                             n_cases=args.cases, seed=HELD_OUT_SEED)
+    held_out = synthesize_ct(
+        os.path.join(os.path.dirname(os.path.abspath(args.data)), "ct_held_out"), n_cases=args.cases, seed=HELD_OUT_SEED
+    )
     images = sorted(glob.glob(os.path.join(held_out["decathlon"], "imagesTr", "*.nii.gz")))
     out_dir = os.path.join(args.workdir, "held_out_predictions")
     model = predict.InProcessModel(model_dir)
@@ -57,16 +59,23 @@ def main(argv=None) -> int:
         if mask_img.shape != truth_img.shape or not np.allclose(mask_img.affine, truth_img.affine, atol=1e-4):
             print(f"FAILED {image}: mask grid differs from the scan's", file=sys.stderr)
             continue
-        scores = dice_per_label(np.asarray(truth_img.dataobj).astype(np.int32),
-                                np.asarray(mask_img.dataobj).astype(np.int32), list(LABELS))
+        scores = dice_per_label(
+            np.asarray(truth_img.dataobj).astype(np.int32), np.asarray(mask_img.dataobj).astype(np.int32), list(LABELS)
+        )
         for k, v in scores.items():
             per_label[k].append(v)
-    wrong = predict.predict_inputs(model, images[:1], os.path.join(out_dir, "as_mr"), modality="MR",
-                                   log=lambda line: None)[0]
-    result = {"model": model_dir, "cases": len(images), "ok": sum(r["status"] == "ok" for r in records),
-              "dice": {LABELS[k]: float(np.nanmean(v)) if v else None for k, v in per_label.items()},
-              "dice_min": {LABELS[k]: float(np.nanmin(v)) if v else None for k, v in per_label.items()},
-              "mr_request": wrong["status"], "mr_reason": wrong.get("reason", "")}
+    wrong = predict.predict_inputs(
+        model, images[:1], os.path.join(out_dir, "as_mr"), modality="MR", log=lambda line: None
+    )[0]
+    result = {
+        "model": model_dir,
+        "cases": len(images),
+        "ok": sum(r["status"] == "ok" for r in records),
+        "dice": {LABELS[k]: float(np.nanmean(v)) if v else None for k, v in per_label.items()},
+        "dice_min": {LABELS[k]: float(np.nanmin(v)) if v else None for k, v in per_label.items()},
+        "mr_request": wrong["status"],
+        "mr_reason": wrong.get("reason", ""),
+    }
     print(f"held-out CT scans predicted without --modality: {result['ok']}/{result['cases']} ok")
     for name in LABELS.values():
         print(f"  Dice {name:>6s}: mean {result['dice'][name]:.4f}  (min {result['dice_min'][name]:.4f})")

@@ -7,6 +7,7 @@ subprocess (its time includes process start-up, a few ms); ours runs in-process 
 cache cleared before every run, so neither side reuses a previous parse. Each side gets one
 untimed warm-up run (file system cache), then `repeats` timed runs; the median is kept.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,16 @@ from typing import Dict, List, Optional
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "dicom")
 # Series folders timed: classic single-frame (GE, 150 files each), Siemens mosaic, enhanced.
-SERIES = ("dcm_qa_nih/In/20180918GE/mr_0004", "dcm_qa_nih/In/20180918GE/mr_0005",
-          "dcm_qa_nih/In/20180918GE/mr_0006", "dcm_qa_nih/In/20180918GE/mr_0007",
-          "dcm_qa_nih/In/20180918Si/mr_0003", "dcm_qa_nih/In/20180918Si/mr_0004",
-          "dcm_qa_enh/In/Philips", "dcm_qa_enh/In/Siemens/XA10")
+SERIES = (
+    "dcm_qa_nih/In/20180918GE/mr_0004",
+    "dcm_qa_nih/In/20180918GE/mr_0005",
+    "dcm_qa_nih/In/20180918GE/mr_0006",
+    "dcm_qa_nih/In/20180918GE/mr_0007",
+    "dcm_qa_nih/In/20180918Si/mr_0003",
+    "dcm_qa_nih/In/20180918Si/mr_0004",
+    "dcm_qa_enh/In/Philips",
+    "dcm_qa_enh/In/Siemens/XA10",
+)
 
 
 def dcm2niix_binary() -> str:
@@ -39,8 +46,11 @@ def dcm2niix_binary() -> str:
 
 def run_dcm2niix(series_dir: str, out_dir: str) -> List[str]:
     """dcm2niix on one folder, uncompressed NIfTI without sidecar. Returns the files written."""
-    proc = subprocess.run([dcm2niix_binary(), "-z", "n", "-b", "n", "-f", "%s_%e_%t", "-o", out_dir,
-                           series_dir], capture_output=True, text=True)
+    proc = subprocess.run(
+        [dcm2niix_binary(), "-z", "n", "-b", "n", "-f", "%s_%e_%t", "-o", out_dir, series_dir],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"dcm2niix failed on {series_dir}: {proc.stdout[-500:]} {proc.stderr[-500:]}")
     return sorted(f for f in os.listdir(out_dir) if f.endswith(".nii"))
@@ -92,18 +102,30 @@ def benchmark(data_root: str, repeats: int = 3, series: Optional[List[str]] = No
         ours, ours_files = _timed(run_medtfx, folder, repeats)
         theirs, their_files = _timed(run_dcm2niix, folder, repeats)
         n_files = sum(len(files) for _, _, files in os.walk(folder))
-        rows.append({"name": name, "files": n_files, "medtfx_s": round(ours, 4), "dcm2niix_s": round(theirs, 4),
-                     "ratio": round(ours / theirs, 3),
-                     "outputs": {"medtfx": len(ours_files), "dcm2niix": len(their_files)}})
+        rows.append(
+            {
+                "name": name,
+                "files": n_files,
+                "medtfx_s": round(ours, 4),
+                "dcm2niix_s": round(theirs, 4),
+                "ratio": round(ours / theirs, 3),
+                "outputs": {"medtfx": len(ours_files), "dcm2niix": len(their_files)},
+            }
+        )
     if not rows:
         raise FileNotFoundError(f"none of the benchmark series found under {data_root}")
     total_ours = sum(r["medtfx_s"] for r in rows)
     total_theirs = sum(r["dcm2niix_s"] for r in rows)
-    return {"medtfx_s": round(total_ours, 4), "dcm2niix_s": round(total_theirs, 4),
-            "ratio": round(total_ours / total_theirs, 3), "repeats": repeats, "series": rows,
-            "notes": "median of timed runs per series after one warm-up; dcm2niix -z n -b n as a "
-                     "subprocess (includes its start-up), medtfx in-process with a cold header cache; "
-                     "both write one uncompressed NIfTI per image stack"}
+    return {
+        "medtfx_s": round(total_ours, 4),
+        "dcm2niix_s": round(total_theirs, 4),
+        "ratio": round(total_ours / total_theirs, 3),
+        "repeats": repeats,
+        "series": rows,
+        "notes": "median of timed runs per series after one warm-up; dcm2niix -z n -b n as a "
+        "subprocess (includes its start-up), medtfx in-process with a cold header cache; "
+        "both write one uncompressed NIfTI per image stack",
+    }
 
 
 def main(args) -> int:
@@ -113,8 +135,12 @@ def main(args) -> int:
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=1)
     for row in result["series"]:
-        print(f"{row['name']:<40s} {row['files']:4d} files  medtfx {row['medtfx_s']:.3f} s  "
-              f"dcm2niix {row['dcm2niix_s']:.3f} s  ratio {row['ratio']:.2f}")
-    print(f"total: medtfx {result['medtfx_s']:.3f} s, dcm2niix {result['dcm2niix_s']:.3f} s, "
-          f"ratio {result['ratio']:.2f} (goal <= 1.5); report: {args.json}")
+        print(
+            f"{row['name']:<40s} {row['files']:4d} files  medtfx {row['medtfx_s']:.3f} s  "
+            f"dcm2niix {row['dcm2niix_s']:.3f} s  ratio {row['ratio']:.2f}"
+        )
+    print(
+        f"total: medtfx {result['medtfx_s']:.3f} s, dcm2niix {result['dcm2niix_s']:.3f} s, "
+        f"ratio {result['ratio']:.2f} (goal <= 1.5); report: {args.json}"
+    )
     return 0

@@ -25,6 +25,7 @@ cores are shared: the best run is the least disturbed one). The intensity normal
 whitens each volume in Python before writing floats; medtfx stores native HU and applies a
 dataset-level (x - mean) / std while decoding (one fused cast + affine).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,14 @@ from typing import Callable, Dict, Sequence
 import numpy as np
 
 SEED_SHAPE = (128, 224, 224)
-KEYS = ("in_memory_s", "seed_tfrecord_s", "seed_generator_s", "medtfx_tfrecord_s",
-        "seed_tfrecord_streaming_s", "medtfx_streaming_s")
+KEYS = (
+    "in_memory_s",
+    "seed_tfrecord_s",
+    "seed_generator_s",
+    "medtfx_tfrecord_s",
+    "seed_tfrecord_streaming_s",
+    "medtfx_streaming_s",
+)
 
 
 def synthetic_ct(shape: Sequence[int], seed: int) -> np.ndarray:
@@ -55,7 +62,7 @@ def synthetic_ct(shape: Sequence[int], seed: int) -> np.ndarray:
     for _ in range(3):
         c = rng.uniform(-0.4, 0.4, size=3)
         r = rng.uniform(0.1, 0.25)
-        organ = (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < r ** 2
+        organ = (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < r**2
         volume[organ] = rng.uniform(-100.0, 200.0)
     volume += rng.normal(0.0, 20.0, size=shape).astype(np.float32)
     return np.clip(volume, -1024, 3071).astype(np.int16)
@@ -84,8 +91,10 @@ def write_seed_tfrecord(path: str, volumes: Sequence[np.ndarray]) -> None:
 
     with tf.io.TFRecordWriter(path) as writer:
         for i, v in enumerate(volumes):
-            feature = {"train/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2])),
-                       "train/image": tf.train.Feature(float_list=tf.train.FloatList(value=whiten(v).ravel()))}
+            feature = {
+                "train/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2])),
+                "train/image": tf.train.Feature(float_list=tf.train.FloatList(value=whiten(v).ravel())),
+            }
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
 
@@ -111,9 +120,13 @@ def _seed_tfrecord_dataset(path: str, shape):
     import tensorflow as tf
 
     def decode(serialized):
-        f = tf.io.parse_single_example(serialized, features={
-            "train/image": tf.io.FixedLenFeature(list(shape) + [1], tf.float32),
-            "train/label": tf.io.FixedLenFeature([], tf.int64)})
+        f = tf.io.parse_single_example(
+            serialized,
+            features={
+                "train/image": tf.io.FixedLenFeature(list(shape) + [1], tf.float32),
+                "train/label": tf.io.FixedLenFeature([], tf.int64),
+            },
+        )
         return f["train/image"], f["train/label"]
 
     return lambda batch: tf.data.TFRecordDataset(path).map(decode).repeat(None).batch(batch).prefetch(1)
@@ -130,12 +143,21 @@ def _seed_generator_dataset(nifti_paths: Sequence[str], shape):
                 yield whiten(t1)[..., np.newaxis], np.int32(0)
 
     signature = (tf.TensorSpec(tuple(shape) + (1,), tf.float32), tf.TensorSpec([], tf.int32))
-    return lambda batch: tf.data.Dataset.from_generator(generate, output_signature=signature) \
-        .repeat(None).batch(batch).prefetch(batch)
+    return lambda batch: (
+        tf.data.Dataset.from_generator(generate, output_signature=signature).repeat(None).batch(batch).prefetch(batch)
+    )
 
 
-def run(workdir: str, n_volumes: int = 10, shape: Sequence[int] = SEED_SHAPE, batch: int = 5,
-        iterations: int = 100, generator: bool = True, repeats: int = 1, log=print) -> Dict[str, float]:
+def run(
+    workdir: str,
+    n_volumes: int = 10,
+    shape: Sequence[int] = SEED_SHAPE,
+    batch: int = 5,
+    iterations: int = 100,
+    generator: bool = True,
+    repeats: int = 1,
+    log=print,
+) -> Dict[str, float]:
     """All timings (seconds; the best of `repeats`) plus the ratios the goals are stated in."""
     import SimpleITK as sitk
     import tensorflow as tf
@@ -158,10 +180,15 @@ def run(workdir: str, n_volumes: int = 10, shape: Sequence[int] = SEED_SHAPE, ba
             path = os.path.join(workdir, f"case{i}_T1_1mm.nii.gz")
             sitk.WriteImage(sitk.GetImageFromArray(v), path)
             nifti_paths.append(path)
-    sizes = {"seed_tfrecord_mb": os.path.getsize(seed_record) / 1e6,
-             "medtfx_tfrecord_mb": sum(os.path.getsize(p) for p in medtfx_records) / 1e6}
-    log("record bytes: seed float_list {seed_tfrecord_mb:.0f} MB, medtfx int16 {medtfx_tfrecord_mb:.0f} MB"
-        .format(**sizes))
+    sizes = {
+        "seed_tfrecord_mb": os.path.getsize(seed_record) / 1e6,
+        "medtfx_tfrecord_mb": sum(os.path.getsize(p) for p in medtfx_records) / 1e6,
+    }
+    log(
+        "record bytes: seed float_list {seed_tfrecord_mb:.0f} MB, medtfx int16 {medtfx_tfrecord_mb:.0f} MB".format(
+            **sizes
+        )
+    )
 
     def in_memory():
         features = np.stack([whiten(v) for v in volumes])[..., np.newaxis]
@@ -170,14 +197,19 @@ def run(workdir: str, n_volumes: int = 10, shape: Sequence[int] = SEED_SHAPE, ba
 
     def medtfx(cache, on_host=False):
         return lambda: input_pipeline.raw_volume_batches(
-            medtfx_records, shape, batch, "int16", cache=cache,
-            normalisation=(mean, 1.0 / std) if on_host else None)
+            medtfx_records, shape, batch, "int16", cache=cache, normalisation=(mean, 1.0 / std) if on_host else None
+        )
 
     seed_tfrecord = _seed_tfrecord_dataset(seed_record, shape)
-    plan = [("in_memory_s", in_memory), ("seed_tfrecord_s", lambda: seed_tfrecord(batch)),
-            ("medtfx_tfrecord_s", medtfx(True)), ("seed_tfrecord_streaming_s", lambda: seed_tfrecord(batch)),
-            ("medtfx_streaming_s", medtfx(False)), ("medtfx_tfrecord_float32_s", medtfx(True, True)),
-            ("medtfx_streaming_float32_s", medtfx(False, True))]
+    plan = [
+        ("in_memory_s", in_memory),
+        ("seed_tfrecord_s", lambda: seed_tfrecord(batch)),
+        ("medtfx_tfrecord_s", medtfx(True)),
+        ("seed_tfrecord_streaming_s", lambda: seed_tfrecord(batch)),
+        ("medtfx_streaming_s", medtfx(False)),
+        ("medtfx_tfrecord_float32_s", medtfx(True, True)),
+        ("medtfx_streaming_float32_s", medtfx(False, True)),
+    ]
     if generator:
         plan.insert(2, ("seed_generator_s", lambda: _seed_generator_dataset(nifti_paths, shape)(batch)))
     runs: Dict[str, list] = {key: [] for key, _ in plan}
@@ -186,16 +218,15 @@ def run(workdir: str, n_volumes: int = 10, shape: Sequence[int] = SEED_SHAPE, ba
             if repeat and key == "seed_generator_s":
                 continue  # ~5x slower than everything else and never close: once is enough
             runs[key].append(_time_batches(make, iterations))
-            log(f"{key:>27s}: {runs[key][-1]:8.2f} s for {iterations} batches of "
-                f"{batch}x{'x'.join(map(str, shape))}x1")
+            log(f"{key:>27s}: {runs[key][-1]:8.2f} s for {iterations} batches of {batch}x{'x'.join(map(str, shape))}x1")
     results: Dict[str, float] = {key: round(min(times), 3) for key, times in runs.items()}
     results.update({k: round(v, 3) for k, v in sizes.items()})
     results["medtfx_vs_in_memory"] = round(results["medtfx_tfrecord_s"] / results["in_memory_s"], 2)
     results["seed_vs_medtfx_cached"] = round(results["seed_tfrecord_s"] / results["medtfx_tfrecord_s"], 2)
-    results["seed_vs_medtfx_streaming"] = round(
-        results["seed_tfrecord_streaming_s"] / results["medtfx_streaming_s"], 2)
-    results.update({"iterations": iterations, "batch": batch, "volumes": n_volumes, "shape": list(shape),
-                    "repeats": repeats})
+    results["seed_vs_medtfx_streaming"] = round(results["seed_tfrecord_streaming_s"] / results["medtfx_streaming_s"], 2)
+    results.update(
+        {"iterations": iterations, "batch": batch, "volumes": n_volumes, "shape": list(shape), "repeats": repeats}
+    )
     return results
 
 
@@ -203,14 +234,17 @@ def main(args) -> int:
     """CLI entry (`medtfx bench io`)."""
     workdir = args.workdir or tempfile.mkdtemp(prefix="medtfx_bench_io_")
     try:
-        results = run(workdir, args.volumes, args.shape, args.batch, args.iterations, not args.no_generator,
-                      args.repeats)
+        results = run(
+            workdir, args.volumes, args.shape, args.batch, args.iterations, not args.no_generator, args.repeats
+        )
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"as the seed ran it: medtfx {results['medtfx_vs_in_memory']}x in-memory time, "
-          f"{results['seed_vs_medtfx_cached']}x faster than the seed's TFRecord; streaming: "
-          f"{results['seed_vs_medtfx_streaming']}x faster than the seed's TFRecord")
+    print(
+        f"as the seed ran it: medtfx {results['medtfx_vs_in_memory']}x in-memory time, "
+        f"{results['seed_vs_medtfx_cached']}x faster than the seed's TFRecord; streaming: "
+        f"{results['seed_vs_medtfx_streaming']}x faster than the seed's TFRecord"
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as fh:
         json.dump(results, fh, indent=2)

@@ -10,6 +10,7 @@ timed. Ours runs as a tf.function traced once (as in a graph); both use every co
 One untimed warm-up per case, then `repeats` timed runs; the median is kept. The outputs are
 compared too (max abs difference), so the timing is of the same work.
 """
+
 from __future__ import annotations
 
 import glob
@@ -47,12 +48,21 @@ def load_volumes(data_root: str, count: int = 5) -> List[dict]:
     volumes = []
     for path in sorted(glob.glob(os.path.join(data_root, "imagesTr", "*.nii.gz")))[:count]:
         v = read_nifti(path)
-        volumes.append({"name": os.path.basename(path), "array": v.array.astype(np.float32),
-                        "spacing": np.asarray(v.spacing, float)})
-    for i, (shape, spacing) in enumerate((((256, 256, 128), (0.8, 0.8, 2.0)),
-                                          ((192, 192, 192), (1.2, 1.2, 1.2)))):
-        volumes.append({"name": f"phantom_{'x'.join(map(str, shape))}", "spacing": np.array(spacing),
-                        "array": large_phantom(shape, spacing, seed=i)})
+        volumes.append(
+            {
+                "name": os.path.basename(path),
+                "array": v.array.astype(np.float32),
+                "spacing": np.asarray(v.spacing, float),
+            }
+        )
+    for i, (shape, spacing) in enumerate((((256, 256, 128), (0.8, 0.8, 2.0)), ((192, 192, 192), (1.2, 1.2, 1.2)))):
+        volumes.append(
+            {
+                "name": f"phantom_{'x'.join(map(str, shape))}",
+                "spacing": np.array(spacing),
+                "array": large_phantom(shape, spacing, seed=i),
+            }
+        )
     return volumes
 
 
@@ -90,9 +100,14 @@ def benchmark(data_root: str, repeats: int = 3, targets=TARGETS_MM) -> Dict[str,
 
     from modules.transform import resample
 
-    fn = tf.function(lambda v, s, t: resample.to_network_grid(v, s, t)[0], input_signature=[
-        tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([3], tf.float64),
-        tf.TensorSpec([3], tf.float64)])
+    fn = tf.function(
+        lambda v, s, t: resample.to_network_grid(v, s, t)[0],
+        input_signature=[
+            tf.TensorSpec([None, None, None], tf.float32),
+            tf.TensorSpec([3], tf.float64),
+            tf.TensorSpec([3], tf.float64),
+        ],
+    )
     rows = []
     for vol in load_volumes(data_root):
         array, spacing = vol["array"], vol["spacing"]
@@ -105,21 +120,36 @@ def benchmark(data_root: str, repeats: int = 3, targets=TARGETS_MM) -> Dict[str,
             theirs_s = _median_time(lambda: sitk_filter.Execute(image), repeats)
             ours = fn(tensor, tf_spacing, tf_target).numpy()
             theirs = np.transpose(sitk.GetArrayFromImage(sitk_filter.Execute(image)), (2, 1, 0))
-            rows.append({"name": vol["name"], "shape": list(array.shape),
-                         "spacing_mm": [round(float(s), 4) for s in spacing], "target_mm": target,
-                         "output_shape": [int(v) for v in size], "medtfx_s": round(ours_s, 5),
-                         "simpleitk_s": round(theirs_s, 5), "ratio": round(ours_s / theirs_s, 3),
-                         "max_abs_diff": float(np.abs(ours - theirs).max())})
+            rows.append(
+                {
+                    "name": vol["name"],
+                    "shape": list(array.shape),
+                    "spacing_mm": [round(float(s), 4) for s in spacing],
+                    "target_mm": target,
+                    "output_shape": [int(v) for v in size],
+                    "medtfx_s": round(ours_s, 5),
+                    "simpleitk_s": round(theirs_s, 5),
+                    "ratio": round(ours_s / theirs_s, 3),
+                    "max_abs_diff": float(np.abs(ours - theirs).max()),
+                }
+            )
     medtfx_s = sum(r["medtfx_s"] for r in rows)
     simpleitk_s = sum(r["simpleitk_s"] for r in rows)
-    return {"medtfx_s": round(medtfx_s, 4), "simpleitk_s": round(simpleitk_s, 4),
-            "ratio": round(medtfx_s / simpleitk_s, 3), "goal_ratio": GOAL_RATIO,
-            "volumes": rows, "repeats": repeats, "targets_mm": list(targets),
-            "interpolation": "trilinear (sitkLinear)", "simpleitk_threads":
-                sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
-            "tensorflow_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
-            "cpu_count": os.cpu_count(), "simpleitk_version": sitk.Version.VersionString(),
-            "tensorflow_version": tf.__version__}
+    return {
+        "medtfx_s": round(medtfx_s, 4),
+        "simpleitk_s": round(simpleitk_s, 4),
+        "ratio": round(medtfx_s / simpleitk_s, 3),
+        "goal_ratio": GOAL_RATIO,
+        "volumes": rows,
+        "repeats": repeats,
+        "targets_mm": list(targets),
+        "interpolation": "trilinear (sitkLinear)",
+        "simpleitk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+        "tensorflow_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default (all cores)",
+        "cpu_count": os.cpu_count(),
+        "simpleitk_version": sitk.Version.VersionString(),
+        "tensorflow_version": tf.__version__,
+    }
 
 
 def main(args) -> int:
@@ -131,10 +161,14 @@ def main(args) -> int:
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=1)
     for row in result["volumes"]:
-        print(f"{row['name']:<28s} {'x'.join(map(str, row['shape'])):>12s} -> {row['target_mm']} mm "
-              f"{'x'.join(map(str, row['output_shape'])):>12s}  medtfx {row['medtfx_s']:.4f} s  "
-              f"SimpleITK {row['simpleitk_s']:.4f} s  ratio {row['ratio']:.2f}  "
-              f"max|diff| {row['max_abs_diff']:.1e}")
-    print(f"total: medtfx {result['medtfx_s']:.3f} s, SimpleITK {result['simpleitk_s']:.3f} s, "
-          f"ratio {result['ratio']:.2f} (goal <= {GOAL_RATIO}); report: {args.json}")
+        print(
+            f"{row['name']:<28s} {'x'.join(map(str, row['shape'])):>12s} -> {row['target_mm']} mm "
+            f"{'x'.join(map(str, row['output_shape'])):>12s}  medtfx {row['medtfx_s']:.4f} s  "
+            f"SimpleITK {row['simpleitk_s']:.4f} s  ratio {row['ratio']:.2f}  "
+            f"max|diff| {row['max_abs_diff']:.1e}"
+        )
+    print(
+        f"total: medtfx {result['medtfx_s']:.3f} s, SimpleITK {result['simpleitk_s']:.3f} s, "
+        f"ratio {result['ratio']:.2f} (goal <= {GOAL_RATIO}); report: {args.json}"
+    )
     return 0

@@ -7,6 +7,7 @@ HU (stored in DICOM with RescaleIntercept -1024); MR-like cases are positive arb
 Written twice: as a Decathlon folder (NIfTI) and as DICOM series (one file per slice) with a
 ``label.nii.gz`` beside each series.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,8 +81,9 @@ def make_phantom(index: int, seed: int = 0, n_structures: int = 2, modality: str
     centres = [np.array([-12.0, 0.0, 0.0]), np.array([13.0, 2.0, 0.0]), np.array([0.0, 0.0, 18.0])]
     radii = [np.array([10.0, 14.0, 12.0]), np.array([10.0, 12.0, 14.0]), np.array([8.0, 8.0, 6.0])]
     for s in range(n_structures):
-        inside = ellipsoid(centres[s] + rng.uniform(-3, 3, 3), radii[s] * rng.uniform(0.85, 1.15, 3),
-                           rotation(rng, 20.0))
+        inside = ellipsoid(
+            centres[s] + rng.uniform(-3, 3, 3), radii[s] * rng.uniform(0.85, 1.15, 3), rotation(rng, 20.0)
+        )
         label[inside & body & (label == 0)] = s + 1
     levels = CT_INTENSITY if modality == "CT" else MR_INTENSITY
     noise = CT_NOISE if modality == "CT" else MR_NOISE
@@ -106,12 +108,19 @@ def write_decathlon(phantoms: List[Phantom], out_dir: str, n_structures: int) ->
         write_nifti(os.path.join(out_dir, "imagesTr", f"{p.name}.nii.gz"), p.image, p.affine)
         write_nifti(os.path.join(out_dir, "labelsTr", f"{p.name}.nii.gz"), p.label, p.affine)
     labels = {"0": "background", "1": "structure_1", "2": "structure_2", "3": "structure_3"}
-    meta = {"name": "medtfx-phantoms", "description": "synthetic phantoms (medtfx synth)",
-            "licence": "CC0", "tensorImageSize": "3D", "modality": {"0": "mixed"},
-            "labels": {k: v for k, v in labels.items() if int(k) <= n_structures},
-            "numTraining": len(phantoms), "file_ending": ".nii.gz",
-            "training": [{"image": f"./imagesTr/{p.name}.nii.gz", "label": f"./labelsTr/{p.name}.nii.gz"}
-                         for p in phantoms]}
+    meta = {
+        "name": "medtfx-phantoms",
+        "description": "synthetic phantoms (medtfx synth)",
+        "licence": "CC0",
+        "tensorImageSize": "3D",
+        "modality": {"0": "mixed"},
+        "labels": {k: v for k, v in labels.items() if int(k) <= n_structures},
+        "numTraining": len(phantoms),
+        "file_ending": ".nii.gz",
+        "training": [
+            {"image": f"./imagesTr/{p.name}.nii.gz", "label": f"./labelsTr/{p.name}.nii.gz"} for p in phantoms
+        ],
+    }
     with open(os.path.join(out_dir, "dataset.json"), "w") as fh:
         json.dump(meta, fh, indent=2)
 
@@ -166,8 +175,7 @@ def write_dicom_series(p: Phantom, out_dir: str, seed: int) -> None:
     write_nifti(os.path.join(out_dir, "label.nii.gz"), p.label, p.affine)
 
 
-def synthesize(out_dir: str, n_cases: int = 12, seed: int = 0, n_structures: int = 2,
-               progress=None) -> dict:
+def synthesize(out_dir: str, n_cases: int = 12, seed: int = 0, n_structures: int = 2, progress=None) -> dict:
     """Writes `out_dir`/decathlon and `out_dir`/dicom with the same `n_cases` phantoms.
 
     Returns {"decathlon": path, "dicom": path, "cases": n}.
@@ -181,8 +189,7 @@ def synthesize(out_dir: str, n_cases: int = 12, seed: int = 0, n_structures: int
         if progress:
             progress(i + 1, n_cases)
     write_decathlon(phantoms, os.path.join(out_dir, "decathlon"), n_structures)
-    return {"decathlon": os.path.join(out_dir, "decathlon"), "dicom": os.path.join(out_dir, "dicom"),
-            "cases": n_cases}
+    return {"decathlon": os.path.join(out_dir, "decathlon"), "dicom": os.path.join(out_dir, "dicom"), "cases": n_cases}
 
 
 # CT acceptance dataset: anisotropic voxels, 150 mm FOV, uint16 storage with an intercept, and
@@ -217,9 +224,12 @@ def _ellipsoid_mask(axes_mm, centre, semi_axes, rot) -> tuple:
     """
     # Half-extent along world axis i of an ellipsoid with axes R diag(a): |row i of R diag(a)|.
     half = np.sqrt(((rot * semi_axes[np.newaxis, :]) ** 2).sum(axis=1))
-    box = tuple(slice(int(np.searchsorted(c, centre[i] - half[i], "left")),
-                      int(np.searchsorted(c, centre[i] + half[i], "right")))
-                for i, c in enumerate(axes_mm))
+    box = tuple(
+        slice(
+            int(np.searchsorted(c, centre[i] - half[i], "left")), int(np.searchsorted(c, centre[i] + half[i], "right"))
+        )
+        for i, c in enumerate(axes_mm)
+    )
     dx = (axes_mm[0][box[0]] - centre[0])[:, None, None]
     dy = (axes_mm[1][box[1]] - centre[1])[None, :, None]
     dz = (axes_mm[2][box[2]] - centre[2])[None, None, :]
@@ -260,9 +270,11 @@ def _make_ct_case(index: int, seed: int):
     # Small tilt (a about x, b about y), larger in-plane turn (c about z).
     a, b = np.deg2rad(rng.uniform(-5, 5, 2))
     c = np.deg2rad(rng.uniform(-15, 15))
-    organ_rot = (np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-                 @ np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-                 @ np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]]))
+    organ_rot = (
+        np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+        @ np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+        @ np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    )
     organ_hu = rng.uniform(55.0, 65.0)
     # Lesion: a small ellipsoid whose centre lies within 0.4 of the organ's normalised radius;
     # with semi-axes <= 12.1 mm and organ semi-axes >= 27 mm it is wholly inside the organ.
@@ -273,13 +285,14 @@ def _make_ct_case(index: int, seed: int):
     lesion_centre = organ_centre + organ_rot @ local
     lesion_rot = rotation(rng, 30.0)
     lesion_hu = organ_hu - rng.uniform(30.0, 40.0)
-    waves = [(rng.normal(size=3), rng.uniform(25.0, 60.0), rng.uniform(0, 2 * np.pi),
-              rng.uniform(2.0, 4.0)) for _ in range(3)]
+    waves = [
+        (rng.normal(size=3), rng.uniform(25.0, 60.0), rng.uniform(0, 2 * np.pi), rng.uniform(2.0, 4.0))
+        for _ in range(3)
+    ]
 
     fine = np.broadcast_to(slice_hu[:, :, None], (nxy, nxy, z_fine.size)).copy()
     box, organ = _ellipsoid_mask((xy, xy, z_fine), organ_centre, organ_axes, organ_rot)
-    bx, by, bz = (xy[box[0]][:, None, None], xy[box[1]][None, :, None],
-                  z_fine[box[2]][None, None, :])
+    bx, by, bz = (xy[box[0]][:, None, None], xy[box[1]][None, :, None], z_fine[box[2]][None, None, :])
     texture = np.zeros(organ.shape, np.float32)
     for wave_dir, wavelength, phase, amplitude in waves:
         k = 2 * np.pi / wavelength * wave_dir / np.linalg.norm(wave_dir)
@@ -287,12 +300,14 @@ def _make_ct_case(index: int, seed: int):
     organ_box = fine[box]  # a view: writes go to `fine`
     organ_box[organ] = organ_hu + texture[organ]
     # The lesion lies inside the organ, so its bounding box lies inside the organ's.
-    lesion_box, lesion = _ellipsoid_mask((xy[box[0]], xy[box[1]], z_fine[box[2]]), lesion_centre,
-                                         lesion_axes, lesion_rot)
+    lesion_box, lesion = _ellipsoid_mask(
+        (xy[box[0]], xy[box[1]], z_fine[box[2]]), lesion_centre, lesion_axes, lesion_rot
+    )
     organ_box[lesion_box][lesion] = lesion_hu + 0.5 * texture[lesion_box][lesion]
     # Partial volume: each stored slice is the mean of its fine sub-slices (a slab).
     hu = fine.reshape(nxy, nxy, nz, _CT_SUBSLICES).mean(axis=3)
     from scipy import ndimage
+
     sigma_vox = _CT_PSF_SIGMA_MM / in_plane
     hu = ndimage.gaussian_filter(hu, sigma=(sigma_vox, sigma_vox, 0.0), mode="nearest")
     hu += rng.normal(0.0, CT_HU_NOISE, hu.shape).astype(np.float32)
@@ -300,8 +315,10 @@ def _make_ct_case(index: int, seed: int):
 
     # Labels by the slab centre (nearest), as a segmentation drawn on the reconstructed slice.
     label = np.zeros((nxy, nxy, nz), np.uint8)
-    for value, centre, semi_axes, rot in ((1, organ_centre, organ_axes, organ_rot),
-                                          (2, lesion_centre, lesion_axes, lesion_rot)):
+    for value, centre, semi_axes, rot in (
+        (1, organ_centre, organ_axes, organ_rot),
+        (2, lesion_centre, lesion_axes, lesion_rot),
+    ):
         box, inside = _ellipsoid_mask((xy, xy, z_centre), centre, semi_axes, rot)
         label[box][inside] = value
 
@@ -317,16 +334,21 @@ def _make_ct_case(index: int, seed: int):
         affine[:3, axis] = -affine[:3, axis]
     name = f"ct_{index:03d}"
     truth = {
-        "name": name, "orientation": orientation, "shape": tuple(int(n) for n in image.shape),
+        "name": name,
+        "orientation": orientation,
+        "shape": tuple(int(n) for n in image.shape),
         "spacing_mm": (float(in_plane), float(in_plane), float(slice_mm)),
-        "organ_hu": float(organ_hu), "organ_semi_axes_mm": organ_axes.tolist(),
+        "organ_hu": float(organ_hu),
+        "organ_semi_axes_mm": organ_axes.tolist(),
         "organ_centre_mm": (organ_centre + offset).tolist(),
-        "lesion_hu": float(lesion_hu), "lesion_semi_axes_mm": lesion_axes.tolist(),
+        "lesion_hu": float(lesion_hu),
+        "lesion_semi_axes_mm": lesion_axes.tolist(),
         "lesion_centre_mm": (lesion_centre + offset).tolist(),
         "lesion_volume_mm3": float(4.0 / 3.0 * np.pi * np.prod(lesion_axes)),
     }
-    phantom = Phantom(name, np.ascontiguousarray(image), np.ascontiguousarray(label), affine, "CT",
-                      f"CT-PHANTOM-{seed}-{index:04d}")
+    phantom = Phantom(
+        name, np.ascontiguousarray(image), np.ascontiguousarray(label), affine, "CT", f"CT-PHANTOM-{seed}-{index:04d}"
+    )
     return phantom, truth
 
 
@@ -392,19 +414,26 @@ def synthesize_ct(out_dir: str, n_cases: int = 40, seed: int = 0, progress=None)
     for i in range(n_cases):
         phantom, truth = _make_ct_case(i, seed)
         stored = (phantom.image.astype(np.int32) - int(CT_STORAGE_INTERCEPT)).astype(np.uint16)
-        _write_ct_nifti(os.path.join(out_dir, "imagesTr", f"{phantom.name}.nii.gz"), stored,
-                        phantom.affine, CT_STORAGE_INTERCEPT)
-        _write_ct_nifti(os.path.join(out_dir, "labelsTr", f"{phantom.name}.nii.gz"), phantom.label,
-                        phantom.affine, 0.0)
+        _write_ct_nifti(
+            os.path.join(out_dir, "imagesTr", f"{phantom.name}.nii.gz"), stored, phantom.affine, CT_STORAGE_INTERCEPT
+        )
+        _write_ct_nifti(os.path.join(out_dir, "labelsTr", f"{phantom.name}.nii.gz"), phantom.label, phantom.affine, 0.0)
         truths.append(truth)
         if progress:
             progress(i + 1, n_cases)
-    meta = {"name": "medtfx-ct-phantoms",
-            "description": "synthetic CT: anisotropic voxels, uint16 with intercept, lesion in organ",
-            "licence": "CC0", "tensorImageSize": "3D", "modality": {"0": "CT"}, "labels": CT_LABELS,
-            "numTraining": n_cases, "file_ending": ".nii.gz",
-            "training": [{"image": f"./imagesTr/{t['name']}.nii.gz",
-                          "label": f"./labelsTr/{t['name']}.nii.gz"} for t in truths]}
+    meta = {
+        "name": "medtfx-ct-phantoms",
+        "description": "synthetic CT: anisotropic voxels, uint16 with intercept, lesion in organ",
+        "licence": "CC0",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": CT_LABELS,
+        "numTraining": n_cases,
+        "file_ending": ".nii.gz",
+        "training": [
+            {"image": f"./imagesTr/{t['name']}.nii.gz", "label": f"./labelsTr/{t['name']}.nii.gz"} for t in truths
+        ],
+    }
     with open(os.path.join(out_dir, "dataset.json"), "w") as fh:
         json.dump(meta, fh, indent=2)
     return {"decathlon": out_dir, "cases": n_cases, "truth": truths}

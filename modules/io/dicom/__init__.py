@@ -23,6 +23,7 @@ top-level tag reader, checked against pydicom in the tests) and their pixels rea
 the file; everything else goes through pydicom, with pylibjpeg / pyjpegls decoders and
 tensorflow-io (DCMTK) as the last resort for pixel data pydicom cannot decode.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,12 +67,37 @@ from modules.io.dicom.stacks import (
 from modules.io.volume import CaseError, Volume, to_canonical
 
 __all__ = [
-    "FileInfo", "Frame", "Layout", "SeriesKey", "LPS_TO_RAS", "ORIENTATION_TOLERANCE",
-    "POSITION_TOLERANCE_MM", "SLICE_GAP_TOLERANCE", "SKIPPED_SUFFIXES", "TILT_TOLERANCE",
-    "broken_members", "check_duplicates", "clear_cache", "decode_pixels", "describe",
-    "file_info_from_dataset", "header_identifiers", "identifiers_in", "list_files", "list_stacks",
-    "non_image_reason", "read_file_info", "read_header", "read_series", "read_stack", "scan_files",
-    "scan_tree", "scrub", "select_stack", "slice_normal", "stack_layout",
+    "FileInfo",
+    "Frame",
+    "Layout",
+    "SeriesKey",
+    "LPS_TO_RAS",
+    "ORIENTATION_TOLERANCE",
+    "POSITION_TOLERANCE_MM",
+    "SLICE_GAP_TOLERANCE",
+    "SKIPPED_SUFFIXES",
+    "TILT_TOLERANCE",
+    "broken_members",
+    "check_duplicates",
+    "clear_cache",
+    "decode_pixels",
+    "describe",
+    "file_info_from_dataset",
+    "header_identifiers",
+    "identifiers_in",
+    "list_files",
+    "list_stacks",
+    "non_image_reason",
+    "read_file_info",
+    "read_header",
+    "read_series",
+    "read_stack",
+    "scan_files",
+    "scan_tree",
+    "scrub",
+    "select_stack",
+    "slice_normal",
+    "stack_layout",
 ]
 
 
@@ -100,9 +126,11 @@ def check_duplicates(paths: List[str], infos: dict, where: str) -> None:
             by_size.setdefault(os.path.getsize(path), []).append(path)
     copies = [group for group in by_uid.values() if len(group) > 1]
     if copies:
-        raise CaseError(f"{where}: {sum(len(g) for g in copies)} files are copies of the same images "
-                        f"(duplicate SOPInstanceUID), e.g. {copies[0][0]} and {copies[0][1]}; "
-                        "remove the duplicates")
+        raise CaseError(
+            f"{where}: {sum(len(g) for g in copies)} files are copies of the same images "
+            f"(duplicate SOPInstanceUID), e.g. {copies[0][0]} and {copies[0][1]}; "
+            "remove the duplicates"
+        )
     for group in by_size.values():
         if len(group) < 2:
             continue
@@ -111,13 +139,13 @@ def check_duplicates(paths: List[str], infos: dict, where: str) -> None:
             with open(path, "rb") as fh:
                 digest = hashlib.sha256(fh.read()).hexdigest()
             if digest in digests:
-                raise CaseError(f"{where}: {digests[digest]} and {path} are byte-identical copies; "
-                                "remove the duplicates")
+                raise CaseError(
+                    f"{where}: {digests[digest]} and {path} are byte-identical copies; remove the duplicates"
+                )
             digests[digest] = path
 
 
-def read_stack(paths: List[str], key: Optional[tuple] = None,
-               allow_4d: bool = True) -> Tuple[Volume, Layout]:
+def read_stack(paths: List[str], key: Optional[tuple] = None, allow_4d: bool = True) -> Tuple[Volume, Layout]:
     """Reads one stack of DICOM files into a canonical Volume.
 
     Args:
@@ -149,33 +177,48 @@ def read_stack(paths: List[str], key: Optional[tuple] = None,
         elif len(stacks) == 1:
             chosen = next(iter(stacks))
         else:
-            raise CaseError(f"{where}: the files hold {len(stacks)} image stacks ("
-                            + "; ".join(describe(k) for k in stacks) + "); pick one")
+            raise CaseError(
+                f"{where}: the files hold {len(stacks)} image stacks ("
+                + "; ".join(describe(k) for k in stacks)
+                + "); pick one"
+            )
         frames = stacks[chosen]
         first_info = infos[frames[0].path]
         check_duplicates(sorted({f.path for f in frames}), infos, where)
         layout = stack_layout(frames, where, first_info.meta.get("gantry_tilt", 0.0))
         n_volumes = layout.shape[3]
         if n_volumes > 1 and not allow_4d:
-            raise CaseError(f"{where}: 4D series with {n_volumes} volumes ({describe(chosen)}); "
-                            "ingestion takes 3D volumes (medtfx convert writes the 4D NIfTI)")
+            raise CaseError(
+                f"{where}: 4D series with {n_volumes} volumes ({describe(chosen)}); "
+                "ingestion takes 3D volumes (medtfx convert writes the 4D NIfTI)"
+            )
         array = _fill_pixels(layout, infos)
     except CaseError as exc:
         raise CaseError(scrub(str(exc), identifiers)) from None
     except BaseException as exc:  # decoders of hostile bytes raise anything, native panics included
         if limits.is_fatal(exc):
             raise
-        raise CaseError(scrub(f"{where}: the series cannot be read: {limits.describe_error(exc)}",
-                              identifiers)) from None
+        raise CaseError(
+            scrub(f"{where}: the series cannot be read: {limits.describe_error(exc)}", identifiers)
+        ) from None
     if n_volumes == 1:
         array = array[..., 0]
     array, affine = to_canonical(array, LPS_TO_RAS @ layout.affine_lps)
     meta = first_info.meta
     return Volume(
-        array=array, affine=affine, modality=meta["modality"],
-        patient_id=first_info.patient_id, source=where,
-        meta={"site": meta["manufacturer"] or "unknown", "series_uid": meta["series_uid"],
-              "study_uid": meta["study_uid"], "volumes": n_volumes, "stack": describe(chosen)}), layout
+        array=array,
+        affine=affine,
+        modality=meta["modality"],
+        patient_id=first_info.patient_id,
+        source=where,
+        meta={
+            "site": meta["manufacturer"] or "unknown",
+            "series_uid": meta["series_uid"],
+            "study_uid": meta["study_uid"],
+            "volumes": n_volumes,
+            "stack": describe(chosen),
+        },
+    ), layout
 
 
 def read_series(paths: List[str], key: Optional[tuple] = None, allow_4d: bool = True) -> Volume:

@@ -7,6 +7,7 @@ image volumes (SR, RTSTRUCT, spectroscopy, ...) are refused with CaseError namin
 Parsed headers are cached per path and file stamp, so listing a tree and then reading a stack
 parses each file once.
 """
+
 from __future__ import annotations
 
 import collections
@@ -23,14 +24,18 @@ from modules.io.volume import CaseError
 
 # Storage classes whose instances carry image pixels that can form a volume (CT, MR, PET, NM,
 # secondary capture: the latter are refused later when they lack geometry).
-_IMAGE_SOP_PREFIXES = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4",
-                       "1.2.840.10008.5.1.4.1.1.128", "1.2.840.10008.5.1.4.1.1.20",
-                       "1.2.840.10008.5.1.4.1.1.130", "1.2.840.10008.5.1.4.1.1.7")
+_IMAGE_SOP_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.128",
+    "1.2.840.10008.5.1.4.1.1.20",
+    "1.2.840.10008.5.1.4.1.1.130",
+    "1.2.840.10008.5.1.4.1.1.7",
+)
 _NOT_IMAGE_SOPS = ("1.2.840.10008.5.1.4.1.1.4.2",)  # MR spectroscopy (shares the MR prefix)
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
 # Transfer syntaxes whose pixel data is stored raw, so its length follows from the header.
-NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
-                   "1.2.840.10008.1.2.1.99")
+NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99")
 # Patient identity tags, gathered from every readable header only to scrub them from messages.
 IDENTITY_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs")
 # Enough of a file to hold its header (pixel data comes last).
@@ -80,8 +85,9 @@ def _dcmread(data: bytes, path: str, header_only: bool):
     try:
         # Judge the first MB only: a forced parse of a large non-DICOM file (zeros parse as
         # endless empty elements) would take minutes.
-        probe = pydicom.dcmread(io.BytesIO(data[:_HEADER_BYTES]), stop_before_pixels=True, force=True,
-                                specific_tags=["SOPClassUID"])
+        probe = pydicom.dcmread(
+            io.BytesIO(data[:_HEADER_BYTES]), stop_before_pixels=True, force=True, specific_tags=["SOPClassUID"]
+        )
         sop = str(probe.get("SOPClassUID", "") or "")
     except BaseException as exc:
         if limits.is_fatal(exc):
@@ -173,7 +179,7 @@ def _gunzip_head(data: bytes, path: str) -> bytes:
     total = 0
     for start in range(0, len(data), 4096):
         try:
-            piece = inflater.decompress(data[start:start + 4096], _HEADER_BYTES - total)
+            piece = inflater.decompress(data[start : start + 4096], _HEADER_BYTES - total)
         except zlib.error:
             break
         out.append(piece)
@@ -191,14 +197,14 @@ def _raw_tag(data: bytes, group: int, element: int) -> str:
     key = struct.pack("<HH", group, element)
     pos = data.find(key, 132 if data[128:132] == b"DICM" else 0)
     while pos >= 0 and pos + 8 <= len(data):
-        vr = data[pos + 4:pos + 6]
+        vr = data[pos + 4 : pos + 6]
         if vr.isalpha() and vr.isupper():
             length, start = struct.unpack_from("<H", data, pos + 6)[0], pos + 8
         else:
             length, start = struct.unpack_from("<I", data, pos + 4)[0], pos + 8
         if 0 < length <= 256 and start + length <= len(data):
             try:
-                return data[start:start + length].rstrip(b"\x00 ").decode("ascii")
+                return data[start : start + length].rstrip(b"\x00 ").decode("ascii")
             except UnicodeDecodeError:
                 pass
         pos = data.find(key, pos + 1)
@@ -209,9 +215,13 @@ class _RawHeader(dict):
     """The few tags :func:`_raw_tag` recovers, readable like a Dataset (``get``)."""
 
 
-_RAW_TAGS = {"PatientName": (0x0010, 0x0010), "PatientID": (0x0010, 0x0020),
-             "PatientBirthDate": (0x0010, 0x0030), "OtherPatientIDs": (0x0010, 0x1000),
-             "SeriesInstanceUID": (0x0020, 0x000E)}
+_RAW_TAGS = {
+    "PatientName": (0x0010, 0x0010),
+    "PatientID": (0x0010, 0x0020),
+    "PatientBirthDate": (0x0010, 0x0030),
+    "OtherPatientIDs": (0x0010, 0x1000),
+    "SeriesInstanceUID": (0x0020, 0x000E),
+}
 
 
 def identifiers_in(paths: Iterable[str]) -> set:
@@ -224,28 +234,33 @@ def identifiers_in(paths: Iterable[str]) -> set:
 
 def non_image_reason(ds, path: str) -> Optional[str]:
     """Why a DICOM object cannot be part of an image volume (DICOMDIR, SR, RTSTRUCT, ...), or None."""
-    sop = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None) or {},
-                                                    "MediaStorageSOPClassUID", "") or "")
+    sop = str(
+        ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None) or {}, "MediaStorageSOPClassUID", "") or ""
+    )
     if os.path.basename(path).upper() == "DICOMDIR" or sop == _DICOMDIR_SOP or "DirectoryRecordSequence" in ds:
         return "DICOMDIR index file, not an image"
     if sop.startswith(_NOT_IMAGE_SOPS) or (sop and not sop.startswith(_IMAGE_SOP_PREFIXES)):
         return f"DICOM object is not an image volume: {_sop_name(sop)}"
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         if sop.startswith(_IMAGE_SOP_PREFIXES):
-            return (f"{_sop_name(sop)} header without pixel data: the file is truncated or its "
-                    "pixel data element is missing")
+            return (
+                f"{_sop_name(sop)} header without pixel data: the file is truncated or its "
+                "pixel data element is missing"
+            )
         return f"DICOM object without pixel data: {_sop_name(sop)}"
     return None
 
 
 def _meta(ds) -> dict:
-    return {"modality": str(ds.get("Modality", "") or ""),
-            "manufacturer": str(ds.get("Manufacturer", "") or ""),
-            "series_uid": str(ds.get("SeriesInstanceUID", "") or ""),
-            "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
-            "sop_class": str(ds.get("SOPClassUID", "") or ""),
-            "sop_uid": str(ds.get("SOPInstanceUID", "") or ""),
-            "gantry_tilt": _num(ds.get("GantryDetectorTilt", 0), 0.0)}
+    return {
+        "modality": str(ds.get("Modality", "") or ""),
+        "manufacturer": str(ds.get("Manufacturer", "") or ""),
+        "series_uid": str(ds.get("SeriesInstanceUID", "") or ""),
+        "study_uid": str(ds.get("StudyInstanceUID", "") or ""),
+        "sop_class": str(ds.get("SOPClassUID", "") or ""),
+        "sop_uid": str(ds.get("SOPInstanceUID", "") or ""),
+        "gantry_tilt": _num(ds.get("GantryDetectorTilt", 0), 0.0),
+    }
 
 
 def file_info_from_dataset(ds, path: str) -> FileInfo:
@@ -259,8 +274,14 @@ def file_info_from_dataset(ds, path: str) -> FileInfo:
     else:
         frames = _classic_frames(ds, path)
         n_frames = _int(ds.get("NumberOfFrames", 1), 1)
-    return FileInfo(path=path, frames=frames, meta=_meta(ds), identifiers=_identifiers(ds),
-                    patient_id=str(ds.get("PatientID", "") or ""), n_frames=n_frames)
+    return FileInfo(
+        path=path,
+        frames=frames,
+        meta=_meta(ds),
+        identifiers=_identifiers(ds),
+        patient_id=str(ds.get("PatientID", "") or ""),
+        n_frames=n_frames,
+    )
 
 
 # Header cache: scan_tree's parse is reused by read_series (convert reads every file once).
@@ -376,6 +397,8 @@ def _check_pixel_size(ds, info: FileInfo, syntax: str, pixel_length: Optional[in
         return
     if pixel_length != expected and not _zero_padding(ds, info.path, expected, pixel_length):
         problem = "the file is truncated" if pixel_length < expected else "BitsAllocated, Rows or Columns is wrong"
-        raise CaseError(f"{path}: pixel data is {pixel_length} bytes but Rows x Columns x frames x "
-                        f"BitsAllocated ({rows} x {cols} x {frames} x {bits} bits) implies {expected}: "
-                        f"{problem}")
+        raise CaseError(
+            f"{path}: pixel data is {pixel_length} bytes but Rows x Columns x frames x "
+            f"BitsAllocated ({rows} x {cols} x {frames} x {bits} bits) implies {expected}: "
+            f"{problem}"
+        )

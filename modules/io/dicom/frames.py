@@ -6,6 +6,7 @@ back to the shared groups). A frame that cannot be part of a volume (colour, no 
 carries the reason in ``Frame.problem`` instead of raising, so the whole tree can still be listed.
 Also the tolerant parsers of tag values (numbers, strings, ImageType) the other modules share.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,8 +81,10 @@ RESCALE_LIMIT = 1e9
 
 def _common_problem(ds) -> Optional[str]:
     if _int(ds.get("SamplesPerPixel", 1), 1) != 1:
-        return (f"colour image ({ds.get('PhotometricInterpretation', '')}, "
-                f"{ds.get('SamplesPerPixel')} samples per pixel): not a grayscale cross-sectional slice")
+        return (
+            f"colour image ({ds.get('PhotometricInterpretation', '')}, "
+            f"{ds.get('SamplesPerPixel')} samples per pixel): not a grayscale cross-sectional slice"
+        )
     if "Rows" not in ds or "Columns" not in ds:
         return "image without Rows/Columns"
     rows, cols = _int(ds.get("Rows", 0)), _int(ds.get("Columns", 0))
@@ -103,18 +106,18 @@ def geometry_problem(iop: Optional[np.ndarray], spacing: Optional[np.ndarray]) -
     be scaled, sheared or mirrored silently)."""
     if spacing is not None and not np.all(spacing > 0):
         shown = "\\".join(f"{v:g}" for v in spacing)
-        return (f"PixelSpacing {shown} is not positive: "
-                "the voxel size must be greater than 0 mm")
+        return f"PixelSpacing {shown} is not positive: the voxel size must be greater than 0 mm"
     if iop is not None:
         row, col = iop[:3], iop[3:]
         norms = (float(np.linalg.norm(row)), float(np.linalg.norm(col)))
         if max(abs(n - 1.0) for n in norms) > UNIT_TOLERANCE:
-            return (f"ImageOrientationPatient direction cosines have lengths {norms[0]:.4f} and "
-                    f"{norms[1]:.4f}, not 1")
+            return f"ImageOrientationPatient direction cosines have lengths {norms[0]:.4f} and {norms[1]:.4f}, not 1"
         dot = float(np.dot(row, col))
         if abs(dot) > UNIT_TOLERANCE:
-            return (f"ImageOrientationPatient row and column directions are not orthogonal "
-                    f"(angle {math.degrees(math.acos(max(-1.0, min(1.0, dot)))):.2f} degrees)")
+            return (
+                f"ImageOrientationPatient row and column directions are not orthogonal "
+                f"(angle {math.degrees(math.acos(max(-1.0, min(1.0, dot)))):.2f} degrees)"
+            )
     return None
 
 
@@ -143,24 +146,42 @@ def _classic_frames(ds, path: str) -> List[Frame]:
     ipp = _floats(ds.get("ImagePositionPatient"), 3)
     spacing = _floats(ds.get("PixelSpacing"), 2)
     if problem is None and (iop is None or ipp is None or spacing is None):
-        missing = [n for n, v in (("ImageOrientationPatient", iop), ("ImagePositionPatient", ipp),
-                                  ("PixelSpacing", spacing)) if v is None]
-        problem = (f"{_sop_name(str(ds.get('SOPClassUID', '')))} has no patient geometry "
-                   f"({', '.join(missing)}): not a slice of a volume")
+        missing = [
+            n
+            for n, v in (("ImageOrientationPatient", iop), ("ImagePositionPatient", ipp), ("PixelSpacing", spacing))
+            if v is None
+        ]
+        problem = (
+            f"{_sop_name(str(ds.get('SOPClassUID', '')))} has no patient geometry "
+            f"({', '.join(missing)}): not a slice of a volume"
+        )
     if problem is None:
         problem = geometry_problem(iop, spacing)
     n_frames = _int(ds.get("NumberOfFrames", 1), 1)
     if problem is None and n_frames > 1:
         problem = f"multi-frame image ({n_frames} frames) without per-frame geometry"
-    order = (_int(ds.get("TemporalPositionIdentifier", 0)), _int(ds.get("AcquisitionNumber", 0)),
-             _int(ds.get("InstanceNumber", 0)), path)
-    base = Frame(path=path, index=0, rows=_int(ds.get("Rows", 0)), cols=_int(ds.get("Columns", 0)),
-                 iop=iop, ipp=ipp, pixel_spacing=None if spacing is None else (spacing[0], spacing[1]),
-                 slope=_num(ds.get("RescaleSlope", 1), 1.0) or 1.0,
-                 intercept=_num(ds.get("RescaleIntercept", 0), 0.0),
-                 series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
-                 echo=_text(ds.get("EchoNumbers")),
-                 image_type=_image_type(ds.get("ImageType")), order=order, problem=problem)
+    order = (
+        _int(ds.get("TemporalPositionIdentifier", 0)),
+        _int(ds.get("AcquisitionNumber", 0)),
+        _int(ds.get("InstanceNumber", 0)),
+        path,
+    )
+    base = Frame(
+        path=path,
+        index=0,
+        rows=_int(ds.get("Rows", 0)),
+        cols=_int(ds.get("Columns", 0)),
+        iop=iop,
+        ipp=ipp,
+        pixel_spacing=None if spacing is None else (spacing[0], spacing[1]),
+        slope=_num(ds.get("RescaleSlope", 1), 1.0) or 1.0,
+        intercept=_num(ds.get("RescaleIntercept", 0), 0.0),
+        series_uid=str(ds.get("SeriesInstanceUID", "") or ""),
+        echo=_text(ds.get("EchoNumbers")),
+        image_type=_image_type(ds.get("ImageType")),
+        order=order,
+        problem=problem,
+    )
     if problem is None and _is_mosaic(ds):
         return _mosaic_frames(ds, base)
     return [base]
@@ -195,8 +216,10 @@ def _mosaic_frames(ds, base: Frame) -> List[Frame]:
     grid = int(math.ceil(math.sqrt(n_tiles)))
     if base.rows % grid or base.cols % grid:
         # dcm2niix and nibabel would guess a tile size here; a wrong guess scrambles every slice.
-        base.problem = (f"Siemens mosaic of {base.cols}x{base.rows} pixels is not a {grid}x{grid} grid of "
-                        f"whole tiles for {n_tiles} images")
+        base.problem = (
+            f"Siemens mosaic of {base.cols}x{base.rows} pixels is not a {grid}x{grid} grid of "
+            f"whole tiles for {n_tiles} images"
+        )
         return [base]
     rows, cols = base.rows // grid, base.cols // grid
     row_dir, col_dir = base.iop[:3], base.iop[3:]
@@ -209,10 +232,12 @@ def _mosaic_frames(ds, base: Frame) -> List[Frame]:
         base.problem = "Siemens mosaic without slice spacing (SpacingBetweenSlices/SliceThickness)"
         return [base]
     row_spacing, col_spacing = base.pixel_spacing
-    origin = (base.ipp + row_dir * col_spacing * (base.cols - cols) / 2.0
-              + col_dir * row_spacing * (base.rows - rows) / 2.0)
-    return [dataclasses.replace(base, rows=rows, cols=cols, tile=k, ipp=origin + k * step * normal)
-            for k in range(n_tiles)]
+    origin = (
+        base.ipp + row_dir * col_spacing * (base.cols - cols) / 2.0 + col_dir * row_spacing * (base.rows - rows) / 2.0
+    )
+    return [
+        dataclasses.replace(base, rows=rows, cols=cols, tile=k, ipp=origin + k * step * normal) for k in range(n_tiles)
+    ]
 
 
 def _item(groups, name: str):
@@ -245,16 +270,19 @@ def _enhanced_frames(ds, path: str) -> List[Frame]:
         transform = _item(groups, "PixelValueTransformationSequence")
         content = _item(groups, "FrameContentSequence")
         echo = _item(groups, "MREchoSequence")
-        ftype = (_item(groups, "MRImageFrameTypeSequence") or _item(groups, "CTImageFrameTypeSequence")
-                 or _item(groups, "PETFrameTypeSequence"))
+        ftype = (
+            _item(groups, "MRImageFrameTypeSequence")
+            or _item(groups, "CTImageFrameTypeSequence")
+            or _item(groups, "PETFrameTypeSequence")
+        )
         ipp = _floats(position.get("ImagePositionPatient") if position else None, 3)
-        iop = _floats(orientation.get("ImageOrientationPatient") if orientation else
-                      ds.get("ImageOrientationPatient"), 6)
+        iop = _floats(
+            orientation.get("ImageOrientationPatient") if orientation else ds.get("ImageOrientationPatient"), 6
+        )
         spacing = _floats(measures.get("PixelSpacing") if measures else ds.get("PixelSpacing"), 2)
         frame_problem = problem
         if frame_problem is None and (ipp is None or iop is None or spacing is None):
-            frame_problem = (f"enhanced image frame {i + 1} has no plane position, orientation or "
-                             "pixel spacing")
+            frame_problem = f"enhanced image frame {i + 1} has no plane position, orientation or pixel spacing"
         if frame_problem is None:
             frame_problem = geometry_problem(iop, spacing)
             if frame_problem:
@@ -268,12 +296,29 @@ def _enhanced_frames(ds, path: str) -> List[Frame]:
         image_type = _image_type(frame_type)
         if component and component not in image_type.split("\\"):
             image_type = "\\".join(p for p in (image_type, component) if p)
-        order = (_int(content.get("TemporalPositionIndex", 0)) if content else 0,
-                 _int(content.get("FrameAcquisitionNumber", 0)) if content else 0, instance, path, i)
-        frames.append(Frame(path=path, index=i, rows=rows, cols=cols, iop=iop, ipp=ipp,
-                            pixel_spacing=None if spacing is None else (spacing[0], spacing[1]),
-                            slope=_num(source.get("RescaleSlope", 1), 1.0) or 1.0,
-                            intercept=_num(source.get("RescaleIntercept", 0), 0.0),
-                            series_uid=series_uid, echo=echo_label, image_type=image_type,
-                            order=order, problem=frame_problem))
+        order = (
+            _int(content.get("TemporalPositionIndex", 0)) if content else 0,
+            _int(content.get("FrameAcquisitionNumber", 0)) if content else 0,
+            instance,
+            path,
+            i,
+        )
+        frames.append(
+            Frame(
+                path=path,
+                index=i,
+                rows=rows,
+                cols=cols,
+                iop=iop,
+                ipp=ipp,
+                pixel_spacing=None if spacing is None else (spacing[0], spacing[1]),
+                slope=_num(source.get("RescaleSlope", 1), 1.0) or 1.0,
+                intercept=_num(source.get("RescaleIntercept", 0), 0.0),
+                series_uid=series_uid,
+                echo=echo_label,
+                image_type=image_type,
+                order=order,
+                problem=frame_problem,
+            )
+        )
     return frames

@@ -7,6 +7,7 @@ Slices are sorted by the projection of ImagePositionPatient on the slice normal;
 a position are the volumes of a 4D series. Gantry tilt, non-uniform spacing (missing slices),
 incomplete 4D series and mixed orientation or pixel spacing are refused, never resampled.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,18 +75,24 @@ def stack_layout(frames: List[Frame], where: str, gantry_tilt: float = 0.0) -> L
         slices[-1].append(int(idx))
     counts = sorted({len(s) for s in slices})
     if len(counts) > 1:
-        raise CaseError(f"{where}: incomplete multi-volume series: {len(slices)} slice positions hold "
-                        f"between {counts[0]} and {counts[-1]} frames (missing or extra slices)")
+        raise CaseError(
+            f"{where}: incomplete multi-volume series: {len(slices)} slice positions hold "
+            f"between {counts[0]} and {counts[-1]} frames (missing or extra slices)"
+        )
     n_volumes = counts[0]
     if len(slices) < 2:
-        raise CaseError(f"{where}: series has a single slice position"
-                        + (f" repeated {n_volumes} times (a 2D time series)" if n_volumes > 1 else "")
-                        + "; a 3D volume needs at least two")
+        raise CaseError(
+            f"{where}: series has a single slice position"
+            + (f" repeated {n_volumes} times (a 2D time series)" if n_volumes > 1 else "")
+            + "; a 3D volume needs at least two"
+        )
     for members in slices:
         spread = np.ptp(positions[members], axis=0) if len(members) > 1 else np.zeros(3)
         if np.max(spread) > 0.1:
-            raise CaseError(f"{where}: frames at the same slice position have different origins "
-                            f"({np.max(spread):.2f} mm apart): mixed stacks in one series")
+            raise CaseError(
+                f"{where}: frames at the same slice position have different origins "
+                f"({np.max(spread):.2f} mm apart): mixed stacks in one series"
+            )
     grid = [[frames[i] for i in sorted(members, key=lambda i: frames[i].order)] for members in slices]
     stack_positions = np.array([row[0].ipp for row in grid])
     slice_distance = stack_positions @ normal
@@ -95,8 +102,10 @@ def stack_layout(frames: List[Frame], where: str, gantry_tilt: float = 0.0) -> L
     # consistent volume (already corrected); sheared positions are not, tag or no tag.
     if np.linalg.norm(drift) > TILT_TOLERANCE * height:
         angle = math.degrees(math.atan2(np.linalg.norm(drift), height))
-        raise CaseError(f"{where}: gantry tilt: slices are sheared by {angle:.2f} degrees "
-                        f"(GantryDetectorTilt {gantry_tilt:g}); refused rather than resampled")
+        raise CaseError(
+            f"{where}: gantry tilt: slices are sheared by {angle:.2f} degrees "
+            f"(GantryDetectorTilt {gantry_tilt:g}); refused rather than resampled"
+        )
     # Every slice, not just the ends: one slice shifted in-plane leaves first and last aligned.
     along = slice_distance - slice_distance[0]
     line = stack_positions[0] + np.outer(along, normal) + np.outer(along / height, drift)
@@ -104,22 +113,28 @@ def stack_layout(frames: List[Frame], where: str, gantry_tilt: float = 0.0) -> L
     worst = int(np.argmax(offsets))
     off_line_tolerance = max(POSITION_TOLERANCE_MM, 0.1 * min(first.pixel_spacing))
     if offsets[worst] > off_line_tolerance:
-        raise CaseError(f"{where}: slice {worst + 1} of {len(slices)} ({grid[worst][0].path}) is "
-                        f"{offsets[worst]:.2f} mm off the line of the other slice positions "
-                        "(ImagePositionPatient not collinear)")
+        raise CaseError(
+            f"{where}: slice {worst + 1} of {len(slices)} ({grid[worst][0].path}) is "
+            f"{offsets[worst]:.2f} mm off the line of the other slice positions "
+            "(ImagePositionPatient not collinear)"
+        )
     gaps = np.diff(slice_distance)
     step = height / (len(slices) - 1)
     median = float(np.median(gaps))
     if np.max(np.abs(gaps - median)) > SLICE_GAP_TOLERANCE * median:
         missing = int(round(height / median)) + 1 - len(slices)
         hint = f"; {missing} missing slice(s)?" if missing > 0 else ""
-        raise CaseError(f"{where}: non-uniform slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, "
-                        f"typical {median:.3f}){hint}")
+        raise CaseError(
+            f"{where}: non-uniform slice spacing (gaps {gaps.min():.3f}-{gaps.max():.3f} mm, "
+            f"typical {median:.3f}){hint}"
+        )
     for row in grid:
         for frame in row:
-            if (np.max(np.abs(frame.iop - first.iop)) > ORIENTATION_TOLERANCE
-                    or abs(frame.pixel_spacing[0] - first.pixel_spacing[0]) > 1e-4
-                    or abs(frame.pixel_spacing[1] - first.pixel_spacing[1]) > 1e-4):
+            if (
+                np.max(np.abs(frame.iop - first.iop)) > ORIENTATION_TOLERANCE
+                or abs(frame.pixel_spacing[0] - first.pixel_spacing[0]) > 1e-4
+                or abs(frame.pixel_spacing[1] - first.pixel_spacing[1]) > 1e-4
+            ):
                 raise CaseError(f"{where}: slices have different orientation or pixel spacing")
     limits.check_size(f"{where}: series", (first.cols, first.rows, len(slices), n_volumes), 4)
     row_spacing, col_spacing = first.pixel_spacing

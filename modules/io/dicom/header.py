@@ -9,6 +9,7 @@ non-ASCII patient names, undefined-length UN elements, malformed lengths) return
 ``needs_pydicom`` so the caller uses pydicom. tests/test_dicom_real.py checks it against pydicom
 on every bundled and real DICOM file.
 """
+
 from __future__ import annotations
 
 import struct
@@ -54,8 +55,12 @@ TAGS: Dict[int, tuple] = {
 }
 _MULTI = {"ImageType", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"}
 # Elements whose presence means the file needs pydicom's full parser.
-_NEEDS_PYDICOM = {0x52009230: "enhanced multi-frame", 0x7FE00008: "float pixels",
-                  0x7FE00009: "double pixels", 0x00041220: "DICOMDIR"}
+_NEEDS_PYDICOM = {
+    0x52009230: "enhanced multi-frame",
+    0x7FE00008: "float pixels",
+    0x7FE00009: "double pixels",
+    0x00041220: "DICOMDIR",
+}
 _INTERESTING = set(TAGS) | set(_NEEDS_PYDICOM) | {0x7FE00010}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _PIXEL_DATA = 0x7FE00010
@@ -79,8 +84,9 @@ class Header:
     needs_pydicom: the file has features this reader leaves to pydicom.
     """
 
-    def __init__(self, values: dict, transfer_syntax: str, pixel_offset: Optional[int],
-                 pixel_length: int, needs_pydicom: bool):
+    def __init__(
+        self, values: dict, transfer_syntax: str, pixel_offset: Optional[int], pixel_length: int, needs_pydicom: bool
+    ):
         self._values = values
         self.transfer_syntax = transfer_syntax
         self.pixel_offset = pixel_offset
@@ -165,7 +171,7 @@ def _skip_item(buf: bytes, pos: int, explicit: bool, depth: int) -> int:
 def _element_header(buf: bytes, pos: int, explicit: bool):
     """(pos, length, vr, value_pos) of the element at `pos`."""
     if explicit:
-        vr = buf[pos + 4:pos + 6]
+        vr = buf[pos + 4 : pos + 6]
         if vr in _LONG_VRS:
             return pos, _U32.unpack_from(buf, pos + 8)[0], vr, pos + 12
         return pos, _U16.unpack_from(buf, pos + 6)[0], vr, pos + 8
@@ -189,7 +195,7 @@ def _parse(buf: bytes) -> Optional[Header]:
     while pos + 8 <= end and _U16.unpack_from(buf, pos)[0] == 0x0002:
         _, length, _, value_pos = _element_header(buf, pos, True)
         if _U16.unpack_from(buf, pos + 2)[0] == 0x0010:
-            transfer_syntax = buf[value_pos:value_pos + length].rstrip(b"\x00 ").decode("ascii")
+            transfer_syntax = buf[value_pos : value_pos + length].rstrip(b"\x00 ").decode("ascii")
         pos = value_pos + length
     if transfer_syntax not in (IMPLICIT_LE, EXPLICIT_LE) and not transfer_syntax.startswith("1.2.840.10008.1.2.4."):
         return None  # big endian, deflate, RLE, unknown: pydicom

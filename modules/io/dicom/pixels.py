@@ -6,6 +6,7 @@ pydicom cannot decode by tensorflow-io (DCMTK) as the last resort. RescaleSlope/
 per frame (enhanced files carry them per frame), so CT comes out in HU; the output dtype is
 lossless and as compact as the values allow.
 """
+
 from __future__ import annotations
 
 import collections
@@ -36,8 +37,7 @@ def _decode_with_tfio(ds, path: str, cause: BaseException) -> np.ndarray:
         import tensorflow as tf
         import tensorflow_io as tfio
     except Exception as exc:  # pragma: no cover - tfio is a dependency
-        raise CaseError(f"{path}: pixel data cannot be decoded ({reason}); "
-                        f"tensorflow-io unavailable ({exc})") from None
+        raise CaseError(f"{path}: pixel data cannot be decoded ({reason}); tensorflow-io unavailable ({exc})") from None
     if str(ds.get("PhotometricInterpretation", "")) != "MONOCHROME2" or _int(ds.get("SamplesPerPixel", 1)) != 1:
         raise CaseError(f"{path}: pixel data cannot be decoded ({reason})") from None
     rows, cols = _int(ds.get("Rows", 0)), _int(ds.get("Columns", 0))
@@ -45,24 +45,37 @@ def _decode_with_tfio(ds, path: str, cause: BaseException) -> np.ndarray:
     # DCMTK's uint32 output plus the int64 copy below: 12 bytes per voxel.
     limits.check_size(f"{path}: pixel data", (n_frames, rows, cols), 12)
     clean = ds.copy()
-    for tag in ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "WindowCenter",
-                "WindowWidth", "VOILUTSequence", "VOILUTFunction", "PresentationLUTShape"):
+    for tag in (
+        "RescaleSlope",
+        "RescaleIntercept",
+        "RescaleType",
+        "ModalityLUTSequence",
+        "WindowCenter",
+        "WindowWidth",
+        "VOILUTSequence",
+        "VOILUTFunction",
+        "PresentationLUTShape",
+    ):
         if tag in clean:
             delattr(clean, tag)
     buffer = io.BytesIO()
     try:
         clean.save_as(buffer, enforce_file_format=False)
-        decoded = tfio.image.decode_dicom_image(tf.constant(buffer.getvalue()), dtype=tf.uint32,
-                                                on_error="strict").numpy()
+        decoded = tfio.image.decode_dicom_image(
+            tf.constant(buffer.getvalue()), dtype=tf.uint32, on_error="strict"
+        ).numpy()
     except BaseException as exc:
         if limits.is_fatal(exc):
             raise
-        raise CaseError(f"{path}: pixel data cannot be decoded by pydicom ({reason}) "
-                        f"nor DCMTK ({type(exc).__name__})") from None
+        raise CaseError(
+            f"{path}: pixel data cannot be decoded by pydicom ({reason}) nor DCMTK ({type(exc).__name__})"
+        ) from None
     if decoded.shape[:3] != (n_frames, rows, cols):
-        raise CaseError(f"{path}: pixel data cannot be decoded by pydicom ({reason}); DCMTK returned "
-                        f"{'x'.join(map(str, decoded.shape[:3]))} values for the declared "
-                        f"{n_frames}x{rows}x{cols}, so its result is not used")
+        raise CaseError(
+            f"{path}: pixel data cannot be decoded by pydicom ({reason}); DCMTK returned "
+            f"{'x'.join(map(str, decoded.shape[:3]))} values for the declared "
+            f"{n_frames}x{rows}x{cols}, so its result is not used"
+        )
     values = decoded[..., 0].astype(np.int64)
     if _int(ds.get("PixelRepresentation", 0)) == 1:
         values -= 1 << (_int(ds.get("BitsStored", 16), 16) - 1)
@@ -91,8 +104,10 @@ def decode_pixels(ds, path: str) -> np.ndarray:
     """
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     if syntax and syntax not in NATIVE_SYNTAXES and "PixelData" in ds and not _encapsulated(ds):
-        raise CaseError(f"{path}: the TransferSyntaxUID {syntax} says the pixel data is compressed, but "
-                        "it is stored raw: the header does not describe the data")
+        raise CaseError(
+            f"{path}: the TransferSyntaxUID {syntax} says the pixel data is compressed, but "
+            "it is stored raw: the header does not describe the data"
+        )
     try:
         pixels = ds.pixel_array
     except BaseException as exc:  # pydicom's Rust decoders panic (a BaseException) on corrupt data
@@ -123,8 +138,10 @@ def _raw_pixels(info: FileInfo, count: int) -> Optional[np.ndarray]:
     except OSError:
         return None
     if len(raw) < count * dtype.itemsize:
-        raise CaseError(f"{info.path}: pixel data is {len(raw)} bytes, the header implies "
-                        f"{count * dtype.itemsize}: the file is truncated")
+        raise CaseError(
+            f"{info.path}: pixel data is {len(raw)} bytes, the header implies "
+            f"{count * dtype.itemsize}: the file is truncated"
+        )
     return np.frombuffer(raw, dtype=dtype)
 
 
@@ -154,7 +171,7 @@ def _cut_mosaic(mosaic: np.ndarray, n_tiles: int, rows: int, cols: int, path: st
     grid = int(math.ceil(math.sqrt(n_tiles)))
     if mosaic.shape[0] < grid * rows or mosaic.shape[1] < grid * cols:
         raise CaseError(f"{path}: mosaic {mosaic.shape} too small for {n_tiles} tiles of {rows}x{cols}")
-    tiles = mosaic[:grid * rows, :grid * cols].reshape(grid, rows, grid, cols).transpose(0, 2, 1, 3)
+    tiles = mosaic[: grid * rows, : grid * cols].reshape(grid, rows, grid, cols).transpose(0, 2, 1, 3)
     return tiles.reshape(grid * grid, rows, cols)[:n_tiles]
 
 
@@ -165,10 +182,13 @@ def _output_dtype(frames: List[Frame], raw_dtypes: set) -> np.dtype:
         return np.dtype(next(iter(raw_dtypes))).newbyteorder("=")
     if all(float(f.slope).is_integer() and float(f.intercept).is_integer() for f in frames):
         # int32 only when no stored value can overflow it (numpy wraps integers silently).
-        stored_max = max(float(np.iinfo(np.dtype(d)).max) if np.dtype(d).kind in "iu" else 2.0 ** 32
-                         for d in raw_dtypes) if raw_dtypes else 2.0 ** 32
+        stored_max = (
+            max(float(np.iinfo(np.dtype(d)).max) if np.dtype(d).kind in "iu" else 2.0**32 for d in raw_dtypes)
+            if raw_dtypes
+            else 2.0**32
+        )
         bound = max(abs(f.slope) for f in frames) * stored_max + max(abs(f.intercept) for f in frames)
-        return np.dtype(np.int32 if bound < 2 ** 31 else np.int64)
+        return np.dtype(np.int32 if bound < 2**31 else np.int64)
     return np.dtype(np.float32)
 
 
@@ -203,8 +223,9 @@ def _fill_pixels(layout: Layout, infos: Dict[str, FileInfo]) -> np.ndarray:
         for z, t, frame in items:
             index = frame.tile if frame.tile >= 0 else frame.index
             if index >= stored.shape[0] or stored.shape[1:] != (n_y, n_x):
-                raise CaseError(f"{path}: pixel data has shape {stored.shape}, expected frame {index + 1} "
-                                f"of {n_y}x{n_x}")
+                raise CaseError(
+                    f"{path}: pixel data has shape {stored.shape}, expected frame {index + 1} of {n_y}x{n_x}"
+                )
             plane = stored[index]
             if frame.slope != 1.0 or frame.intercept != 0.0:
                 if dtype.kind == "i":

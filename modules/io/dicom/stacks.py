@@ -6,6 +6,7 @@ ORIENTATION_TOLERANCE), echo, image type and matrix size, because one series may
 Philips magnitude and field map in one file). `medtfx convert` and `medtfx predict` number the
 stacks of a folder in :func:`list_stacks` order and pick one with :func:`select_stack`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -129,8 +130,12 @@ def list_stacks(dicom_dir: str) -> Tuple[List[Tuple[SeriesKey, List[str]]], List
     return stacks, rejected
 
 
-def select_stack(stacks: Sequence[Tuple[SeriesKey, List[str]]], series: Optional[int], source: str,
-                 rejected: Sequence[Tuple[str, str]] = ()) -> Tuple[SeriesKey, List[str]]:
+def select_stack(
+    stacks: Sequence[Tuple[SeriesKey, List[str]]],
+    series: Optional[int],
+    source: str,
+    rejected: Sequence[Tuple[str, str]] = (),
+) -> Tuple[SeriesKey, List[str]]:
     """The one stack of a folder that `medtfx convert` / `medtfx predict --series N` read.
 
     Args:
@@ -150,14 +155,14 @@ def select_stack(stacks: Sequence[Tuple[SeriesKey, List[str]]], series: Optional
         detail = "; ".join(reason for _, reason in rejected[:5])
         raise CaseError(f"{source} holds no DICOM image series" + (f" ({detail})" if detail else ""))
     if series is None and len(stacks) > 1:
-        listing = "; ".join(f"{i}: {describe(k)} ({len(p)} files in "
-                            f"{os.path.relpath(os.path.dirname(p[0]), source)})"
-                            for i, (k, p) in enumerate(stacks, 1))
+        listing = "; ".join(
+            f"{i}: {describe(k)} ({len(p)} files in {os.path.relpath(os.path.dirname(p[0]), source)})"
+            for i, (k, p) in enumerate(stacks, 1)
+        )
         raise CaseError(f"{source} holds {len(stacks)} image stacks; choose one with --series N: {listing}")
     index = 1 if series is None else series
     if not 1 <= index <= len(stacks):
-        raise CaseError(f"{source}: --series {index} is out of range: the folder holds "
-                        f"{len(stacks)} image stack(s)")
+        raise CaseError(f"{source}: --series {index} is out of range: the folder holds {len(stacks)} image stack(s)")
     problem = broken_members(stacks[index - 1][0], rejected, stacks[index - 1][1])
     if problem:
         raise CaseError(problem)
@@ -168,8 +173,7 @@ def select_stack(stacks: Sequence[Tuple[SeriesKey, List[str]]], series: Optional
 _DAMAGE_MARKS = ("corrupt gzip", "truncated", "corrupt DICOM header", "corrupt header", "cannot be read")
 
 
-def broken_members(key: SeriesKey, rejected: Sequence[Tuple[str, str]],
-                   paths: Sequence[str] = ()) -> Optional[str]:
+def broken_members(key: SeriesKey, rejected: Sequence[Tuple[str, str]], paths: Sequence[str] = ()) -> Optional[str]:
     """Why a stack is incomplete: a rejected file (truncated, corrupt) whose header still names
     the stack's SeriesInstanceUID, or a damaged file whose series cannot be told in a folder of
     the stack's `paths`; without it the rest would read as a valid, shorter volume.
@@ -181,8 +185,9 @@ def broken_members(key: SeriesKey, rejected: Sequence[Tuple[str, str]],
         uid = header_series_uid(path)
         if uid == key.series_uid:
             return f"a file of this series cannot be read, so the volume would be incomplete: {reason}"
-        if not uid and any(mark in reason for mark in _DAMAGE_MARKS) and (
-                os.path.dirname(path) in folders):
-            return (f"a damaged DICOM file in the series' folder may belong to it, so the volume could be "
-                    f"incomplete: {reason}")
+        if not uid and any(mark in reason for mark in _DAMAGE_MARKS) and (os.path.dirname(path) in folders):
+            return (
+                f"a damaged DICOM file in the series' folder may belong to it, so the volume could be "
+                f"incomplete: {reason}"
+            )
     return None
