@@ -10,7 +10,7 @@ No TensorFlow import here: the command line validates `--set` before anything he
 
 from __future__ import annotations
 
-from typing import Dict, Literal, Optional, Tuple
+from typing import Dict, Literal, Optional, Tuple, Type
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
@@ -22,6 +22,11 @@ Float3 = Tuple[PositiveFloat, PositiveFloat, PositiveFloat]
 Axis = Literal[0, 1, 2]
 PoolFactor = Literal[1, 2]
 KernelSize = Literal[1, 3]
+
+
+def _default_intensity_mode() -> Dict[str, IntensityMode]:
+    """TransformSettings.intensity_mode's default: CT by dataset statistics, other modalities per case."""
+    return {"CT": "dataset", "*": "zscore_nonzero"}
 
 
 class StageSettings(BaseModel):
@@ -69,7 +74,7 @@ class TransformSettings(StageSettings):
         description="fixed_shape: centre crop/pad to target_shape; whole_volume: keep the resampled volume",
     )
     intensity_mode: Dict[str, IntensityMode] = Field(
-        default_factory=lambda: {"CT": "dataset", "*": "zscore_nonzero"},
+        default_factory=_default_intensity_mode,
         description="normalisation per modality ('*' = any other): dataset | zscore_nonzero | zscore | window",
     )
     intensity_window: Tuple[float, float] = Field(
@@ -147,7 +152,8 @@ class TrainingSettings(StageSettings):
     learning_rate: PositiveFloat = Field(3e-3, description="Adam's initial learning rate")
     lr_schedule: Literal["poly", "constant"] = Field(
         "poly",
-        description="poly: (1 - progress) ** 0.9 decay to 1 % (nnU-Net), progress by steps or time limit, whichever is further",
+        description="poly: (1 - progress) ** 0.9 decay to 1 % (nnU-Net), "
+        "progress by steps or time limit, whichever is further",
     )
     train_steps: PositiveInt = Field(300, description="training steps in all")
     eval_steps: PositiveInt = Field(4, description="validation-loss batches per epoch")
@@ -254,11 +260,19 @@ class RunnerSettings(StageSettings):
     )
     kubeflow_baseline_resolver: bool = Field(
         False,
-        description="keep the last-blessed-model Resolver on Kubeflow (Vertex AI; KFP's open-source backend cannot run it)",
+        description="keep the last-blessed-model Resolver on Kubeflow "
+        "(Vertex AI; KFP's open-source backend cannot run it)",
     )
+    enable_cache: Optional[bool] = Field(
+        None, description="reuse unchanged steps' outputs; null = on for Kubeflow, off for local runs"
+    )
+    patient_salt_secret: str = Field(
+        "", description="Kubeflow: Kubernetes Secret holding the patient-hash salt (a cluster compile needs one)"
+    )
+    patient_salt_secret_key: str = Field("salt", min_length=1, description="key of the salt in that Secret")
 
 
-STAGES = {
+STAGES: Dict[str, Type[StageSettings]] = {
     "ingestion": IngestionSettings,
     "planning": PlanningSettings,
     "transform": TransformSettings,

@@ -1,12 +1,23 @@
-"""The `medtfx` command line: synth, run, demo, compile, deploy, inventory, convert, predict."""
+"""The `medtfx` command line: synth, run, demo, compile, deploy, inventory, convert, predict.
+
+A user mistake (missing input, unwritable output, bad setting, unreachable endpoint, wrong model
+folder) is answered with one line on stderr naming the thing and the problem: exit code 2 for
+usage, 1 for a failure while working; `medtfx --debug ...` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import sys
+import tempfile
 import time
+
+
+class UsageError(Exception):
+    """A user mistake found before any work starts: one line on stderr, exit code 2."""
 
 
 def _quiet_tensorflow() -> None:
@@ -16,6 +27,83 @@ def _quiet_tensorflow() -> None:
     from pipeline import console
 
     console.configure()
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path  # gs://, s3://, dicomweb+https://: checked by whoever reads them
+
+
+def check_input(path: str, what: str) -> None:
+    """Raises UsageError unless the local file or folder `path` exists and is readable; `what`
+    names it for the user ('--data', 'INPUT', ...)."""
+    if _is_url(path):
+        return
+    if not os.path.exists(path):
+        raise UsageError(f"{what} {path}: no such file or directory")
+    if not os.access(path, os.R_OK | (os.X_OK if os.path.isdir(path) else 0)):
+        raise UsageError(f"{what} {path}: not readable (permission denied)")
+
+
+def _file_in_the_way(path: str) -> str:
+    """The nearest existing ancestor of `path` (itself included) when it is not a folder, else ''."""
+    current = os.path.abspath(path)
+    while not os.path.exists(current) and os.path.dirname(current) != current:
+        current = os.path.dirname(current)
+    return "" if os.path.isdir(current) else current
+
+
+def check_output_dir(path: str, what: str) -> None:
+    """Creates the local folder `path` if needed and proves it writable (a temporary file is made
+    and removed), or raises UsageError naming `what` and the problem."""
+    if _is_url(path):
+        return
+    blocking = _file_in_the_way(path)
+    if blocking == os.path.abspath(path):
+        raise UsageError(f"{what} {path}: exists and is not a folder")
+    if blocking:
+        raise UsageError(f"{what} {path}: cannot create the folder ({blocking} is a file)")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot create the folder ({exc.strerror or exc})") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: not writable ({exc.strerror or exc})") from None
+
+
+def check_output_file(path: str, what: str) -> None:
+    """Creates the parent folder of the local file `path` if needed and proves the file can be
+    written (an existing file is left untouched), or raises UsageError naming `what`."""
+    if _is_url(path):
+        return
+    if os.path.isdir(path):
+        raise UsageError(f"{what} {path}: is a folder, expected a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if _file_in_the_way(parent):
+        raise UsageError(f"{what} {path}: cannot create its folder ({_file_in_the_way(parent)} is a file)")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot create its folder ({exc.strerror or exc})") from None
+    if os.path.exists(path):
+        if not os.access(path, os.W_OK):
+            raise UsageError(f"{what} {path}: not writable (permission denied)")
+        return
+    try:
+        with open(path, "x"):
+            pass
+        os.remove(path)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot be written ({exc.strerror or exc})") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """'<ExceptionType>: <first line of its message>' (at most 300 characters) for the user."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _progress(label: str, unit: str = "case"):
@@ -36,6 +124,7 @@ def _progress(label: str, unit: str = "case"):
 
 
 def cmd_synth(args) -> int:
+    check_output_dir(args.out_dir, "OUT_DIR")
     from pipeline.tools.phantoms import synthesize, synthesize_ct
 
     if args.kind == "ct":
@@ -83,10 +172,15 @@ def _print_summary(summary: dict, elapsed: float) -> None:
     for label, path in (
         ("evaluation report", summary.get("evaluation_summary")),
         ("Dice plot", summary.get("dice_plot")),
+        ("training curves", summary.get("training_curves")),
+        ("Dice per case", summary.get("dice_per_case")),
+        ("worst and best cases", summary.get("cases_best_worst")),
         ("preprocessing preview", summary.get("transform_preview")),
     ):
         if path:
             print(f"{label}: {path}")
+    if summary.get("tensorboard"):
+        print(f"TensorBoard: {summary['tensorboard']}")
     for label, key in (("plan", "plan"), ("dataset fingerprint", "fingerprint")):
         if summary.get(key):
             print(f"{label}: {summary[key]}")
@@ -109,6 +203,8 @@ def _run(cfg) -> dict:
 
 
 def cmd_run(args) -> int:
+    check_input(args.data, "--data")
+    check_output_dir(args.workdir, "--workdir")
     _quiet_tensorflow()
     _check_dicomweb_data(args.data)
     cfg = _config(args, data_root=args.data, workdir=args.workdir)
@@ -118,6 +214,9 @@ def cmd_run(args) -> int:
 
 def cmd_plan(args) -> int:
     """Ingests and plans (nnU-Net's plan step) without training; writes the plan and prints it."""
+    check_input(args.data, "--data")
+    check_output_file(args.output, "--output")
+    check_output_dir(args.workdir, "--workdir")
     _quiet_tensorflow()
     from components.dataset_planner import artifacts
     from modules.plan import planner
@@ -158,6 +257,7 @@ def make_config_or_exit(args, extra=(), **fields):
 
 
 def cmd_demo(args) -> int:
+    check_output_dir(args.workdir, "--workdir")
     _quiet_tensorflow()
     from pipeline.tools.phantoms import synthesize
 
@@ -178,9 +278,12 @@ def cmd_compile(args) -> int:
     if args.runner != "kubeflow":
         print(f"unknown runner {args.runner}", file=sys.stderr)
         return 2
+    check_output_file(args.output, "--output")
+    if args.configmap:
+        check_input(args.configmap, "--configmap")
     try:
         cfg = _kubeflow_config(args)
-        written = kubeflow.compile_kubeflow(cfg, args.output)
+        written = kubeflow.compile_kubeflow(cfg, args.output, allow_placeholders=args.allow_placeholders)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -200,9 +303,39 @@ def _kubeflow_config(args):
     return make_config(overrides, args.config or None, **({"data_root": args.data} if args.data else {}))
 
 
+def _endpoint_problem(exc: BaseException) -> str:
+    """Why a KFP API call failed, in one line (urllib3's connection errors carry the reason)."""
+    reason = getattr(exc, "reason", None)
+    text = str(reason) if isinstance(reason, BaseException) else one_line(exc)
+    # urllib3 prefixes the reason with an object repr ('<...HTTPConnection object at 0x...>: ').
+    return re.sub(r"^<[^>]*>:\s*", "", text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
+
+
 def cmd_deploy(args) -> int:
+    import types
+
     from pipeline.runners import deploy
 
+    check_output_dir(args.output_dir, "--output-dir")
+    if args.configmap:
+        check_input(args.configmap, "--configmap")
+    if not args.debug:  # urllib3 logs each connection retry; the one-line answer below says it all
+        import logging
+
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+    client = None
+    if args.endpoint and not args.dry_run:
+        # Reach the API (kfp.Client calls healthz) before compiling: a wrong endpoint fails in a second.
+        try:
+            client = deploy.make_client(types.SimpleNamespace(endpoint=args.endpoint, namespace=args.namespace))
+        except Exception as exc:
+            if args.debug:
+                raise
+            print(
+                f"error: --endpoint {args.endpoint}: cannot reach the KFP API ({_endpoint_problem(exc)})",
+                file=sys.stderr,
+            )
+            return 1
     try:
         plan = deploy.plan_deploy(
             _kubeflow_config(args),
@@ -212,6 +345,7 @@ def cmd_deploy(args) -> int:
             experiment=args.experiment,
             pipeline_name=args.pipeline_name,
             namespace=args.namespace,
+            allow_placeholders=args.allow_placeholders,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -220,7 +354,16 @@ def cmd_deploy(args) -> int:
     if args.dry_run:
         print("dry run: nothing sent")
         return 0
-    ids = deploy.submit(plan, deploy.make_client(plan))
+    try:
+        ids = deploy.submit(plan, client)
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"error: --endpoint {args.endpoint}: the KFP API refused the upload ({_endpoint_problem(exc)})",
+            file=sys.stderr,
+        )
+        return 1
     print("submitted: " + ", ".join(f"{k}={v}" for k, v in ids.items()))
     return 0
 
@@ -231,6 +374,8 @@ def cmd_inventory(args) -> int:
     from components.image_example_gen import cases, pacs_source
     from modules.io import dicomweb, limits
 
+    check_input(args.path, "PATH")
+    check_output_file(args.report, "--report")
     salt = os.environ.get("MEDTFX_PATIENT_SALT", "") or args.salt
     records, info, failure = [], None, ""
     try:  # whatever happens while listing, the report is written
@@ -271,6 +416,12 @@ def cmd_convert(args) -> int:
     from modules.io.nifti_reader import write_nifti
     from modules.io.volume import CaseError
 
+    # The folder name may be a patient's name: it is called DICOM_DIR in messages (as below).
+    if not os.path.isdir(args.dicom_dir):
+        raise UsageError(
+            "DICOM_DIR: no such folder" if not os.path.exists(args.dicom_dir) else "DICOM_DIR: not a folder"
+        )
+    check_output_file(args.output, "OUTPUT")
     try:  # same reader as ingestion; 4D series are written 4D like dcm2niix
         stacks, rejected = dicom.list_stacks(args.dicom_dir)
         key, paths = dicom.select_stack(stacks, args.series, args.dicom_dir, rejected)
@@ -301,7 +452,6 @@ def cmd_convert(args) -> int:
 
 def cmd_predict(args) -> int:
     """Segments every input; exit code 1 when any input failed (see predict_report.json)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # per-file lines are the output here
     from pipeline.client import predict
 
     if bool(args.model) == bool(args.server):
@@ -316,6 +466,7 @@ def cmd_predict(args) -> int:
     if args.server and not args.model_name:
         print("error: --server needs --model-name (the TF Serving model name)", file=sys.stderr)
         return 2
+    check_output_dir(args.output, "--output")
     try:
         model = (
             predict.InProcessModel(args.model)
@@ -331,6 +482,8 @@ def cmd_predict(args) -> int:
     except predict.PredictError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.model and os.path.normpath(model.model_dir) != os.path.normpath(args.model):
+        print(f"model: {model.model_dir}")
     if args.dicomweb:
         return _predict_study(args, model)
     records = predict.predict_inputs(
@@ -379,12 +532,14 @@ def _predict_study(args, model) -> int:
 
 
 def cmd_bench_dicom(args) -> int:
+    check_output_file(args.json, "--json")
     from pipeline.tools import bench_dicom
 
     return bench_dicom.main(args)
 
 
 def cmd_bench_resample(args) -> int:
+    check_output_file(args.json, "--json")
     _quiet_tensorflow()
     from pipeline.tools import bench_resample
 
@@ -392,6 +547,7 @@ def cmd_bench_resample(args) -> int:
 
 
 def cmd_bench_io(args) -> int:
+    check_output_file(args.json, "--json")
     _quiet_tensorflow()
     from pipeline.tools import bench_io
 
@@ -402,10 +558,22 @@ def cmd_bench_io(args) -> int:
 DEMO_BUDGET_MINUTES = 2.0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (the usage itself is one `--help` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.config import BEAM_PROFILES
 
-    parser = argparse.ArgumentParser(prog="medtfx", description=__doc__)
+    parser = _Parser(prog="medtfx", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show tracebacks and TensorFlow's start-up log instead of one-line errors",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p):
@@ -506,6 +674,11 @@ def build_parser() -> argparse.ArgumentParser:
             "target) from a kustomization dir (k8s/overlays/gpu-cloud) or a YAML file "
             "(`kubectl kustomize ...` / `kubectl get configmap -o yaml` output)",
         )
+        p.add_argument(
+            "--allow-placeholders",
+            action="store_true",
+            help="compile even with the placeholder image (medtfx:0.1.0) or bucket (gs://medtfx-pipeline-root)",
+        )
         return p
 
     with_kubeflow(p)
@@ -516,9 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--endpoint", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
     p.add_argument("--dry-run", action="store_true", help="print what would be sent; send nothing")
-    p.add_argument(
-        "--image", default=None, help=f"component image (default: ${{MEDTFX_IMAGE}}, else the config's image)"
-    )
+    p.add_argument("--image", default=None, help="component image (default: ${MEDTFX_IMAGE}, else the config's image)")
     p.add_argument("--experiment", default="medtfx")
     p.add_argument("--pipeline-name", default=None, help="default: the config's pipeline_name")
     p.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user)")
@@ -629,12 +800,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="", help="where the records go (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the written records")
     p.set_defaults(func=cmd_bench_io)
+    # `--debug` also after the subcommand; SUPPRESS keeps a subcommand from resetting it to False.
+    for command in [*sub.choices.values(), *bench_sub.choices.values()]:
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if not args.debug:
+        # Before anything imports TensorFlow: its C++ start-up lines (CUDA factory registration,
+        # the oneDNN notice) are not actionable on the command line.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: {one_line(exc)} (medtfx --debug ... shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

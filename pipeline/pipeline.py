@@ -10,7 +10,7 @@ locally and compiles for Kubeflow without uploading anything.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
@@ -28,6 +28,9 @@ from pipeline.config import PipelineConfig
 
 # Run until (and including) this node: `medtfx plan` stops after planning.
 PLANNER_ID = "DatasetPlanner"
+# Values create_pipeline takes per run (Kubeflow run parameters): planning.budget_minutes for
+# the planner; the Pusher's serving_base, or serving_root + model_name (AtomicPusher).
+RUN_PARAMETER_KEYS = ("budget_minutes", "serving_base", "model_name", "serving_root")
 
 
 def output_config(cfg: PipelineConfig) -> example_gen_pb2.Output:
@@ -57,10 +60,21 @@ def create_pipeline(
     beam_args=None,
     baseline_resolver: bool = True,
     until: Optional[str] = None,
+    enable_cache: Optional[bool] = None,
+    run_parameters: Optional[Mapping[str, Any]] = None,
 ) -> tfx.dsl.Pipeline:
     """The DAG. baseline_resolver=False drops the last-blessed-model Resolver (KFP's open-source
     backend cannot run resolver nodes); the Evaluator then checks only the absolute threshold.
-    until=PLANNER_ID stops after the planner (ingestion, fingerprint, plan)."""
+    until=PLANNER_ID stops after the planner (ingestion, fingerprint, plan).
+    enable_cache: None = runner.enable_cache (None there = off, the local default).
+    run_parameters: values decided per run (Kubeflow RuntimeParameters), by RUN_PARAMETER_KEYS
+    name; data_root may be one too."""
+    run_parameters = dict(run_parameters or {})
+    unknown = set(run_parameters) - set(RUN_PARAMETER_KEYS)
+    if unknown:
+        raise ValueError(f"unknown run parameters {sorted(unknown)}; known: {list(RUN_PARAMETER_KEYS)}")
+    if enable_cache is None:
+        enable_cache = bool(cfg.runner.enable_cache)
     example_gen = ImageExampleGen(
         input_base=data_root,
         output_config=output_config(cfg),
@@ -78,6 +92,7 @@ def create_pipeline(
             },
             user_overrides=cfg.user_overrides(),
             planning=cfg.planning.model_dump(mode="json"),
+            budget_minutes=run_parameters.get("budget_minutes"),
         ).with_id(PLANNER_ID)
         if cfg.planning.enabled
         else None
@@ -88,18 +103,24 @@ def create_pipeline(
             raise ValueError("planning.enabled is false: there is no plan to make")
         components = [example_gen, planner]
     else:
-        components = [example_gen, planner, *_training_components(cfg, example_gen, plan, baseline_resolver)]
+        components = [
+            example_gen,
+            planner,
+            *_training_components(cfg, example_gen, plan, baseline_resolver, run_parameters),
+        ]
     return tfx.dsl.Pipeline(
         pipeline_name=cfg.runner.pipeline_name,
         pipeline_root=pipeline_root,
         components=[c for c in components if c is not None],
-        enable_cache=False,
+        enable_cache=enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_args if beam_args is not None else cfg.runner.beam_args),
     )
 
 
-def _training_components(cfg: PipelineConfig, example_gen, plan, baseline_resolver: bool) -> list:
+def _training_components(
+    cfg: PipelineConfig, example_gen, plan, baseline_resolver: bool, run_parameters: Mapping[str, Any]
+) -> list:
     # Statistics on metadata only: voxel bytes flood TFDV's logs and memory (tfx#1622).
     statistics_gen = tfx.components.StatisticsGen(
         examples=example_gen.outputs["examples"],
@@ -154,6 +175,9 @@ def _training_components(cfg: PipelineConfig, example_gen, plan, baseline_resolv
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(base_directory=cfg.serving_model_base)
         ),
+        serving_base=run_parameters.get("serving_base"),
+        model_name=run_parameters.get("model_name"),
+        serving_root=run_parameters.get("serving_root"),
     ).with_id("Pusher")
     return [
         statistics_gen,

@@ -36,6 +36,7 @@ GPU_SETTINGS = [
     'kubeflow_pvc_mounts={"medtfx-pipeline-root": "/mnt/pipeline-root"}',
     "kubeflow_pipeline_root=s3://medtfx/pipeline-root",
     f"image={IMAGE}",
+    "patient_salt_secret=medtfx-patient-salt",
 ]
 # Core of the DAG; the full node/edge set is compared with the TFX DSL pipeline itself.
 CORE_EDGES = {("Transform", "ImageExampleGen"), ("Trainer", "Transform"), ("Pusher", "Trainer")}
@@ -48,8 +49,9 @@ def _pb2():
 
 
 def _compile(tmp_path, overrides, name="pipeline.json"):
-    cfg = make_config(overrides, data_root="/data/input")
-    written = kubeflow.compile_kubeflow(cfg, str(tmp_path / name))
+    """Compiles with a salt Secret; the placeholder image/bucket are allowed (nothing runs)."""
+    cfg = make_config(["patient_salt_secret=medtfx-patient-salt", *overrides], data_root="/data/input")
+    written = kubeflow.compile_kubeflow(cfg, str(tmp_path / name), allow_placeholders=True)
     job = json.load(open(written["pipeline_job"])) if "pipeline_job" in written else None
     with open(written["kfp_package"]) as fh:
         docs = list(yaml.safe_load_all(fh))
@@ -151,6 +153,7 @@ def test_trainer_gets_gpu_resources_node_selector_and_tolerations(gpu_compiled):
     assert k8s[trainer]["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
     assert k8s[trainer]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert [label for label, e in k8s.items() if "nodeSelector" in e or "tolerations" in e] == [trainer]
+    assert [label for label, e in k8s.items() if "secretAsEnv" in e] == ["ImageExampleGen_executor"]
     assert all(
         e["pvcMount"] == [{"constant": "medtfx-pipeline-root", "mountPath": "/mnt/pipeline-root"}] for e in k8s.values()
     ) and set(k8s) == set(executors)
@@ -255,7 +258,8 @@ def test_dataflow_without_project_is_a_clear_error():
 def test_yaml_output_is_the_kfp_package_only(tmp_path):
     _, job, docs = _compile(tmp_path, [], name="medtfx.yaml")
     assert job is None and not (tmp_path / "medtfx.json").exists()
-    assert len(docs) == 1  # nothing platform-specific configured: no PlatformSpec document
+    # Only the salt Secret is platform-specific here.
+    assert list(docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]) == ["ImageExampleGen_executor"]
     assert "resources" not in json.dumps(docs[0]["deploymentSpec"])
 
 
@@ -381,6 +385,9 @@ def test_cli_compile_with_configmap_and_beam_profile(tmp_path, capsys):
                 "trainer_memory_limit=24",
                 "--beam-profile",
                 "flink",
+                "--set",
+                "patient_salt_secret=salt-secret",
+                "--allow-placeholders",
             ]
         )
         == 0
@@ -394,6 +401,148 @@ def test_cli_compile_with_configmap_and_beam_profile(tmp_path, capsys):
     assert "--runner=PortableRunner" in executors["Transform_executor"]["container"]["args"]
     platform = list(yaml.safe_load_all((tmp_path / "medtfx.yaml").read_text()))[1]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert k8s == {"Trainer_executor": {"nodeSelector": {"labels": {"pool": "gpu"}}}}
-    assert cli.main(["compile", "--output", str(out), "--set", "beam_profile=dataflow"]) == 2
+    assert k8s == {
+        "Trainer_executor": {"nodeSelector": {"labels": {"pool": "gpu"}}},
+        "ImageExampleGen_executor": {
+            "secretAsEnv": [
+                {"secretName": "salt-secret", "keyToEnv": [{"secretKey": "salt", "envVar": "MEDTFX_PATIENT_SALT"}]}
+            ]
+        },
+    }
+    ok = ["--set", "patient_salt_secret=s", "--allow-placeholders"]
+    assert cli.main(["compile", "--output", str(out), "--set", "beam_profile=dataflow", *ok]) == 2
     assert "beam_project" in capsys.readouterr().err
+
+
+CLUSTER = [f"image={IMAGE}", "kubeflow_pipeline_root=s3://medtfx/pipeline-root", "patient_salt_secret=salt"]
+
+
+@pytest.mark.parametrize(
+    "settings,allow,message",
+    [
+        ([s for s in CLUSTER if not s.startswith("image=")], False, "placeholder image=medtfx:0.1.0"),
+        (
+            [s for s in CLUSTER if not s.startswith("kubeflow_pipeline_root=")],
+            False,
+            "placeholder kubeflow_pipeline_root=gs://medtfx-pipeline-root",
+        ),
+        ([s for s in CLUSTER if not s.startswith("patient_salt_secret=")], False, "no patient salt Secret"),
+        ([s for s in CLUSTER if not s.startswith("patient_salt_secret=")], True, "no patient salt Secret"),
+        (["patient_salt_secret=salt"], False, "image=medtfx:0.1.0 and kubeflow_pipeline_root="),
+        (CLUSTER, False, None),
+        (["patient_salt_secret=salt"], True, None),
+    ],
+)
+def test_cluster_compile_refuses_placeholders_and_the_default_salt(settings, allow, message):
+    cfg = make_config(settings)
+    if message is None:
+        kubeflow.check_cluster_settings(cfg, allow)
+        return
+    with pytest.raises(ValueError, match=message) as raised:
+        kubeflow.check_cluster_settings(cfg, allow)
+    assert "\n" not in str(raised.value)
+
+
+def test_cli_compile_refuses_placeholders_in_one_line(tmp_path, capsys):
+    from pipeline import cli
+
+    out = str(tmp_path / "medtfx.yaml")
+    assert cli.main(["compile", "--output", out, "--set", "patient_salt_secret=salt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--allow-placeholders" in err and not os.path.exists(out)
+    assert cli.main(["compile", "--output", out, "--set", "patient_salt_secret=salt", "--allow-placeholders"]) == 0
+
+
+def test_run_parameters_with_the_config_defaults(gpu_compiled):
+    _, job, docs = gpu_compiled
+    spec = docs[0]
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    assert {name: p["defaultValue"] for name, p in declared.items()} == {
+        "data_root": "/data/input",
+        "budget_minutes": 30.0,
+        "model_name": "medtfx-seg",
+        "serving_base": "",
+    }
+    assert {p["parameterType"] for p in declared.values()} == {"STRING", "NUMBER_DOUBLE"}
+    assert set(declared) == set(kubeflow.RUN_PARAMETERS)
+    tasks = spec["root"]["dag"]["tasks"]
+    consumers = {
+        (task, key): p["componentInputParameter"]
+        for task, t in tasks.items()
+        for key, p in t["inputs"].get("parameters", {}).items()
+        if "componentInputParameter" in p
+    }
+    assert consumers == {
+        ("ImageExampleGen", "input_base"): "data_root",
+        ("DatasetPlanner", "budget_minutes"): "budget_minutes",
+        ("Pusher", "model_name"): "model_name",
+        ("Pusher", "serving_base"): "serving_base",
+    }
+    serving_root = tasks["Pusher"]["inputs"]["parameters"]["serving_root"]["runtimeValue"]["constant"]
+    assert serving_root == "s3://medtfx/pipeline-root/serving"
+
+
+def test_user_settings_become_run_parameter_defaults(tmp_path):
+    _, _, docs = _compile(
+        tmp_path, ["planning.budget_minutes=12", "model_name=lungs", "serving_base=s3://models/lungs"], "p.yaml"
+    )
+    declared = docs[0]["root"]["inputDefinitions"]["parameters"]
+    assert declared["budget_minutes"]["defaultValue"] == 12.0
+    assert declared["model_name"]["defaultValue"] == "lungs"
+    assert declared["serving_base"]["defaultValue"] == "s3://models/lungs"
+    _, _, unplanned = _compile(tmp_path, ["planning.enabled=false"], "q.yaml")
+    assert "budget_minutes" not in unplanned[0]["root"]["inputDefinitions"]["parameters"]
+
+
+@pytest.mark.parametrize(
+    "setting,expected", [([], True), (["enable_cache=false"], False), (["enable_cache=true"], True)]
+)
+def test_caching_on_by_default_on_kubeflow(tmp_path, setting, expected):
+    _, _, docs = _compile(tmp_path, setting, "c.yaml")
+    tasks = docs[0]["root"]["dag"]["tasks"]
+    assert {t.get("cachingOptions", {}).get("enableCache", False) for t in tasks.values()} == {expected}
+
+
+@pytest.mark.parametrize(
+    "setting,expected", [([], False), (["enable_cache=true"], True), (["enable_cache=false"], False)]
+)
+def test_caching_off_by_default_locally(setting, expected):
+    from pipeline.pipeline import create_pipeline
+
+    cfg = make_config(setting)
+    assert create_pipeline(cfg, pipeline_root="r", data_root="d").enable_cache is expected
+
+
+def test_custom_artifact_types_are_titled_by_import_path(gpu_compiled):
+    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as entrypoint
+    from tfx.utils import import_utils
+
+    from components.dataset_planner import artifacts
+
+    _, job, _ = gpu_compiled
+    text = json.dumps(job["pipelineSpec"])
+    assert "title: medtfx." not in text
+    outputs = job["pipelineSpec"]["components"]["DatasetPlanner"]["outputDefinitions"]["artifacts"]
+    for key, cls in (("fingerprint", artifacts.DatasetFingerprint), ("plan", artifacts.Plan)):
+        schema = _pb2().ArtifactTypeSchema(instance_schema=outputs[key]["artifactType"]["instanceSchema"])
+        # What the container entrypoint does with an input artifact's type.
+        assert import_utils.import_class_by_path(entrypoint._retrieve_class_path(schema)) is cls
+
+
+def test_salt_secret_env_follows_the_settings(tmp_path):
+    _, _, docs = _compile(
+        tmp_path,
+        ["patient_salt_secret=hospital-salt", "patient_salt_secret_key=value", "patient_salt_env=SITE_SALT"],
+        "s.yaml",
+    )
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors == {
+        "ImageExampleGen_executor": {
+            "secretAsEnv": [
+                {"secretName": "hospital-salt", "keyToEnv": [{"secretKey": "value", "envVar": "SITE_SALT"}]}
+            ]
+        }
+    }
+    # The compiled ImageExampleGen reads the variable the Secret sets.
+    params = docs[0]["root"]["dag"]["tasks"]["ImageExampleGen"]["inputs"]["parameters"]
+    assert params["salt_env"]["runtimeValue"]["constant"] == "SITE_SALT"

@@ -23,7 +23,8 @@ def test_unet3d_shapes_and_softmax(norm, residual):
 
 
 def test_unet_depth_and_divisibility():
-    assert len([l for l in unet.build_unet3d((16, 16, 16), 2, (4, 4, 4, 4)).layers if "pool" in l.name]) == 3
+    layers = unet.build_unet3d((16, 16, 16), 2, (4, 4, 4, 4)).layers
+    assert len([layer for layer in layers if "pool" in layer.name]) == 3
     with pytest.raises(ValueError, match="divisible"):
         unet.build_unet3d((10, 8, 8), 2, (4, 8, 16))
     with pytest.raises(ValueError, match="norm"):

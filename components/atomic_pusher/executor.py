@@ -21,6 +21,31 @@ from tfx.utils import io_utils, proto_utils
 
 from components.atomic_pusher import push
 
+# Optional run-time overrides of PushDestination.filesystem.base_directory (see push_base).
+SERVING_BASE_KEY = "serving_base"
+MODEL_NAME_KEY = "model_name"
+SERVING_ROOT_KEY = "serving_root"
+
+
+def push_base(destination_base: str, serving_base: str = "", model_name: str = "", serving_root: str = "") -> str:
+    """The TF Serving model base path to publish into.
+
+    serving_base when non-empty; else <serving_root>/<model_name> when both are non-empty
+    (a Kubeflow run that only renames the model); else the compiled destination_base.
+
+    Raises:
+        ValueError: if the chosen path is empty.
+    """
+    if serving_base:
+        base = serving_base
+    elif serving_root and model_name:
+        base = serving_root.rstrip("/") + "/" + model_name
+    else:
+        base = destination_base
+    if not base:
+        raise ValueError("no serving base path: set push_destination, serving_base or serving_root + model_name")
+    return base
+
 
 class Executor(tfx_pusher_executor.Executor):
     """Pushes the blessed model to <base_directory>/<version> via push.atomic_push."""
@@ -44,7 +69,12 @@ class Executor(tfx_pusher_executor.Executor):
         versioning = destination.filesystem.versioning
         if versioning not in (pusher_pb2.Versioning.AUTO, pusher_pb2.Versioning.UNIX_TIMESTAMP):
             raise NotImplementedError(f"unsupported versioning {versioning}")
-        base = destination.filesystem.base_directory
+        base = push_base(
+            destination.filesystem.base_directory,
+            exec_properties.get(SERVING_BASE_KEY) or "",
+            exec_properties.get(MODEL_NAME_KEY) or "",
+            exec_properties.get(SERVING_ROOT_KEY) or "",
+        )
         result = push.push_model(model_path, base)
         logging.info(
             "Model published to %s (strategy %s).",

@@ -24,6 +24,8 @@ FINGERPRINT_KEY = "fingerprint"
 SETTINGS_KEY = "settings"  # JSON: {stage: settings dict} as configured
 USER_OVERRIDES_KEY = "user_overrides"  # JSON: {"stage.key": value} the user set
 PLANNING_KEY = "planning"  # JSON: PlanningSettings
+# Optional float minutes overriding planning.budget_minutes (a run parameter on Kubeflow).
+BUDGET_MINUTES_KEY = "budget_minutes"
 SPLIT = "train"
 
 
@@ -60,7 +62,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 | "ToJson" >> beam.Map(json.dumps)
                 | "WriteCases" >> beam.io.WriteToText(cases_path, file_name_suffix=".jsonl")
             )
-        case_fingerprints = []
+        case_fingerprints: List[Dict[str, Any]] = []
         for path in sorted(tf.io.gfile.glob(cases_path + "*.jsonl")):
             with tf.io.gfile.GFile(path) as fh:
                 case_fingerprints.extend(json.loads(line) for line in fh if line.strip())
@@ -71,6 +73,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
         settings = json.loads(exec_properties[SETTINGS_KEY])
         planning_settings = PlanningSettings.model_validate(json.loads(exec_properties[PLANNING_KEY]))
+        if exec_properties.get(BUDGET_MINUTES_KEY) is not None:
+            # Validated like --set planning.budget_minutes (positive).
+            planning_settings = PlanningSettings.model_validate(
+                {**planning_settings.model_dump(), "budget_minutes": float(exec_properties[BUDGET_MINUTES_KEY])}
+            )
         timer = calibrate.step_timer(settings["training"], planning_settings.calibration_steps)
         plan = planning.build_plan(
             dataset, settings, json.loads(exec_properties[USER_OVERRIDES_KEY]), planning_settings, timer

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, Optional
 
 from tfx import types
 from tfx.components.example_gen import driver, utils
@@ -10,7 +10,7 @@ from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts, standard_component_specs
-from tfx.types.component_spec import ExecutionParameter
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.image_example_gen import executor
 
@@ -24,7 +24,7 @@ class ImageExampleGenSpec(types.ComponentSpec):
         executor.SALT_ENV_KEY: ExecutionParameter(type=str),
         executor.DEFAULT_SALT_KEY: ExecutionParameter(type=str),
     }
-    INPUTS = {}
+    INPUTS: Dict[str, ChannelParameter] = {}
     OUTPUTS = standard_component_specs.FileBasedExampleGenSpec.OUTPUTS
 
 

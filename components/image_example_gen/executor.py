@@ -89,7 +89,7 @@ def _ImagesToExample(
 
 def merge_report(report_dir: str, out_path: str) -> List[dict]:
     """Joins the per-worker report shards into {"cases": [...]} sorted by case_id."""
-    records = []
+    records: List[dict] = []
     for path in sorted(tf.io.gfile.glob(os.path.join(report_dir, "part*"))):
         with tf.io.gfile.GFile(path) as fh:
             records.extend(json.loads(line) for line in fh if line.strip())

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from components.image_example_gen import cases
+from components.image_example_gen.cases import CaseSpec  # `cases` is also a field name of Materialised
 from modules.io import dicom, dicomweb
 from modules.io.nifti_reader import write_nifti
 
@@ -50,7 +51,7 @@ class Materialised:
 
     manifest: Optional[str]
     cases: int
-    quarantined: List[cases.CaseSpec]
+    quarantined: List[CaseSpec]
 
 
 def series_id(series_uid: str) -> str:

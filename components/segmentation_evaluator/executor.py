@@ -26,8 +26,8 @@ def _single_uri_or_none(input_dict, key):
 
 
 class Executor(tfx_evaluator_executor.Executor):
-    """Runs the stock Evaluator, then writes segmentation_report.json, summary.md and
-    dice_per_label.png into the ModelEvaluation artifact. A report failure fails the component
+    """Runs the stock Evaluator, then writes segmentation_report.json, summary.md and the pictures
+    (report.write_report) into the ModelEvaluation artifact. A report failure fails the component
     (an evaluation without its report should not silently bless a model)."""
 
     def Do(
@@ -64,12 +64,14 @@ class Executor(tfx_evaluator_executor.Executor):
                 for uri in artifact_utils.get_split_uris(input_dict[standard_component_specs.EXAMPLES_KEY], split):
                     yield from report.read_serialized_examples(io_utils.all_files_pattern(uri))
 
+        extremes = report.ExtremeCases(labels)  # the worst and best case's volumes, for overlays
         records = report.evaluate_cases(
             report.saved_model_predictor(model_dir),
             serialized(),
             labels,
             settings.surface_tolerance_mm,
             settings.report_max_cases,
+            on_case=extremes.add,
         )
         result = report.build_report(
             records,
@@ -81,5 +83,5 @@ class Executor(tfx_evaluator_executor.Executor):
             model.uri,
             thresholds,
         )
-        paths = report.write_report(result, evaluation_uri)
+        paths = report.write_report(result, evaluation_uri, report.read_history(model_dir), extremes)
         logging.info("segmentation report (%d eval cases): %s", len(records), paths)

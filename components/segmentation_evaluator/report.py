@@ -5,6 +5,11 @@ Files written into the evaluation directory (the Evaluator's ModelEvaluation art
   segmentation_report.json  every number below, per case and aggregated per slice
   summary.md                a short human-readable summary (blessing, Dice, HD95, surface Dice)
   dice_per_label.png        per-label Dice: TFMA (network grid) and native grid, per slice
+  training_curves.png       loss, validation Dice per label and learning rate per epoch, from the
+                            model's assets.extra/history.json (absent for models without it)
+  dice_per_case.png         per-case native-grid Dice of each label (box and points, n per label)
+  cases_best_worst.png      worst and best eval case: truth and prediction contours, three views
+(the pictures are drawn by plots.py; summary.md links them).
 
 Why two Dice: TFMA's Dice (modules/metrics/tfma_dice.py) compares on the network grid, which is what the
 blessing thresholds gate. The surface report runs the exported `serving_examples` signature,
@@ -21,12 +26,14 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 
+from components.segmentation_evaluator import plots
 from modules import features as es
 from modules.metrics import surface_metrics
 
 REPORT_JSON = "segmentation_report.json"
 SUMMARY_MD = "summary.md"
 DICE_PLOT = "dice_per_label.png"
+HISTORY_FILE = "history.json"  # modules/train/training.py HISTORY_FILE, in the model's assets.extra
 SLICE_FEATURES = (es.MODALITY, es.SITE, es.SPACING_BIN)
 OVERALL = "overall"
 # Per-case metrics of surface_metrics.label_metrics that are summarised per slice.
@@ -66,11 +73,12 @@ def case_info(example) -> dict:
 
 
 def evaluate_cases(
-    predict: Callable[[List[bytes]], np.ndarray],
+    predict: Callable[[List[bytes]], Sequence[np.ndarray]],
     serialized: Iterable[bytes],
     labels: Sequence[int],
     tolerance_mm: float,
     max_cases: int = 0,
+    on_case: Optional[Callable[[dict, np.ndarray, np.ndarray, np.ndarray], None]] = None,
 ) -> List[dict]:
     """Runs `predict` on labelled examples and scores each case on its own grid.
 
@@ -80,6 +88,8 @@ def evaluate_cases(
       serialized: serialized tf.Examples as ingested (image, label, geometry).
       labels: foreground label ids; tolerance_mm: surface Dice tolerance.
       max_cases: stop after this many labelled cases (0 = all).
+      on_case: called as on_case(record, image, truth, prediction) after each case (volumes
+        (X, Y, Z) on the case's grid), e.g. ExtremeCases.add; the volumes are not kept otherwise.
     Returns:
       One record per case: case_info plus {'labels': {id: metrics}}, metrics as returned by
       surface_metrics.label_metrics ('dice', 'hd95_mm', 'msd_mm', 'surface_dice').
@@ -102,9 +112,43 @@ def evaluate_cases(
             )
         metrics = surface_metrics.label_metrics(mask, decoded["label"], info["spacing"], labels, tolerance_mm)
         records.append({**info, "labels": {str(k): v for k, v in metrics.items()}})
+        if on_case is not None:
+            on_case(records[-1], decoded["image"], decoded["label"], mask)
         if max_cases and len(records) >= max_cases:
             break
     return records
+
+
+class ExtremeCases:
+    """Keeps the volumes of the worst and the best case seen (by plots.case_mean_dice, the mean
+    native-grid Dice over labels), two cases at most, for plots.plot_case_overlays. Cases
+    without any Dice (no label in truth or prediction) are not candidates."""
+
+    def __init__(self, labels: Sequence[int]):
+        self.labels = [int(k) for k in labels]
+        self.worst: Optional[plots.CaseVolumes] = None
+        self.best: Optional[plots.CaseVolumes] = None
+
+    def add(self, record: dict, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
+        """evaluate_cases' on_case: record as it returns, volumes (X, Y, Z) on the case's grid."""
+        mean = plots.case_mean_dice(record, self.labels)
+        if math.isnan(mean):
+            return
+        case = plots.CaseVolumes(
+            record["case_id"], np.asarray(image), np.asarray(truth), np.asarray(prediction), record["spacing"], mean
+        )
+        if self.worst is None or mean < self.worst.mean_dice:
+            self.worst = case
+        if self.best is None or mean > self.best.mean_dice:
+            self.best = case
+
+    def cases(self) -> List[tuple]:
+        """[('worst', case), ('best', case)], one row when they are the same case, [] when none."""
+        if self.worst is None or self.best is None:
+            return []
+        if self.worst is self.best:
+            return [("worst and best", self.best)]
+        return [("worst", self.worst), ("best", self.best)]
 
 
 def saved_model_predictor(model_dir: str) -> Callable[[List[bytes]], List[np.ndarray]]:
@@ -275,7 +319,23 @@ def summary_markdown(report: dict) -> str:
                 f"{_fmt(m['hd95_mm']['mean'], 2)}{f' ({inf} missed)' if inf else ''} | "
                 f"{_fmt(m['surface_dice']['mean'])} |"
             )
-    return "\n".join(lines) + "\n"
+    pictures = report.get("pictures") or {}
+    if pictures:
+        lines += ["", "## Pictures", ""]
+        for name, caption in pictures.items():
+            lines += [f"- [{name}]({name}): {caption}", "", f"  ![{name}]({name})", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# What each picture shows, with the one Dice definition it uses (summary.md, report JSON).
+PICTURE_CAPTIONS = {
+    DICE_PLOT: "mean Dice per label; bars name their definition (TFMA on the network grid, which the "
+    "blessing gates, or native grid per slice)",
+    plots.TRAINING_CURVES: f"loss and val_loss, {plots.DICE_NETWORK_GRID} per label, learning rate; per epoch",
+    plots.DICE_PER_CASE: f"one point per eval case and label, box = quartiles; {plots.DICE_NATIVE_GRID}",
+    plots.CASES_BEST_WORST: "worst and best eval case by mean Dice over labels (native grid): truth (solid) "
+    "and prediction (dashed) contours on sagittal, coronal and axial slices through the structure",
+}
 
 
 def plot_dice(report: dict, path: str) -> None:
@@ -313,17 +373,46 @@ def plot_dice(report: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_report(report: dict, output_dir: str) -> Dict[str, str]:
-    """Writes the JSON, markdown and PNG into `output_dir` (any tf.io.gfile path).
-    Returns {kind: path}."""
+def write_report(
+    report: dict,
+    output_dir: str,
+    history: Optional[dict] = None,
+    extremes: Optional[ExtremeCases] = None,
+) -> Dict[str, str]:
+    """Writes the JSON, markdown and pictures into `output_dir` (any tf.io.gfile path).
+
+    Args:
+      report: as build_report returns; gets a 'pictures' entry {file name: caption}.
+      history: the Trainer's history.json (Keras History per epoch plus 'lr'), or None: no
+        training curves.
+      extremes: the worst and best cases kept while evaluating, or None: no overlays.
+    Returns:
+      {kind: path} for 'json', 'summary', 'plot' and each picture drawn ('training_curves',
+      'dice_per_case', 'cases_best_worst').
+    """
     import tempfile
 
     import tensorflow as tf
 
+    labels = report["surface"]["labels"]
+    drawings = {"plot": (DICE_PLOT, lambda path: plot_dice(report, path))}
+    if history and history.get("loss"):
+        drawings["training_curves"] = (plots.TRAINING_CURVES, lambda path: plots.plot_training_curves(history, path))
+    if report["cases"]:
+        drawings["dice_per_case"] = (
+            plots.DICE_PER_CASE,
+            lambda path: plots.plot_dice_per_case(report["cases"], labels, path),
+        )
+    if extremes is not None and extremes.cases():
+        drawings["cases_best_worst"] = (
+            plots.CASES_BEST_WORST,
+            lambda path: plots.plot_case_overlays(extremes.cases(), labels, path),
+        )
+    report = {**report, "pictures": {name: PICTURE_CAPTIONS[name] for name, _ in drawings.values()}}
     paths = {
         "json": os.path.join(output_dir, REPORT_JSON),
         "summary": os.path.join(output_dir, SUMMARY_MD),
-        "plot": os.path.join(output_dir, DICE_PLOT),
+        **{kind: os.path.join(output_dir, name) for kind, (name, _) in drawings.items()},
     }
     tf.io.gfile.makedirs(output_dir)
     with tf.io.gfile.GFile(paths["json"], "w") as fh:
@@ -332,10 +421,23 @@ def write_report(report: dict, output_dir: str) -> Dict[str, str]:
     with tf.io.gfile.GFile(paths["summary"], "w") as fh:
         fh.write(summary_markdown(report))
     with tempfile.TemporaryDirectory() as tmp:  # matplotlib writes local files; copy to any fs
-        local = os.path.join(tmp, DICE_PLOT)
-        plot_dice(report, local)
-        tf.io.gfile.copy(local, paths["plot"], overwrite=True)
+        for kind, (name, draw) in drawings.items():
+            local = os.path.join(tmp, name)
+            draw(local)
+            tf.io.gfile.copy(local, paths[kind], overwrite=True)
     return paths
+
+
+def read_history(model_dir: str) -> Optional[dict]:
+    """The Trainer's training history (assets.extra/history.json of an exported model), or None
+    for models exported without one."""
+    import tensorflow as tf
+
+    path = os.path.join(model_dir, "assets.extra", HISTORY_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as fh:
+        return json.loads(fh.read())
 
 
 def _json_safe(value):

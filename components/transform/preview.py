@@ -81,7 +81,7 @@ def collect_cases(serialized: List[bytes], transform_graph_uri: str) -> List[Pre
         raw = es.decode_case(tf.train.Example.FromString(record))
         shape = transformed[GRID_SHAPE][i].numpy()
 
-        def volume(key):
+        def volume(key, i=i, shape=shape):
             if key not in transformed:
                 return None
             value = transformed[key][i]

@@ -327,14 +327,14 @@ def _normals_table() -> np.ndarray:
 _NORMALS = _normals_table()
 
 
-def _validated_spacing(spacing: Sequence[float]) -> np.ndarray:
-    spacing = np.asarray(spacing, dtype=np.float64)
-    if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise ValueError(f"spacing {spacing.tolist()}: expected 3 positive voxel sizes in mm")
-    return spacing
+def _validated_spacing(spacing: Sequence[float] | np.ndarray) -> np.ndarray:
+    values = np.asarray(spacing, dtype=np.float64)
+    if values.shape != (3,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(f"spacing {values.tolist()}: expected 3 positive voxel sizes in mm")
+    return values
 
 
-def surfel_area_table(spacing: Sequence[float]) -> np.ndarray:
+def surfel_area_table(spacing: Sequence[float] | np.ndarray) -> np.ndarray:
     """(256,) float64: the surfel area (mm^2) of each 2x2x2 neighbourhood code at `spacing`.
 
     A normal's component along axis i is an area in the plane of the other two axes, so it
@@ -414,7 +414,7 @@ def surface_distances(prediction: np.ndarray, truth: np.ndarray, spacing: Sequen
     truth = np.asarray(truth, dtype=bool)
     if prediction.ndim != 3 or prediction.shape != truth.shape:
         raise ValueError(f"masks must be 3D and of equal shape, got {prediction.shape} and {truth.shape}")
-    spacing = _validated_spacing(spacing)
+    spacing_mm = _validated_spacing(spacing)
     union = prediction | truth
     if not union.any():
         nothing = np.zeros(0)
@@ -425,11 +425,11 @@ def surface_distances(prediction: np.ndarray, truth: np.ndarray, spacing: Sequen
     codes_p, codes_t = neighbourhood_codes(prediction[box]), neighbourhood_codes(truth[box])
     border_p = (codes_p != 0) & (codes_p != _CODE_ALL_INSIDE)
     border_t = (codes_t != 0) & (codes_t != _CODE_ALL_INSIDE)
-    areas = surfel_area_table(spacing)
+    areas = surfel_area_table(spacing_mm)
     return SurfaceDistances(
-        prediction_to_truth=_distance_to(border_t, spacing)[border_p],
+        prediction_to_truth=_distance_to(border_t, spacing_mm)[border_p],
         prediction_areas=areas[codes_p[border_p]],
-        truth_to_prediction=_distance_to(border_p, spacing)[border_t],
+        truth_to_prediction=_distance_to(border_p, spacing_mm)[border_t],
         truth_areas=areas[codes_t[border_t]],
     )
 

@@ -9,7 +9,7 @@ there) does not count for that label.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -98,7 +98,7 @@ class Dice(metric_types.Metric):
 class MeanDice(metric_types.Metric):
     """Mean over label ids of their mean per-case Dice (background excluded by the caller)."""
 
-    def __init__(self, labels: List[int] = (1,), name: str = "mean_dice"):
+    def __init__(self, labels: Sequence[int] = (1,), name: str = "mean_dice"):
         super().__init__(_dice_computations, name=name, labels=[int(k) for k in labels])
 
 

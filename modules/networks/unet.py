@@ -96,7 +96,8 @@ def _per_level_per_axis(
         raise ValueError(f"{what} needs {levels} entries (one per level), got {values!r}")
     result = []
     for level, entry in enumerate(values):
-        axes = (int(entry),) * ndim if isinstance(entry, numbers.Integral) else tuple(int(v) for v in entry)
+        # int as well as numbers.Integral (numpy integers): mypy only narrows on the former.
+        axes = (int(entry),) * ndim if isinstance(entry, (int, numbers.Integral)) else tuple(int(v) for v in entry)
         if len(axes) != ndim:
             raise ValueError(f"{what}[{level}] = {entry!r} needs {ndim} values (one per spatial axis)")
         if any(v not in allowed for v in axes):
@@ -283,7 +284,7 @@ class SliceWise(keras.layers.Layer):
 
 def _in_plane(
     values: Optional[Sequence[PerAxis]], what: str, slice_axis: int, require_one: bool
-) -> Optional[List[PerAxis]]:
+) -> Optional[Sequence[PerAxis]]:
     """Per-level entries given for 3 axes (the slice axis' value dropped) or already for the 2
     in-plane axes (kept); ints kept as they are.
 
@@ -293,9 +294,9 @@ def _in_plane(
     """
     if values is None or isinstance(values, (str, bytes)):
         return values
-    result = []
+    result: List[PerAxis] = []
     for level, entry in enumerate(values):
-        if isinstance(entry, numbers.Integral):
+        if isinstance(entry, (int, numbers.Integral)):
             result.append(entry)
             continue
         entry = tuple(entry)

@@ -16,10 +16,16 @@ import numpy as np
 _log = logging.getLogger(__name__)
 
 
+# Timing stops once this much time went into timed steps: a network far too slow for the budget
+# is known to be so after one step, and the planner will shrink it anyway.
+MAX_TIMED_SECONDS = 15.0
+
+
 def measure_step_seconds(training: Dict, steps: int = 4, seed: int = 0) -> float:
     """Seconds per training step of the network `training` describes (TrainingSettings fields;
-    patch_size required) on random inputs: the fastest of `steps` timed steps, since other work
-    on a shared machine only ever adds time (the minimum is the repeatable figure).
+    patch_size required) on random inputs: the fastest of `steps` timed steps (fewer when they
+    add up to MAX_TIMED_SECONDS), since other work on a shared machine only ever adds time (the
+    minimum is the repeatable figure).
 
     Raises:
       ValueError: training has no patch_size.
@@ -46,6 +52,8 @@ def measure_step_seconds(training: Dict, steps: int = 4, seed: int = 0) -> float
         start = time.perf_counter()
         model.train_on_batch(image, label)
         times.append(time.perf_counter() - start)
+        if sum(times) > MAX_TIMED_SECONDS:
+            break
     seconds = float(np.min(times))
     _log.info(
         "calibration: %s patch %s batch %d filters %s %s: %.3f s/step",

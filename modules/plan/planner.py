@@ -1114,7 +1114,13 @@ def make_plan(
     initial = net
     shrinks: Dict[str, List[str]] = {"filters": [], "batch": [], "patch": [], "spacing": []}
     # The patch never grows back while shrinking (fewer filters would let the memory rule allow more).
-    state = {"spacing": spacing, "base": base, "cap": cap, "batch_cap": None, "patch_limit": list(net.patch)}
+    state: Dict[str, Any] = {
+        "spacing": spacing,
+        "base": base,
+        "cap": cap,
+        "batch_cap": None,
+        "patch_limit": list(net.patch),
+    }
 
     def attempt(what: str, note: str) -> bool:
         nonlocal net, split, seconds
@@ -1185,7 +1191,8 @@ def make_plan(
     decide(
         "transform.spatial_mode",
         "fixed_shape",
-        "every case is cropped/padded to target_shape, so batches stack and serving's sliding window covers one known grid",
+        "every case is cropped/padded to target_shape, "
+        "so batches stack and serving's sliding window covers one known grid",
     )
 
     patch_reason = initial.patch_note

@@ -89,14 +89,17 @@ def affine_patch(image: tf.Tensor, label: tf.Tensor, centre: tf.Tensor, matrix: 
     return (tf.reshape(sample_points(image, coords, True), size), tf.reshape(sample_points(label, coords, False), size))
 
 
+def _flip_if(flip: tf.Tensor, image: tf.Tensor, label: tf.Tensor, axis: int):
+    """image and label reversed along `axis` when the scalar bool `flip` is true, else unchanged."""
+    return tf.cond(flip, lambda: (tf.reverse(image, [axis]), tf.reverse(label, [axis])), lambda: (image, label))
+
+
 def mirror(image: tf.Tensor, label: tf.Tensor, seed):
     """Flips each axis of image and label together with probability 0.5."""
     image, label = tf.convert_to_tensor(image), tf.convert_to_tensor(label)
     flips = _u(seed, shape=(3,)) < 0.5
     for axis in range(3):
-        image, label = tf.cond(
-            flips[axis], lambda a=axis: (tf.reverse(image, [a]), tf.reverse(label, [a])), lambda: (image, label)
-        )
+        image, label = _flip_if(flips[axis], image, label, axis)
     return image, label
 
 

@@ -61,7 +61,7 @@ def case_decoder(
     keys = [image_key] + ([label_key] if label_key else [])
     spec = {k: feature_spec[k] for k in keys}
     needs_shape = any(not isinstance(spec[k], tf.io.FixedLenFeature) for k in keys)
-    label_spec = spec.get(label_key)
+    label_spec = spec.get(label_key) if label_key else None
     classification = (
         isinstance(label_spec, tf.io.FixedLenFeature) and int(tf.TensorShape(label_spec.shape).num_elements()) == 1
     )

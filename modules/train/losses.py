@@ -7,6 +7,8 @@ Probabilities are cast to float32 first, so the losses are safe under mixed prec
 
 from __future__ import annotations
 
+from typing import Callable, Dict
+
 import tensorflow as tf
 
 _EPS = 1e-7  # probability floor for the logarithm in cross-entropy
@@ -93,7 +95,13 @@ def dice_ce_loss(num_classes: int, ce_weight: float = 1.0):
     return loss
 
 
-LOSSES = {"dice": soft_dice_loss, "dice_ce": dice_ce_loss, "gdice": generalized_dice_loss, "ce": cross_entropy_loss}
+# name -> factory: num_classes -> fn(y_true, y_pred) -> scalar loss.
+LOSSES: Dict[str, Callable[[int], Callable]] = {
+    "dice": soft_dice_loss,
+    "dice_ce": dice_ce_loss,
+    "gdice": generalized_dice_loss,
+    "ce": cross_entropy_loss,
+}
 
 
 def get_loss(name: str, num_classes: int):

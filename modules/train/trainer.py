@@ -210,7 +210,8 @@ def export(
     segmentation only, test-time mirroring over these network axes inside every signature
     (sliding_window.mirrored), so serving and evaluation see the same predictions. modalities:
     what the model was trained on (requests naming another are refused; '' means the model's).
-    `assets.extra/` gets model_inputs.json and the plan, for clients and people."""
+    `assets.extra/` gets model_inputs.json and the plan, for clients and people (run_fn adds the
+    training history.json)."""
     classifier = len(model.output_shape) == 2  # (B, C): one class per case
     module = (
         _ClassifierExportModule(model, tf_transform_output, modalities=modalities)
@@ -277,4 +278,8 @@ def run_fn(fn_args) -> None:
         inputs["modalities"],
         plan,
     )
+    history = os.path.join(model_run_dir, training.HISTORY_FILE)
+    if tf.io.gfile.exists(history):  # beside the model: the Evaluator draws the training curves from it
+        extra = os.path.join(fn_args.serving_model_dir, "assets.extra", training.HISTORY_FILE)
+        tf.io.gfile.copy(history, extra, overwrite=True)
     _log.info("exported model to %s", fn_args.serving_model_dir)

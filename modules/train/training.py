@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -84,8 +84,9 @@ def precision_policy(enabled: bool):
 def build_model(cfg: TrainingSettings) -> keras.Model:
     """The configured network (float32 softmax output under any precision policy). cfg.patch_size
     must be resolved (see `resolve_patch_size`)."""
-    args = dict(num_classes=int(cfg.num_classes), filters=[int(f) for f in cfg.filters], norm=cfg.norm)
-    topology = dict(pool_sizes=cfg.pool_sizes, kernel_sizes=cfg.kernel_sizes)
+    assert cfg.patch_size is not None, "patch_size is not resolved (see resolve_patch_size)"
+    args: Dict[str, Any] = dict(num_classes=int(cfg.num_classes), filters=[int(f) for f in cfg.filters], norm=cfg.norm)
+    topology: Dict[str, Any] = dict(pool_sizes=cfg.pool_sizes, kernel_sizes=cfg.kernel_sizes)
     with precision_policy(bool(cfg.mixed_precision)):
         if cfg.model == "unet3d":
             return unet.build_unet3d(cfg.patch_size, residual=bool(cfg.residual), **args, **topology)
@@ -113,13 +114,16 @@ class PolyLearningRate(keras.callbacks.Callback):
         self.initial = float(initial)
         self.total_steps = max(1, int(total_steps))
         self.seconds = float(time_limit_minutes) * 60.0
-        self.start = None
+        self.start: Optional[float] = None  # set by on_train_begin
 
     def on_train_begin(self, logs=None):
         self.start = time.time()
 
     def progress(self, step: int) -> float:
-        by_time = (time.time() - self.start) / self.seconds if self.seconds > 0 else 0.0
+        by_time = 0.0
+        if self.seconds > 0:
+            assert self.start is not None, "progress by time needs on_train_begin first"
+            by_time = (time.time() - self.start) / self.seconds
         return min(1.0, max(step / self.total_steps, by_time))
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -175,7 +179,7 @@ class PerLabelDice(keras.callbacks.Callback):
 
     def scores(self) -> Dict[str, float]:
         labels = list(range(1, self.num_classes))
-        per_case = {k: [] for k in labels}
+        per_case: Dict[int, List[float]] = {k: [] for k in labels}
         predict = self._predictor()
         for image, label in self.cases:
             scores = dice_per_label(label.numpy().astype(np.int32), predict(image).numpy(), labels)
@@ -197,6 +201,41 @@ class PerLabelDice(keras.callbacks.Callback):
             {k: round(v, 4) for k, v in logs.items() if "dice" in k},
             time.time() - start,
         )
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """Adds 'lr', the optimizer's learning rate at the end of the epoch, to the epoch logs, so the
+    History (history.json) and TensorBoard (epoch_lr) callbacks after it record it."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        lr = self.model.optimizer.learning_rate
+        if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
+            lr = lr(self.model.optimizer.iterations)
+        logs["lr"] = float(keras.backend.get_value(lr))
+
+
+# Per-epoch training history (Keras History plus 'epoch'), written into the model run directory;
+# the Trainer copies it beside the exported model for the Evaluator's training curves.
+HISTORY_FILE = "history.json"
+
+
+def history_record(history: keras.callbacks.History) -> Dict[str, list]:
+    """{'epoch': [0-based epoch numbers], metric: [one float per epoch], ...} of a Keras History
+    (loss, val_loss, val_dice_label_<k>, val_mean_dice, lr, ... as logged)."""
+    record: Dict[str, list] = {"epoch": [int(e) for e in history.epoch]}
+    for key, values in history.history.items():
+        record[key] = [float(v) for v in values]
+    return record
+
+
+def write_history(history: keras.callbacks.History, path: str) -> None:
+    """history_record(history) as JSON at `path` (any tf.io.gfile path)."""
+    import json
+
+    with tf.io.gfile.GFile(path, "w") as fh:
+        fh.write(json.dumps(history_record(history), indent=1))
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -224,6 +263,7 @@ def make_callbacks(cfg: TrainingSettings, model_run_dir: str, dice_cases: Option
         callbacks.append(PolyLearningRate(cfg.learning_rate, cfg.train_steps, cfg.time_limit_minutes))
     monitor, mode = "val_loss", "min"
     if dice_cases is not None and not is_classifier(cfg):
+        assert cfg.patch_size is not None, "patch_size is not resolved (see resolve_patch_size)"
         callbacks.append(PerLabelDice(dice_cases, cfg.patch_size, cfg.num_classes, cfg.sliding_window_overlap))
         monitor, mode = "val_mean_dice", "max"
     if cfg.checkpoint:
@@ -245,6 +285,7 @@ def make_callbacks(cfg: TrainingSettings, model_run_dir: str, dice_cases: Option
         )
     if float(cfg.time_limit_minutes) > 0:
         callbacks.append(TimeLimit(float(cfg.time_limit_minutes)))
+    callbacks.append(LearningRateLog())
     callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_run_dir, "logs"), update_freq="epoch"))
     return callbacks
 
@@ -280,6 +321,8 @@ def fit(
         verbose=2,
     )
     logging.info("trained %d epochs in %.0f s", len(history.epoch), time.time() - start)
+    tf.io.gfile.makedirs(model_run_dir)
+    write_history(history, os.path.join(model_run_dir, HISTORY_FILE))
     # The last weights are returned (early stopping restores its best): the validation split is
     # also where Dice is reported, so picking the best epoch on it would flatter the report.
     # checkpoints/best keeps the best-validation weights for whoever wants them.
@@ -305,6 +348,7 @@ def train_from_records(cfg: TrainingSettings, train_files, eval_files, feature_s
         validation = input_pipeline.classification_batches(eval_cases, global_batch, False)
         return fit(cfg, train, validation.take(max(1, eval_steps)), model_run_dir) + (cfg,)
     num_classes = int(cfg.num_classes)
+    assert cfg.patch_size is not None  # resolve_patch_size set it (or raised above)
     train = input_pipeline.training_patches(
         train_cases, cfg.patch_size, global_batch, num_classes, float(cfg.foreground_oversample), aug, int(cfg.seed)
     )

@@ -21,7 +21,7 @@ custom_config: modules.settings.TransformSettings as a dict (each field document
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Mapping, Optional
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -44,7 +44,7 @@ _QUANTILE_BUCKETS = 200
 _QUANTILE_EPSILON = 0.0005
 
 
-def intensity_mode_index(modality: tf.Tensor, intensity_mode: Dict[str, str]) -> tf.Tensor:
+def intensity_mode_index(modality: tf.Tensor, intensity_mode: Mapping[str, str]) -> tf.Tensor:
     """(B,) modality strings -> (B,) int32 index into volume_ops.INTENSITY_MODES."""
     default = volume_ops.INTENSITY_MODES.index(intensity_mode.get("*", "zscore_nonzero"))
     index = tf.fill(tf.shape(modality), default)

@@ -195,15 +195,55 @@ def crop_mask(mask: np.ndarray, mask_shape: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def resolve_model_dir(path: str) -> str:
+    """The SavedModel directory `path` names: `path` itself when it holds saved_model.pb, else the
+    newest version of a model base path as TF Serving picks it (the largest integer-named
+    subfolder holding saved_model.pb: <base>/1, <base>/1700000000, ...), else a Trainer Model
+    artifact's Format-Serving/ folder. Local or any tf.io.gfile path.
+
+    Raises:
+      PredictError: `path` does not exist, is not a folder, or holds no SavedModel in any of
+        these places (the message names `path` and what was looked for).
+    """
+    import tensorflow as tf
+
+    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    if not tf.io.gfile.exists(path):
+        raise PredictError(f"--model {path}: no such directory")
+    if not tf.io.gfile.isdir(path):
+        raise PredictError(f"--model {path}: not a directory (give a SavedModel folder or a model base path)")
+    versions = sorted(
+        (int(name.rstrip("/")), name.rstrip("/"))
+        for name in tf.io.gfile.listdir(path)
+        if name.rstrip("/").isdigit() and tf.io.gfile.exists(os.path.join(path, name.rstrip("/"), "saved_model.pb"))
+    )
+    if versions:
+        return os.path.join(path, versions[-1][1])
+    serving = os.path.join(path, "Format-Serving")
+    if tf.io.gfile.exists(os.path.join(serving, "saved_model.pb")):
+        return serving
+    raise PredictError(
+        f"--model {path}: no saved_model.pb there nor in an integer version subfolder "
+        "(give an exported model folder or a TF Serving model base path)"
+    )
+
+
 class InProcessModel:
-    """The exported SavedModel loaded with tf.saved_model.load."""
+    """The exported SavedModel loaded with tf.saved_model.load. `saved_model_dir` may also be a
+    model base path (newest version) or a Model artifact folder: see resolve_model_dir;
+    `model_dir` is the folder loaded."""
 
     def __init__(self, saved_model_dir: str, signature: str = SIGNATURE):
         import tensorflow as tf
 
-        if not tf.io.gfile.exists(os.path.join(saved_model_dir, "saved_model.pb")):
-            raise PredictError(f"{saved_model_dir}: not a SavedModel directory (no saved_model.pb)")
-        self._loaded = tf.saved_model.load(saved_model_dir)
+        self.model_dir = resolve_model_dir(saved_model_dir)
+        self._loaded = tf.saved_model.load(self.model_dir)
+        if signature not in self._loaded.signatures:
+            raise PredictError(
+                f"--model {self.model_dir}: the SavedModel has no {signature!r} signature "
+                f"(it has {sorted(self._loaded.signatures)}); is it a medtfx export?"
+            )
         self._fn = self._loaded.signatures[signature]
 
     def predict(self, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

@@ -67,8 +67,14 @@ def plan_deploy(
     namespace: Optional[str] = None,
     env: Mapping[str, str] = os.environ,
     now: Optional[datetime.datetime] = None,
+    allow_placeholders: bool = False,
 ) -> DeployPlan:
-    """Compiles the pipeline (image and pipeline name resolved) into output_dir; sends nothing."""
+    """Compiles the pipeline (image and pipeline name resolved) into output_dir; sends nothing.
+
+    Raises:
+        ValueError: empty endpoint, or what kubeflow.compile_kubeflow refuses (placeholder
+            image/bucket unless allow_placeholders, no patient salt Secret).
+    """
     from pipeline.runners import kubeflow
 
     if not endpoint:
@@ -77,7 +83,9 @@ def plan_deploy(
     # The KFP API server wants a DNS-like pipelineInfo.name; TFX uses it as the MLMD context too.
     runner = cfg.runner.model_copy(update={"pipeline_name": name, "image": resolve_image(image, cfg, env)})
     cfg = cfg.model_copy(update={"runner": runner})
-    written = kubeflow.compile_kubeflow(cfg, os.path.join(output_dir, f"{name}.json"))
+    written = kubeflow.compile_kubeflow(
+        cfg, os.path.join(output_dir, f"{name}.json"), allow_placeholders=allow_placeholders
+    )
     package_sha = sha256_file(written["kfp_package"])
     version = version_name(name, package_sha, now or datetime.datetime.now(datetime.timezone.utc))
     return DeployPlan(
@@ -87,7 +95,7 @@ def plan_deploy(
         experiment=experiment,
         run_name=f"run-{version}",
         image=cfg.runner.image,
-        # No RuntimeParameters in the DAG: every setting is compiled into the spec.
+        # The run parameters (kubeflow.RUN_PARAMETERS) keep the defaults compiled into the spec.
         parameters={},
         pipeline_root=cfg.runner.kubeflow_pipeline_root,
         package_path=written["kfp_package"],

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
+from modules.settings import RunnerSettings
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 
@@ -27,6 +28,7 @@ TOLERATION_EFFECTS = {"", "NoSchedule", "PreferNoSchedule", "NoExecute"}
 # ConfigMap `medtfx-pipeline-config` (k8s/base, k8s/overlays/*) key -> PipelineConfig field.
 CONFIGMAP_FIELDS = {
     "MODEL_NAME": "model_name",
+    "PATIENT_SALT_SECRET": "patient_salt_secret",
     "SERVING_MODEL_DIR": "serving_base",
     "TRAINER_ACCELERATOR_RESOURCE": "trainer_accelerator",
     "TRAINER_ACCELERATOR_LIMIT": "trainer_accelerator_count",
@@ -36,6 +38,18 @@ CONFIGMAP_FIELDS = {
     "TRAINER_TOLERATIONS": "trainer_tolerations",
 }
 CONFIGMAP_NAME = "medtfx-pipeline-config"
+# The shipped defaults of image and pipeline root: they name nothing that exists on a cluster.
+PLACEHOLDER_IMAGE = RunnerSettings.model_fields["image"].default
+PLACEHOLDER_PIPELINE_ROOT = RunnerSettings.model_fields["kubeflow_pipeline_root"].default
+# Tasks that hash patient IDs, so their pods get the salt Secret as an environment variable.
+SALTED_TASKS = ("ImageExampleGen",)
+# Run parameters (the dashboard's "Create run" form): name -> what it sets.
+RUN_PARAMETERS = {
+    "data_root": "dataset as the pods see it (Decathlon folder, DICOM tree, manifest CSV)",
+    "budget_minutes": "planning.budget_minutes: the Trainer's wall-time budget",
+    "model_name": "TF Serving model name; the model goes to <pipeline root>/serving/<model_name>",
+    "serving_base": "TF Serving model base path; empty = <pipeline root>/serving/<model_name>",
+}
 
 
 def parse_quantity(text: str) -> float:
@@ -175,17 +189,28 @@ def executor_label(pipeline_spec: dict, task: str) -> str:
 
 def kubernetes_platform_spec(cfg: PipelineConfig, pipeline_spec: dict) -> dict:
     """PlatformSpec JSON for kfp-kubernetes: Trainer node selector + tolerations, PVC mounts on
-    every container executor. {} when there is nothing to set.
+    every container executor, the patient salt from its Secret as an environment variable in the
+    pods that hash patients (SALTED_TASKS). {} when there is nothing to set.
 
     Shape (kfp-kubernetes KubernetesExecutorConfig per executor label):
       {"platforms": {"kubernetes": {"deploymentSpec": {"executors": {"Trainer_executor":
-        {"nodeSelector": {"labels": {...}}, "tolerations": [...], "pvcMount": [...]}}}}}}"""
+        {"nodeSelector": {"labels": {...}}, "tolerations": [...], "pvcMount": [...]},
+        "ImageExampleGen_executor": {"secretAsEnv": [{"secretName": ..., "keyToEnv":
+        [{"secretKey": "salt", "envVar": "MEDTFX_PATIENT_SALT"}]}]}}}}}}"""
     executors: Dict[str, dict] = {}
     if cfg.runner.kubeflow_pvc_mounts:
         mounts = [{"constant": pvc, "mountPath": path} for pvc, path in sorted(cfg.runner.kubeflow_pvc_mounts.items())]
         for label, executor in pipeline_spec["deploymentSpec"]["executors"].items():
             if "container" in executor:
                 executors[label] = {"pvcMount": [dict(m) for m in mounts]}
+    if cfg.runner.patient_salt_secret:
+        salt = {
+            "secretName": cfg.runner.patient_salt_secret,
+            "keyToEnv": [{"secretKey": cfg.runner.patient_salt_secret_key, "envVar": cfg.ingestion.patient_salt_env}],
+        }
+        for task in SALTED_TASKS:
+            if task in pipeline_spec["root"]["dag"]["tasks"]:
+                executors.setdefault(executor_label(pipeline_spec, task), {})["secretAsEnv"] = [salt]
     trainer = executor_label(pipeline_spec, TRAINER_ID)
     if cfg.runner.trainer_node_selector:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in cfg.runner.trainer_node_selector.items()):
@@ -210,17 +235,109 @@ def kubeflow_config(cfg: PipelineConfig) -> PipelineConfig:
     return cfg.model_copy(update={"serving": serving})
 
 
-def build_kubeflow_job(cfg: PipelineConfig) -> dict:
+def check_cluster_settings(cfg: PipelineConfig, allow_placeholders: bool = False) -> None:
+    """Refuses a cluster compile that would run with the shipped placeholder image or bucket
+    (unless allow_placeholders) or hash patients with the public default salt.
+
+    Raises:
+        ValueError: one line naming the setting to change.
+    """
+    if not allow_placeholders:
+        placeholders = [
+            f"{name}={value}"
+            for name, value, placeholder in (
+                ("image", cfg.runner.image, PLACEHOLDER_IMAGE),
+                ("kubeflow_pipeline_root", cfg.runner.kubeflow_pipeline_root, PLACEHOLDER_PIPELINE_ROOT),
+            )
+            if value == placeholder
+        ]
+        if placeholders:
+            raise ValueError(
+                f"placeholder {' and '.join(placeholders)}: set your registry's image / your bucket with --set "
+                "(or --configmap), or pass --allow-placeholders for a compile that will not run"
+            )
+    if not cfg.runner.patient_salt_secret:
+        raise ValueError(
+            "no patient salt Secret: create one (k8s/README.md) and --set patient_salt_secret=NAME; "
+            "without it pods hash patient IDs with the public default salt"
+        )
+
+
+def run_parameters(cfg: PipelineConfig) -> Dict[str, Any]:
+    """{name: tfx RuntimeParameter} of RUN_PARAMETERS, defaults from cfg (before kubeflow_config:
+    serving_base stays empty unless the user set it, so model_name alone moves the push).
+    budget_minutes only when the planner runs."""
+    from tfx.orchestration import data_types
+
+    defaults: Dict[str, Any] = {
+        "data_root": cfg.data_root or "/data/input",
+        "budget_minutes": float(cfg.planning.budget_minutes),
+        "model_name": cfg.serving.model_name,
+        "serving_base": cfg.serving.serving_base,
+    }
+    if not cfg.planning.enabled:
+        del defaults["budget_minutes"]
+    return {
+        name: data_types.RuntimeParameter(name=name, ptype=type(value), default=value)
+        for name, value in defaults.items()
+    }
+
+
+def custom_type_class_paths(pipeline) -> Dict[str, str]:
+    """{TYPE_NAME: import path} of the pipeline's artifact types TFX's KFP compiler does not know.
+
+    The compiler writes such a type's TYPE_NAME as its schema title and the container
+    entrypoint imports the title as a class path (kubeflow_v2_entrypoint_utils
+    _retrieve_class_path): 'medtfx.Plan' would not import, 'components....Plan' does."""
+    from tfx.orchestration.kubeflow.v2 import compiler_utils
+
+    types = set()
+    for component in pipeline.components:
+        for channel in [*component.inputs.values(), *component.outputs.values()]:
+            types.add(channel.type)
+    known = set(compiler_utils.TITLE_TO_CLASS_PATH.values())
+    return {
+        t.TYPE_NAME: f"{t.__module__}.{t.__qualname__}"
+        for t in types
+        if f"{t.__module__}.{t.__qualname__}" not in known
+        and f"tfx.{t.__qualname__}" not in compiler_utils.TITLE_TO_CLASS_PATH
+    }
+
+
+def _retitle(value, titles: Dict[str, str]):
+    """value (spec JSON) with every 'title: TYPE_NAME' line of an instance schema replaced,
+    including inside the JSON-encoded inputs-spec args."""
+    if isinstance(value, dict):
+        return {k: _retitle(v, titles) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_retitle(v, titles) for v in value]
+    if isinstance(value, str):
+        for type_name, path in titles.items():
+            for newline in ("\n", "\\n"):  # a newline, or one escaped inside JSON text
+                value = value.replace(f"title: {type_name}{newline}", f"title: {path}{newline}")
+        return value
+    return value
+
+
+def build_kubeflow_job(cfg: PipelineConfig, parameters: Optional[Dict[str, Any]] = None) -> dict:
     """The TFX-compiled PipelineJob dict (schema 2.1: KFP's open-source backend only resolves
-    the 2.1 `constant` parameter values), Trainer resources attached."""
+    the 2.1 `constant` parameter values), Trainer resources attached, custom artifact types
+    titled by import path, run parameters with their defaults in the root inputDefinitions
+    (parameters: run_parameters(cfg) of the config before kubeflow_config)."""
     from tfx import v1 as tfx
 
+    parameters = run_parameters(cfg) if parameters is None else parameters
     pipeline = create_pipeline(
         cfg,
         pipeline_root=cfg.runner.kubeflow_pipeline_root,
-        data_root=cfg.data_root or "/data/input",
+        data_root=parameters["data_root"],
         beam_args=cfg.beam_pipeline_args(),
         baseline_resolver=cfg.runner.kubeflow_baseline_resolver,
+        enable_cache=True if cfg.runner.enable_cache is None else cfg.runner.enable_cache,
+        run_parameters={
+            **{k: v for k, v in parameters.items() if k != "data_root"},
+            "serving_root": cfg.runner.kubeflow_pipeline_root.rstrip("/") + "/serving",
+        },
     )
     resources = trainer_resource_spec(cfg)
     if resources is not None:
@@ -231,7 +348,13 @@ def build_kubeflow_job(cfg: PipelineConfig) -> dict:
             default_image=cfg.runner.image, use_pipeline_spec_2_1=True
         )
     )
-    return runner.run(pipeline, write_out=False)
+    job = runner.run(pipeline, write_out=False)
+    job["pipelineSpec"] = _retitle(job["pipelineSpec"], custom_type_class_paths(pipeline))
+    # TFX declares the root parameters without defaults; KFP's form shows these.
+    root_parameters = job["pipelineSpec"]["root"].get("inputDefinitions", {}).get("parameters", {})
+    for name, spec in root_parameters.items():
+        spec.update(defaultValue=parameters[name].default, isOptional=True, description=RUN_PARAMETERS.get(name, ""))
+    return job
 
 
 def kfp_package_docs(cfg: PipelineConfig, job: dict) -> List[dict]:
@@ -259,17 +382,25 @@ def write_kfp_package(path: str, docs: List[dict]) -> str:
     return path
 
 
-def compile_kubeflow(cfg: PipelineConfig, output_file: str) -> Dict[str, str]:
+def compile_kubeflow(cfg: PipelineConfig, output_file: str, allow_placeholders: bool = False) -> Dict[str, str]:
     """Compiles the DAG for Kubeflow Pipelines v2 with the project's image, the Trainer's GPU
-    resources and the Beam profile's args.
+    resources, the Beam profile's args, the run parameters (RUN_PARAMETERS) and the salt
+    Secret.
 
     output_file *.json: the TFX PipelineJob JSON (Vertex AI format; the PipelineSpec is its
     `pipelineSpec`) there, plus the KFP package next to it as *.yaml. output_file *.yaml/*.yml:
     only the KFP package (what `medtfx deploy` and the KFP dashboard upload take). KFP itself
-    only serialises platform specs (node selector, tolerations, PVCs) to YAML.
-    Returns {"pipeline_job": path (json only), "kfp_package": path}."""
+    only serialises platform specs (node selector, tolerations, PVCs, secrets) to YAML.
+    Returns {"pipeline_job": path (json only), "kfp_package": path}.
+
+    Raises:
+        ValueError: placeholder image/bucket (unless allow_placeholders), no salt Secret, or
+            settings Kubernetes would reject.
+    """
+    check_cluster_settings(cfg, allow_placeholders)
+    parameters = run_parameters(cfg)
     cfg = kubeflow_config(cfg)
-    job = build_kubeflow_job(cfg)
+    job = build_kubeflow_job(cfg, parameters)
     docs = kfp_package_docs(cfg, job)
     written = {}
     if output_file.endswith((".yaml", ".yml")):

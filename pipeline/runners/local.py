@@ -53,6 +53,7 @@ def latest_artifacts(metadata_path: str) -> Dict[str, object]:
         "ModelBlessing",
         "PushedModel",
         "Model",
+        "ModelRun",
         "TransformGraph",
         "medtfx.Plan",
         "medtfx.DatasetFingerprint",
@@ -84,7 +85,8 @@ def read_dice(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
 
 
 def run_summary(cfg: PipelineConfig) -> dict:
-    """What the last local run produced: inventory counts, Dice, blessing, pushed model path."""
+    """What the last local run produced: inventory counts, Dice, blessing, pushed model path, the
+    report's pictures and the TensorBoard command for the training logs."""
     latest = latest_artifacts(os.path.abspath(cfg.metadata_path))
     summary: dict = {"pushed_to": None}
     examples = latest.get("Examples")
@@ -98,9 +100,18 @@ def run_summary(cfg: PipelineConfig) -> dict:
     if "ModelEvaluation" in latest:
         summary["evaluation"] = latest["ModelEvaluation"].uri
         summary["dice"] = read_dice(latest["ModelEvaluation"].uri)
-        for key, name in (("evaluation_summary", "summary.md"), ("dice_plot", "dice_per_label.png")):
+        for key, name in (
+            ("evaluation_summary", "summary.md"),
+            ("dice_plot", "dice_per_label.png"),
+            ("training_curves", "training_curves.png"),
+            ("dice_per_case", "dice_per_case.png"),
+            ("cases_best_worst", "cases_best_worst.png"),
+        ):
             if os.path.exists(os.path.join(latest["ModelEvaluation"].uri, name)):
                 summary[key] = os.path.join(latest["ModelEvaluation"].uri, name)
+    # The Trainer's TensorBoard logs (loss, Dice per label, learning rate per epoch).
+    if "ModelRun" in latest and os.path.isdir(os.path.join(latest["ModelRun"].uri, "logs")):
+        summary["tensorboard"] = f"tensorboard --logdir {os.path.join(latest['ModelRun'].uri, 'logs')}"
     if "TransformGraph" in latest and os.path.exists(os.path.join(latest["TransformGraph"].uri, "preview.png")):
         summary["transform_preview"] = os.path.join(latest["TransformGraph"].uri, "preview.png")
     for type_name, key, name in (

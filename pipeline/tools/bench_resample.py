@@ -13,6 +13,7 @@ compared too (max abs difference), so the timing is of the same work.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -116,8 +117,8 @@ def benchmark(data_root: str, repeats: int = 3, targets=TARGETS_MM) -> Dict[str,
             tf_target = tf.constant([target] * 3, tf.float64)
             size = resample.resampled_shape(array.shape, spacing, [target] * 3).numpy()
             image, sitk_filter = simpleitk_setup(array, spacing, target, size)
-            ours_s = _median_time(lambda: fn(tensor, tf_spacing, tf_target), repeats)
-            theirs_s = _median_time(lambda: sitk_filter.Execute(image), repeats)
+            ours_s = _median_time(functools.partial(fn, tensor, tf_spacing, tf_target), repeats)
+            theirs_s = _median_time(functools.partial(sitk_filter.Execute, image), repeats)
             ours = fn(tensor, tf_spacing, tf_target).numpy()
             theirs = np.transpose(sitk.GetArrayFromImage(sitk_filter.Execute(image)), (2, 1, 0))
             rows.append(

@@ -221,6 +221,8 @@ def _mosaic_frames(ds, base: Frame) -> List[Frame]:
             f"whole tiles for {n_tiles} images"
         )
         return [base]
+    # Only frames without a problem get here, and those have all of their geometry.
+    assert base.iop is not None and base.ipp is not None and base.pixel_spacing is not None
     rows, cols = base.rows // grid, base.cols // grid
     row_dir, col_dir = base.iop[:3], base.iop[3:]
     normal = np.cross(row_dir, col_dir)

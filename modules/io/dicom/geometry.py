@@ -63,6 +63,8 @@ def stack_layout(frames: List[Frame], where: str, gantry_tilt: float = 0.0) -> L
     if len(frames) < 2:
         raise CaseError(f"{where}: series has a single slice; a 3D volume needs at least two")
     first = frames[0]
+    # Frames without a problem (all of them, from here on) have all of their geometry.
+    assert first.iop is not None and first.pixel_spacing is not None
     normal = slice_normal(first.iop)
     positions = np.array([f.ipp for f in frames])
     distance = positions @ normal
@@ -130,6 +132,7 @@ def stack_layout(frames: List[Frame], where: str, gantry_tilt: float = 0.0) -> L
         )
     for row in grid:
         for frame in row:
+            assert frame.iop is not None and frame.pixel_spacing is not None
             if (
                 np.max(np.abs(frame.iop - first.iop)) > ORIENTATION_TOLERANCE
                 or abs(frame.pixel_spacing[0] - first.pixel_spacing[0]) > 1e-4
@@ -139,6 +142,7 @@ def stack_layout(frames: List[Frame], where: str, gantry_tilt: float = 0.0) -> L
     limits.check_size(f"{where}: series", (first.cols, first.rows, len(slices), n_volumes), 4)
     row_spacing, col_spacing = first.pixel_spacing
     origin = grid[0][0]
+    assert origin.iop is not None
     affine = np.eye(4)
     affine[:3, 0] = origin.iop[:3] * col_spacing
     affine[:3, 1] = origin.iop[3:] * row_spacing

@@ -104,7 +104,7 @@ def scan_files(paths: Sequence[str]) -> Tuple[Dict[SeriesKey, List[Frame]], List
 
 def list_files(root: str) -> List[str]:
     """Every file below `root` that could be DICOM (sorted; labels and sidecars left out)."""
-    out = []
+    out: List[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         out.extend(os.path.join(dirpath, n) for n in sorted(filenames) if not _skipped(n))

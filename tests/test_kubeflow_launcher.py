@@ -1,0 +1,283 @@
+"""The compiled KFP package, executed task by task as the KFP v2 launcher executes it.
+
+tests/kfp_launcher_double.py is a test double of KFP's driver + launcher: it builds each task's
+ExecutorInput from the spec and runs the executor's command + args verbatim (only `python`
+resolved to this interpreter). The slow test compiles the pipeline with `medtfx compile`, runs
+it on tiny phantoms with run parameters set as the dashboard would set them and the patient
+salt from a stand-in Secret, and checks every task succeeded and the pushed model predicts.
+The fast tests pin the double's own rules (order, parameters, placeholders, secrets).
+"""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from tests import kfp_launcher_double as double
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE = "registry.example/medtfx-pipeline@sha256:" + "2" * 64
+SALT_SECRET = "medtfx-patient-salt"
+SALT = "launcher-double-salt"
+MODEL_NAME = "medtfx-kfp-double"
+RUN_BUDGET_MINUTES = 0.5
+TINY = [
+    "train_steps=20",
+    "epochs=1",
+    "eval_steps=1",
+    "planning.calibration_steps=1",
+    "val_dice_cases=1",
+    "report_max_cases=2",
+    # The test checks the wiring, not the quality of 20 steps: the gate always blesses.
+    "min_mean_dice=0",
+    # Compiled default; the run parameter (RUN_BUDGET_MINUTES) must win.
+    "planning.budget_minutes=2",
+]
+
+
+# --- the double's rules (fast) -----------------------------------------------------------
+
+
+def _task(deps=(), artifact_from=None, param_from=None):
+    task = {"dependentTasks": list(deps), "inputs": {}}
+    if artifact_from:
+        task["inputs"]["artifacts"] = {
+            "x": {"taskOutputArtifact": {"producerTask": artifact_from, "outputArtifactKey": "out"}}
+        }
+    if param_from:
+        task["inputs"]["parameters"] = {
+            "p": {"taskOutputParameter": {"producerTask": param_from, "outputParameterKey": "v"}}
+        }
+    return task
+
+
+@pytest.mark.parametrize(
+    "tasks,expected",
+    [
+        ({"b": _task(["a"]), "a": _task()}, ["a", "b"]),
+        ({"c": _task(artifact_from="a"), "b": _task(), "a": _task()}, ["a", "b", "c"]),
+        ({"z": _task(), "y": _task(param_from="z")}, ["z", "y"]),
+        (
+            {
+                "push": _task(["eval", "train"]),
+                "eval": _task(["train"]),
+                "train": _task(artifact_from="gen"),
+                "gen": {},
+            },
+            ["gen", "train", "eval", "push"],
+        ),
+    ],
+)
+def test_topological_order(tasks, expected):
+    assert double.topological_order(tasks) == expected
+
+
+@pytest.mark.parametrize(
+    "tasks,message",
+    [
+        ({"a": _task(["b"]), "b": _task(["a"])}, "cycle"),
+        ({"a": _task(artifact_from="ghost")}, "unknown tasks"),
+    ],
+)
+def test_topological_order_refuses_bad_dags(tasks, message):
+    with pytest.raises(double.LauncherError, match=message):
+        double.topological_order(tasks)
+
+
+ROOT = {
+    "root": {
+        "inputDefinitions": {
+            "parameters": {
+                "data_root": {"parameterType": "STRING", "defaultValue": "/data/input"},
+                "budget_minutes": {"parameterType": "NUMBER_DOUBLE", "defaultValue": 30.0},
+                "optional": {"parameterType": "STRING", "isOptional": True},
+            }
+        }
+    }
+}
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        ({}, {"data_root": "/data/input", "budget_minutes": 30.0}),
+        ({"data_root": "/x"}, {"data_root": "/x", "budget_minutes": 30.0}),
+        (
+            {"optional": "o", "budget_minutes": 1.5},
+            {"data_root": "/data/input", "budget_minutes": 1.5, "optional": "o"},
+        ),
+    ],
+)
+def test_root_parameter_values(overrides, expected):
+    assert double.root_parameter_values(ROOT, overrides) == expected
+
+
+def test_root_parameter_values_refuses_unknown_and_missing():
+    with pytest.raises(double.LauncherError, match="not declared"):
+        double.root_parameter_values(ROOT, {"dataroot": "/x"})
+    required = {"root": {"inputDefinitions": {"parameters": {"n": {"parameterType": "STRING"}}}}}
+    with pytest.raises(double.LauncherError, match="no default and no value"):
+        double.root_parameter_values(required, {})
+
+
+def _launcher(tmp_path, executors_platform=None, secrets=None):
+    spec = {"root": {"dag": {"tasks": {}}}, "defaultPipelineRoot": str(tmp_path / "root")}
+    platform = {"platforms": {"kubernetes": {"deploymentSpec": {"executors": executors_platform or {}}}}}
+    return double.LauncherDouble([spec, platform], str(tmp_path), REPO, secrets=secrets)
+
+
+@pytest.mark.parametrize(
+    "container,expected",
+    [
+        (
+            {"command": ["python", "-m", "m"], "args": ["--in", "{{$}}", "--beam"]},
+            ["<PY>", "-m", "m", "--in", '{"a": 1}', "--beam"],
+        ),
+        ({"command": ["/bin/tool"], "args": ["{{$}}"]}, ["/bin/tool", '{"a": 1}']),
+    ],
+)
+def test_command_is_the_spec_s_with_only_python_resolved(tmp_path, container, expected):
+    import sys
+
+    command = _launcher(tmp_path)._command("X_executor", container, {"a": 1})
+    assert command == [sys.executable if c == "<PY>" else c for c in expected]
+
+
+def test_other_placeholders_are_refused(tmp_path):
+    container = {"command": ["python"], "args": ["{{$.inputs.parameters['x']}}"]}
+    with pytest.raises(double.LauncherError, match="not emulated"):
+        _launcher(tmp_path)._command("X_executor", container, {})
+
+
+def test_secret_env_replaces_the_inherited_one(tmp_path, monkeypatch):
+    salt = {"secretAsEnv": [{"secretName": "s", "keyToEnv": [{"secretKey": "salt", "envVar": "MEDTFX_PATIENT_SALT"}]}]}
+    monkeypatch.setenv("MEDTFX_PATIENT_SALT", "from-the-ci-runner")
+    launcher = _launcher(tmp_path, {"Gen_executor": salt}, secrets={"s": {"salt": "from-the-secret"}})
+    assert launcher._env("Gen_executor")["MEDTFX_PATIENT_SALT"] == "from-the-secret"
+    assert "MEDTFX_PATIENT_SALT" not in launcher._env("Trainer_executor")
+    missing = _launcher(tmp_path, {"Gen_executor": salt}, secrets={})
+    with pytest.raises(double.LauncherError, match="does not exist"):
+        missing._env("Gen_executor")
+
+
+def test_resolver_nodes_are_refused(tmp_path):
+    spec = {
+        "defaultPipelineRoot": str(tmp_path),
+        "root": {"dag": {"tasks": {"r": {"componentRef": {"name": "r"}}}}},
+        "components": {"r": {"executorLabel": "r_executor"}},
+        "deploymentSpec": {"executors": {"r_executor": {"resolver": {}}}},
+    }
+    with pytest.raises(double.LauncherError, match="resolver"):
+        double.LauncherDouble([spec], str(tmp_path), REPO).run()
+
+
+# --- the compiled pipeline, run (slow) --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def launcher_run(tmp_path_factory):
+    from pipeline import cli
+    from pipeline.tools.phantoms import synthesize
+
+    work = tmp_path_factory.mktemp("kfp-double")
+    data = synthesize(str(work / "phantoms"), n_cases=6)
+    package = work / "medtfx.yaml"
+    root = work / "pipeline-root"
+    settings = [
+        *TINY,
+        f"image={IMAGE}",
+        f"kubeflow_pipeline_root={root}",
+        f"patient_salt_secret={SALT_SECRET}",
+    ]
+    assert cli.main(["compile", "--output", str(package), *sum((["--set", s] for s in settings), [])]) == 0
+    docs = list(yaml.safe_load_all(package.read_text()))
+    launcher = double.LauncherDouble(docs, str(work / "launcher"), REPO, secrets={SALT_SECRET: {"salt": SALT}})
+    # What a user types into the dashboard's run form; the rest keeps the compiled defaults.
+    parameters = {"data_root": data["dicom"], "model_name": MODEL_NAME, "budget_minutes": RUN_BUDGET_MINUTES}
+    runs = launcher.run(parameters)
+    return docs, runs, str(root)
+
+
+def _examples(uri):
+    import tensorflow as tf
+
+    out = []
+    for path in glob.glob(os.path.join(uri, "Split-*", "*.gz")):
+        for record in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+            out.append(tf.train.Example.FromString(record.numpy()))
+    return out
+
+
+@pytest.mark.slow
+def test_every_task_runs_and_hands_its_artifacts_downstream(launcher_run):
+    docs, runs, root = launcher_run
+    tasks = docs[0]["root"]["dag"]["tasks"]
+    assert set(runs) == set(tasks)
+    for name, run in runs.items():
+        for key, artifacts in run.outputs.items():
+            assert artifacts[0]["uri"].startswith(root), (name, key)
+            assert os.path.exists(artifacts[0]["uri"]), (name, key)
+        # Every input is exactly the upstream output (URI and reported metadata).
+        for key, spec in tasks[name].get("inputs", {}).get("artifacts", {}).items():
+            ref = spec["taskOutputArtifact"]
+            given = run.executor_input["inputs"]["artifacts"][key]["artifacts"][0]
+            produced = runs[ref["producerTask"]].outputs[ref["outputArtifactKey"]][0]
+            assert given["uri"] == produced["uri"] and given["metadata"] == produced["metadata"], (name, key)
+    examples = runs["ImageExampleGen"].outputs["examples"][0]
+    assert json.loads(examples["metadata"]["split_names"]) == ["train", "eval"]
+
+
+@pytest.mark.slow
+def test_run_parameters_reach_the_tasks(launcher_run):
+    _, runs, root = launcher_run
+    plan_uri = runs["DatasetPlanner"].outputs["plan"][0]["uri"]
+    with open(os.path.join(plan_uri, "plan.json")) as fh:
+        assert json.load(fh)["budget_minutes"] == RUN_BUDGET_MINUTES
+    pushed = runs["Pusher"].outputs["pushed_model"][0]["metadata"]
+    assert pushed["pushed"] == 1
+    assert os.path.dirname(pushed["pushed_destination"]) == os.path.join(root, "serving", MODEL_NAME)
+
+
+@pytest.mark.slow
+def test_patients_are_hashed_with_the_secret_salt(launcher_run):
+    from modules import features
+    from modules.io.volume import salted_hash
+    from pipeline.tools.phantoms import make_phantom
+
+    _, runs, _ = launcher_run
+    patients = [make_phantom(i, 0).patient_id for i in range(6)]
+    hashes = {
+        e.features.feature[features.PATIENT_HASH].bytes_list.value[0].decode()
+        for e in _examples(runs["ImageExampleGen"].outputs["examples"][0]["uri"])
+    }
+    assert hashes == {salted_hash(p, SALT) for p in patients}
+
+
+@pytest.mark.slow
+def test_pushed_model_predicts(launcher_run):
+    import tensorflow as tf
+
+    from modules.io.volume import to_canonical
+    from pipeline.tools.phantoms import make_phantom
+
+    _, runs, _ = launcher_run
+    version_dir = runs["Pusher"].outputs["pushed_model"][0]["metadata"]["pushed_destination"]
+    assert os.path.exists(os.path.join(version_dir, "saved_model.pb"))
+    serve = tf.saved_model.load(version_dir).signatures["serving_default"]
+    case = make_phantom(20, seed=0)
+    image, affine = to_canonical(case.image, case.affine)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    out = serve(
+        image_raw=tf.constant([image.astype("<i2").tobytes()]),
+        image_dtype=tf.constant(["int16"]),
+        image_shape=tf.constant([image.shape], tf.int64),
+        spacing=tf.constant([spacing], tf.float32),
+        direction=tf.constant([(affine[:3, :3] / spacing).reshape(-1)], tf.float32),
+        modality=tf.constant([case.modality]),
+    )
+    mask = out["mask"].numpy()[0]
+    assert mask.shape == image.shape and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 1, 2}
