@@ -203,17 +203,21 @@ def _run(cfg) -> dict:
 
 
 def cmd_run(args) -> int:
+    # Every mistake a user can make is found here, before the pipeline starts.
+    cfg = _config(args, data_root=args.data, workdir=args.workdir)
+    _check_dicomweb_data(args.data)
     check_input(args.data, "--data")
     check_output_dir(args.workdir, "--workdir")
     _quiet_tensorflow()
-    _check_dicomweb_data(args.data)
-    cfg = _config(args, data_root=args.data, workdir=args.workdir)
     summary = _run(cfg)
     return 0 if summary.get("pushed_to") else 3
 
 
 def cmd_plan(args) -> int:
     """Ingests and plans (nnU-Net's plan step) without training; writes the plan and prints it."""
+    budget = [f"planning.budget_minutes={args.budget_minutes}"] if args.budget_minutes else []
+    cfg = make_config_or_exit(args, budget, data_root=args.data, workdir=args.workdir)
+    _check_dicomweb_data(args.data)
     check_input(args.data, "--data")
     check_output_file(args.output, "--output")
     check_output_dir(args.workdir, "--workdir")
@@ -223,9 +227,6 @@ def cmd_plan(args) -> int:
     from pipeline.pipeline import PLANNER_ID
     from pipeline.runners import local
 
-    budget = [f"planning.budget_minutes={args.budget_minutes}"] if args.budget_minutes else []
-    _check_dicomweb_data(args.data)
-    cfg = make_config_or_exit(args, budget, data_root=args.data, workdir=args.workdir)
     local.run_local(cfg, until=PLANNER_ID)
     latest = local.latest_artifacts(os.path.abspath(cfg.metadata_path))
     with open(os.path.join(latest["medtfx.Plan"].uri, artifacts.PLAN_FILE)) as fh:
@@ -312,8 +313,6 @@ def _endpoint_problem(exc: BaseException) -> str:
 
 
 def cmd_deploy(args) -> int:
-    import types
-
     from pipeline.runners import deploy
 
     check_output_dir(args.output_dir, "--output-dir")
@@ -323,19 +322,6 @@ def cmd_deploy(args) -> int:
         import logging
 
         logging.getLogger("urllib3").setLevel(logging.ERROR)
-    client = None
-    if args.endpoint and not args.dry_run:
-        # Reach the API (kfp.Client calls healthz) before compiling: a wrong endpoint fails in a second.
-        try:
-            client = deploy.make_client(types.SimpleNamespace(endpoint=args.endpoint, namespace=args.namespace))
-        except Exception as exc:
-            if args.debug:
-                raise
-            print(
-                f"error: --endpoint {args.endpoint}: cannot reach the KFP API ({_endpoint_problem(exc)})",
-                file=sys.stderr,
-            )
-            return 1
     try:
         plan = deploy.plan_deploy(
             _kubeflow_config(args),
@@ -354,6 +340,17 @@ def cmd_deploy(args) -> int:
     if args.dry_run:
         print("dry run: nothing sent")
         return 0
+    # The settings are refused (above) before anything is sent; then the API must answer.
+    try:
+        client = deploy.make_client(plan)  # kfp.Client calls healthz
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"error: --endpoint {args.endpoint}: cannot reach the KFP API ({_endpoint_problem(exc)})",
+            file=sys.stderr,
+        )
+        return 1
     try:
         ids = deploy.submit(plan, client)
     except Exception as exc:
@@ -820,7 +817,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
+    except (SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # native decoders' panics are BaseExceptions too
         if args.debug:
             raise
         print(f"error: {one_line(exc)} (medtfx --debug ... shows the traceback)", file=sys.stderr)

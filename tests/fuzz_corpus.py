@@ -568,7 +568,7 @@ def run_dataset(root: str, mutation: Mutation, refs: Dict[str, tuple], phi: List
         out, err = io.StringIO(), io.StringIO()
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                cli.main(["inventory", root, "--report", report, "--salt", SALT])
+                cli.main(["--debug", "inventory", root, "--report", report, "--salt", SALT])
         except SystemExit:
             pass
         result["runs"] += 1
@@ -611,7 +611,7 @@ def run_dataset(root: str, mutation: Mutation, refs: Dict[str, tuple], phi: List
             output = os.path.join(workdir, os.path.basename(root) + f"-{number}.nii")
             out, err = io.StringIO(), io.StringIO()
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = cli.main(["convert", path, output])
+                code = cli.main(["--debug", "convert", path, output])
             result["runs"] += 1
             texts += [out.getvalue(), err.getvalue()]
             if code == 0 and mutation.exact:

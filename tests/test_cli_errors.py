@@ -77,7 +77,20 @@ CASES = [
     (["compile", "--output", "{under_file}/p.json"], 2, "--output {under_file}/p.json"),
     (["compile", "--output", "{tmp}/p.json", "--set", "no_such_setting=1"], 2, "no_such_setting"),
     (["compile", "--output", "{tmp}/p.json", "--configmap", "{missing}"], 2, "--configmap {missing}: no such"),
-    (["deploy", "--endpoint", "http://127.0.0.1:{port}", "--output-dir", "{tmp}/k"], 1, "cannot reach the KFP API"),
+    (
+        [
+            "deploy",
+            "--endpoint",
+            "http://127.0.0.1:{port}",
+            "--output-dir",
+            "{tmp}/k",
+            "--allow-placeholders",
+            "--set",
+            "patient_salt_secret=salt",
+        ],
+        1,
+        "cannot reach the KFP API",
+    ),
     (["deploy", "--endpoint", "http://x", "--dry-run", "--output-dir", "{under_file}"], 2, "--output-dir"),
     (["bench", "io", "--json", "{under_file}/b.json"], 2, "--json {under_file}/b.json"),
     (["bench", "dicom", "--json", "{dir}"], 2, "--json {dir}: is a folder"),
@@ -116,26 +129,33 @@ def test_inventory_with_an_unwritable_report_scans_nothing(paths, capsys, monkey
     assert cli.main(["inventory", paths["dir"], "--report", paths["under_file"] + "/r.json"]) == 2
 
 
+class PanicException(BaseException):
+    """Stands in for pyo3_runtime.PanicException (a BaseException raised by Rust decoders)."""
+
+
 @pytest.mark.parametrize(
-    "argv, raises",
+    "argv, raised, code",
     [
-        (["settings"], False),  # a failure: one line, exit code 1
-        (["--debug", "settings"], True),  # --debug: the traceback
-        (["settings", "--debug"], True),
+        (["settings"], RuntimeError("something broke\nsecond line of detail"), 1),  # one line, exit 1
+        (["settings"], PanicException("something broke"), 1),
+        (["settings"], KeyboardInterrupt(), 130),
+        (["--debug", "settings"], RuntimeError("something broke"), None),  # --debug: the traceback
+        (["settings", "--debug"], RuntimeError("something broke"), None),
     ],
 )
-def test_an_unexpected_failure_is_one_line_unless_debug(monkeypatch, capsys, argv, raises):
+def test_an_unexpected_failure_is_one_line_unless_debug(monkeypatch, capsys, argv, raised, code):
     def boom(args):
-        raise RuntimeError("something broke\nsecond line of detail")
+        raise raised
 
     monkeypatch.setattr(cli, "cmd_settings", boom)
-    if raises:
-        with pytest.raises(RuntimeError, match="something broke"):
+    if code is None:
+        with pytest.raises(type(raised), match="something broke"):
             cli.main(argv)
         return
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == code
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("error: RuntimeError: something broke") and "--debug" in line
+    expected = "interrupted" if code == 130 else f"error: {type(raised).__name__}: something broke"
+    assert line.startswith(expected) and "Traceback" not in line
 
 
 def test_output_checks_leave_nothing_behind(tmp_path):

@@ -275,9 +275,9 @@ def test_bad_platform_settings_are_rejected(tmp_path):
         ('trainer_tolerations=[{"key": "g", "operator": "Maybe"}]', "operator"),
         ('trainer_tolerations=[{"key": "g", "colour": "red"}]', "keys"),
     ]:
-        cfg = make_config([bad])
+        cfg = make_config([bad, "patient_salt_secret=s"])
         with pytest.raises(ValueError, match=message):
-            kubeflow.compile_kubeflow(cfg, str(tmp_path / "bad.json"))
+            kubeflow.compile_kubeflow(cfg, str(tmp_path / "bad.json"), allow_placeholders=True)
     with pytest.raises(ValueError, match="trainer_accelerator_count: Input should be greater than 0"):
         make_config(["trainer_accelerator=nvidia.com/gpu", "trainer_accelerator_count=0"])
 
@@ -299,6 +299,7 @@ def test_configmap_keys_of_the_overlays_map_onto_the_config(overlay):
         assert rendered[0]["data"] == data
     cfg = make_config(kubeflow.configmap_overrides(data))
     assert cfg.serving.serving_base == data["SERVING_MODEL_DIR"] and cfg.serving.model_name == data["MODEL_NAME"]
+    assert (cfg.runner.patient_salt_secret, cfg.runner.patient_salt_secret_key) == ("medtfx-patient-salt", "salt")
     if overlay == "dev":  # Pusher writes onto the serving PVC: it is mounted
         assert cfg.runner.kubeflow_pvc_mounts == {
             "medtfx-pipeline-root": "/mnt/pipeline-root",

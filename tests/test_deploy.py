@@ -24,6 +24,7 @@ from pipeline.runners import deploy
 
 API = "/apis/v2beta1"
 IMAGE = "registry.example/medtfx-pipeline@sha256:" + "1" * 64
+PIPELINE_ROOT = "s3://medtfx-ci/pipeline-root"
 MAX_REQUESTS = 50  # the stub refuses more: a retry loop in the client cannot spin forever
 
 
@@ -138,6 +139,10 @@ def _deploy_args(url, tmp_path, *extra):
         "medtfx-ci",
         "--set",
         "trainer_accelerator=nvidia.com/gpu",
+        "--set",
+        f"kubeflow_pipeline_root={PIPELINE_ROOT}",
+        "--set",
+        "patient_salt_secret=medtfx-patient-salt",
         *extra,
     ]
 
@@ -206,7 +211,7 @@ def test_deploy_uploads_a_version_and_starts_a_run(kfp_stub, tmp_path, monkeypat
     run = json.loads(by_call[("POST", f"{API}/runs")]["body"])
     assert run["experiment_id"] == "exp-1" and run["display_name"] == f"run-{shown['version']}"
     assert run["pipeline_version_reference"] == {"pipeline_id": pipeline_id, "pipeline_version_id": "ver-1"}
-    assert run["runtime_config"]["pipeline_root"] == "gs://medtfx-pipeline-root"
+    assert run["runtime_config"]["pipeline_root"] == PIPELINE_ROOT
     assert "pipeline_spec" not in run  # the run references the uploaded version, no inline spec
 
 
@@ -225,3 +230,18 @@ def test_version_name_is_timestamp_and_hash():
 def test_empty_endpoint_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["deploy", "--endpoint", "", "--dry-run", "--output-dir", str(tmp_path)]) == 2
     assert "KFP_ENDPOINT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--set", "patient_salt_secret=s"], "placeholder kubeflow_pipeline_root=gs://medtfx-pipeline-root"),
+        (["--set", f"kubeflow_pipeline_root={PIPELINE_ROOT}"], "no patient salt Secret"),
+    ],
+)
+def test_deploy_refuses_placeholders_and_the_default_salt(kfp_stub, tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.setenv(deploy.IMAGE_ENV, IMAGE)
+    args = ["deploy", "--endpoint", kfp_stub.url, "--output-dir", str(tmp_path), *extra]
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+    assert kfp_stub.requests == []  # refused before any connection

@@ -636,3 +636,20 @@ def test_checkov_no_failed_checks(tmp_path: Path, rendered_dir: Path) -> None:
     # silently lost most of its objects.
     assert k8s["resource_count"] >= 30, k8s
     assert proc.returncode == 0, proc.stderr
+
+
+SALT_TEMPLATE = K8S_DIR / "secrets" / "patient-salt.yaml.template"
+SALT_PLACEHOLDER = "__SALT__"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_pipeline_config_names_the_salt_secret_of_the_template(target: str) -> None:
+    import yaml
+
+    cfg = _configmap_data(_docs(target), "medtfx-pipeline-config")
+    template = yaml.safe_load(SALT_TEMPLATE.read_text())
+    assert template["kind"] == "Secret" and template["apiVersion"] == "v1"
+    assert cfg["PATIENT_SALT_SECRET"] == template["metadata"]["name"]
+    # The template carries a placeholder, never a value, and is in no render.
+    assert template["stringData"] == {cfg["PATIENT_SALT_SECRET_KEY"]: SALT_PLACEHOLDER}
+    assert not _names(_docs(target), "Secret") & {template["metadata"]["name"]}

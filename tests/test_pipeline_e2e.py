@@ -143,3 +143,27 @@ def test_pushed_model_predicts_masks_on_raw_voxels(pipeline_run):
     dice_metrics = summary["dice"]["overall"]
     assert {"dice_label_1", "dice_label_2", "mean_dice"} <= set(dice_metrics)
     assert all(0.0 <= v <= 1.0 for v in dice_metrics.values())
+
+
+def test_plan_drives_the_run_and_the_model_knows_its_inputs(pipeline_run):
+    """The DatasetPlanner's plan reached Transform and Trainer (user settings kept, with origin
+    'user'), and the pushed model records the plan and the modalities it was trained on."""
+    import json
+
+    from modules.train import trainer
+
+    cfg, latest, summary = pipeline_run
+    with open(summary["plan"]) as fh:
+        plan = json.load(fh)
+    decisions = {d["key"]: d for d in plan["decisions"]}
+    assert decisions["training.train_steps"]["origin"] == "user"
+    assert plan["settings"]["training"]["train_steps"] == 60
+    assert decisions["transform.target_spacing"]["origin"] == "plan"
+    assert os.path.exists(summary["fingerprint"])
+    fingerprint = json.load(open(os.path.join(os.path.dirname(summary["fingerprint"]), "fingerprint.json")))
+    assert fingerprint["num_cases"] >= 4 and fingerprint["labels"] == [0, 1, 2]
+    inputs = trainer.read_model_inputs(summary["pushed_to"])
+    assert sorted(inputs["modalities"]) == plan["inputs"]["modalities"]
+    assert set(inputs["modalities"]) <= {"CT", "MR"} and inputs["num_classes"] == 3
+    # The Transform graph in the model uses the planned grid.
+    assert inputs["patch_size"] == plan["settings"]["training"]["patch_size"]

@@ -36,6 +36,8 @@ def _case_fingerprint(serialized: bytes) -> dict:
 
 
 def _write_text(path: str, text: str) -> None:
+    # Only TFX's local launcher creates output directories first; KFP's does not.
+    tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as fh:
         fh.write(text)
 

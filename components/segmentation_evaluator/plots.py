@@ -117,6 +117,10 @@ def plot_training_curves(
         ax_lr.text(0.5, 0.5, "learning rate not logged", ha="center", va="center", transform=ax_lr.transAxes)
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("epoch")
+    from matplotlib.ticker import MaxNLocator
+
+    ax_lr.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # shared by the three panels
+    ax_lr.set_xlim(0.5, float(np.max(epochs)) + 0.5)  # whole epochs, a single one included
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=_DPI)
@@ -230,12 +234,12 @@ def structure_box(truth: np.ndarray, prediction: np.ndarray, margin: float = 0.5
     grow = np.maximum(min_margin, np.ceil(margin * (high - low))).astype(int)
     low, high = np.maximum(0, low - grow), np.minimum(shape, high + grow)
     foreground = (truth > 0) if (truth > 0).any() else union
-    centre = []
+    densest_slices = []
     for axis in range(3):
         counts = foreground.sum(axis=tuple(a for a in range(3) if a != axis))
         densest = np.flatnonzero(counts == counts.max())
-        centre.append(int(densest[len(densest) // 2]))
-    centre = tuple(centre)
+        densest_slices.append(int(densest[len(densest) // 2]))
+    centre = tuple(densest_slices)
     return tuple(slice(int(lo), int(hi)) for lo, hi in zip(low, high)), centre
 
 

@@ -79,25 +79,25 @@ def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple:
       array: (X, Y, Z[, ...]) voxels.
       affine: (4, 4) voxel-to-RAS mm.
     Returns:
-      (array', affine') describing the same world content, array' a view where possible.
-    Pure index arithmetic: no resampling, so voxel values are exactly preserved.
+      (array', affine') describing the same world content.
+    Pure index arithmetic (nibabel.orientations), no resampling: voxel values are exactly
+    preserved. The axis choice is `axis_codes` (largest direction component), the rule the
+    serving graph applies too (modules/transform/resample.orientation); nibabel's own
+    `io_orientation` can choose differently for strongly oblique scans.
+
+    Raises:
+      CaseError: two voxel axes point along the same world axis.
     """
+    from nibabel import orientations
+
     affine = np.asarray(affine, dtype=np.float64)
     world_axis, sign = axis_codes(affine)
-    # Permute so array axis n is the one closest to world axis n.
-    order = np.argsort(world_axis)
-    array = np.transpose(array, list(order) + list(range(3, array.ndim)))
-    new_affine = affine.copy()
-    new_affine[:3, :3] = affine[:3, :3][:, order]
-    sign = sign[order]
-    for ax in range(3):
-        if sign[ax] < 0:
-            n = array.shape[ax]
-            array = np.flip(array, axis=ax)
-            # New index i' = n-1-i: origin moves to the old last voxel, axis flips.
-            new_affine[:3, 3] = new_affine[:3, 3] + new_affine[:3, ax] * (n - 1)
-            new_affine[:3, ax] = -new_affine[:3, ax]
-    return np.ascontiguousarray(array), new_affine
+    # nibabel's orientation array: per array axis, (world axis, +1/-1).
+    current = np.stack([world_axis, sign], axis=1).astype(np.float64)
+    transform = orientations.ornt_transform(current, orientations.axcodes2ornt("RAS"))
+    canonical = orientations.apply_orientation(array, transform)
+    new_affine = affine @ orientations.inv_ornt_aff(transform, array.shape[:3])
+    return np.ascontiguousarray(canonical), new_affine
 
 
 def salted_hash(value: str, salt: str, length: int = 16) -> str:

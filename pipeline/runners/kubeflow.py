@@ -29,6 +29,7 @@ TOLERATION_EFFECTS = {"", "NoSchedule", "PreferNoSchedule", "NoExecute"}
 CONFIGMAP_FIELDS = {
     "MODEL_NAME": "model_name",
     "PATIENT_SALT_SECRET": "patient_salt_secret",
+    "PATIENT_SALT_SECRET_KEY": "patient_salt_secret_key",
     "SERVING_MODEL_DIR": "serving_base",
     "TRAINER_ACCELERATOR_RESOURCE": "trainer_accelerator",
     "TRAINER_ACCELERATOR_LIMIT": "trainer_accelerator_count",
