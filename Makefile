@@ -14,7 +14,7 @@ TOOLS_STAMP := $(TOOLS)/.installed
 WORKDIR ?= workdir
 PYTEST_ARGS ?=
 
-.PHONY: setup tools demo test lint bench-hippocampus bench-ct bench-dicom bench-resample bench-io compile clean fuzz
+.PHONY: setup tools demo test test-kubeflow lint bench-hippocampus bench-ct bench-dicom bench-resample bench-io compile clean fuzz
 
 setup: $(STAMP)
 
@@ -60,8 +60,14 @@ MEDTFX_FUZZ_SEEDS ?= 20
 fuzz: setup
 	MEDTFX_FUZZ_SEEDS=$(MEDTFX_FUZZ_SEEDS) nice -n 10 $(PY) -m pytest -q -s tests/test_hostile_input.py -k fuzz_many_seeds
 
+# Placeholder image and bucket: a spec to inspect, not to upload.
 compile: setup
-	$(VENV)/bin/medtfx compile --runner kubeflow --output $(WORKDIR)/medtfx_pipeline.json
+	$(VENV)/bin/medtfx compile --runner kubeflow --output $(WORKDIR)/medtfx_pipeline.json \
+	  --allow-placeholders --set patient_salt_secret=medtfx-patient-salt
+
+# The compiled KFP package run task by task through the KFP launcher test double (a few minutes).
+test-kubeflow: setup
+	MEDTFX_KUBEFLOW=1 $(PY) -m pytest -q tests/test_kubeflow_launcher.py
 
 # Decathlon hippocampus with no settings: the plan, the default 30-minute training budget.
 bench-hippocampus: setup

@@ -6,8 +6,9 @@ for a container executor:
   * resolves the task's parameters (compiled constants, run parameters with the spec's
     defaults, upstream output parameters) and input artifacts (the upstream task's output
     artifacts: URI, type and the metadata its executor reported);
-  * provisions output artifact URIs <pipeline root>/<run id>/<task>/<output key> and an output
-    metadata file in a per-task scratch directory (the pod's /tmp/kfp_outputs);
+  * provisions output artifact URIs <pipeline root>/<run id>/<task>/<output key> (creating only
+    their parent, as KFP's launcher does) and an output metadata file in a per-task scratch
+    directory (the pod's /tmp/kfp_outputs);
   * substitutes the ExecutorInput JSON for `{{$}}` in the executor's args (any other
     placeholder is an error: this double does not pretend to resolve it);
   * runs the spec's `command` + `args` verbatim as a subprocess, with only the image's
@@ -244,6 +245,12 @@ class LauncherDouble:
             "outputs": {"artifacts": output_artifacts, "parameters": output_parameters, "outputFile": output_file},
         }
         _check_executor_input(executor_input)
+        # KFP's launcher creates the parent of each output's path, not the artifact directory
+        # itself (TFX's local launcher does): an executor that assumes it exists fails here.
+        for listed in output_artifacts.values():
+            os.makedirs(os.path.dirname(listed["artifacts"][0]["uri"]), exist_ok=True)
+        for parameter in output_parameters.values():
+            os.makedirs(os.path.dirname(parameter["outputFile"]), exist_ok=True)
         log_path = os.path.join(scratch, "log.txt")
         with open(log_path, "w") as log:
             try:

@@ -6,6 +6,7 @@ resolved to this interpreter). The slow test compiles the pipeline with `medtfx 
 it on tiny phantoms with run parameters set as the dashboard would set them and the patient
 salt from a stand-in Secret, and checks every task succeeded and the pushed model predicts.
 The fast tests pin the double's own rules (order, parameters, placeholders, secrets).
+The run takes minutes: it is skipped unless MEDTFX_KUBEFLOW=1 (`make test-kubeflow`).
 """
 
 import glob
@@ -24,6 +25,12 @@ SALT_SECRET = "medtfx-patient-salt"
 SALT = "launcher-double-salt"
 MODEL_NAME = "medtfx-kfp-double"
 RUN_BUDGET_MINUTES = 0.5
+# Ten executor processes, each importing TensorFlow: minutes, so outside `make test`.
+KUBEFLOW_ENV = "MEDTFX_KUBEFLOW"
+kubeflow_run = pytest.mark.skipif(
+    os.environ.get(KUBEFLOW_ENV) != "1",
+    reason=f"runs every task of the compiled spec: set {KUBEFLOW_ENV}=1 (make test-kubeflow)",
+)
 TINY = [
     "train_steps=20",
     "epochs=1",
@@ -174,26 +181,90 @@ def test_resolver_nodes_are_refused(tmp_path):
         double.LauncherDouble([spec], str(tmp_path), REPO).run()
 
 
+def _compile_package(tmp_path, root, *extra):
+    from pipeline import cli
+
+    package = tmp_path / "medtfx.yaml"
+    settings = [*TINY, f"image={IMAGE}", f"kubeflow_pipeline_root={root}", f"patient_salt_secret={SALT_SECRET}", *extra]
+    assert cli.main(["compile", "--output", str(package), *sum((["--set", s] for s in settings), [])]) == 0
+    return list(yaml.safe_load_all(package.read_text()))
+
+
+class _FakeExecutor:
+    """Stands in for the executor processes: checks what each would be started with (the TFX
+    entrypoint, an importable executor class, every input artifact's type importable as the
+    entrypoint imports it) and reports its outputs as a TFX executor does."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, command, cwd, env, stdout, stderr, timeout):
+        import subprocess
+        import sys
+
+        from google.protobuf import json_format
+        from kfp.pipeline_spec import pipeline_spec_pb2
+        from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as entrypoint
+        from tfx.utils import import_utils
+
+        assert command[:3] == [sys.executable, "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
+        args = dict(zip(command[3::2], command[4::2]))
+        import_utils.import_class_by_path(args["--executor_class_path"])
+        executor_input = json_format.Parse(args["--json_serialized_invocation_args"], pipeline_spec_pb2.ExecutorInput())
+        for artifacts in [*executor_input.inputs.artifacts.values(), *executor_input.outputs.artifacts.values()]:
+            for artifact in artifacts.artifacts:
+                import_utils.import_class_by_path(entrypoint._retrieve_class_path(artifact.type))
+        self.calls.append((args["--executor_class_path"], env, executor_input))
+        output = {
+            "artifacts": {
+                key: {"artifacts": [{"uri": a.artifacts[0].uri, "metadata": {"producer": a.artifacts[0].name}}]}
+                for key, a in executor_input.outputs.artifacts.items()
+            }
+        }
+        with open(executor_input.outputs.output_file, "w") as fh:
+            json.dump(output, fh)
+        return subprocess.CompletedProcess(command, 0)
+
+
+def test_every_task_of_the_compiled_spec_is_wired(tmp_path, monkeypatch):
+    """The whole DAG through the double with the executors faked: commands, class paths,
+    artifact types, parameters and artifact hand-over, in seconds."""
+    docs = _compile_package(tmp_path, tmp_path / "root")
+    fake = _FakeExecutor()
+    monkeypatch.setattr(double.subprocess, "run", fake)
+    runs = double.LauncherDouble(docs, str(tmp_path / "launcher"), REPO, secrets={SALT_SECRET: {"salt": SALT}}).run(
+        {"data_root": "/phantoms", "model_name": MODEL_NAME}
+    )
+    tasks = docs[0]["root"]["dag"]["tasks"]
+    assert set(runs) == set(tasks) and len(fake.calls) == len(tasks)
+    by_class = {path: (env, executor_input) for path, env, executor_input in fake.calls}
+    gen_env, gen_input = by_class["components.image_example_gen.executor.Executor"]
+    assert gen_input.inputs.parameter_values["input_base"].string_value == "/phantoms"
+    assert gen_env["MEDTFX_PATIENT_SALT"] == SALT
+    assert all(
+        "MEDTFX_PATIENT_SALT" not in env for path, (env, _) in by_class.items() if "image_example_gen" not in path
+    )
+    _, pusher_input = by_class["components.atomic_pusher.executor.Executor"]
+    assert pusher_input.inputs.parameter_values["model_name"].string_value == MODEL_NAME
+    # Each input is the upstream output its producer reported.
+    for name, task in tasks.items():
+        for key, spec in task.get("inputs", {}).get("artifacts", {}).items():
+            ref = spec["taskOutputArtifact"]
+            given = runs[name].executor_input["inputs"]["artifacts"][key]["artifacts"][0]
+            assert given["metadata"] == {"producer": f"run-0/{ref['producerTask']}/{ref['outputArtifactKey']}"}
+
+
 # --- the compiled pipeline, run (slow) --------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def launcher_run(tmp_path_factory):
-    from pipeline import cli
     from pipeline.tools.phantoms import synthesize
 
     work = tmp_path_factory.mktemp("kfp-double")
     data = synthesize(str(work / "phantoms"), n_cases=6)
-    package = work / "medtfx.yaml"
     root = work / "pipeline-root"
-    settings = [
-        *TINY,
-        f"image={IMAGE}",
-        f"kubeflow_pipeline_root={root}",
-        f"patient_salt_secret={SALT_SECRET}",
-    ]
-    assert cli.main(["compile", "--output", str(package), *sum((["--set", s] for s in settings), [])]) == 0
-    docs = list(yaml.safe_load_all(package.read_text()))
+    docs = _compile_package(work, root)
     launcher = double.LauncherDouble(docs, str(work / "launcher"), REPO, secrets={SALT_SECRET: {"salt": SALT}})
     # What a user types into the dashboard's run form; the rest keeps the compiled defaults.
     parameters = {"data_root": data["dicom"], "model_name": MODEL_NAME, "budget_minutes": RUN_BUDGET_MINUTES}
@@ -212,25 +283,26 @@ def _examples(uri):
 
 
 @pytest.mark.slow
+@kubeflow_run
 def test_every_task_runs_and_hands_its_artifacts_downstream(launcher_run):
     docs, runs, root = launcher_run
     tasks = docs[0]["root"]["dag"]["tasks"]
     assert set(runs) == set(tasks)
     for name, run in runs.items():
-        for key, artifacts in run.outputs.items():
-            assert artifacts[0]["uri"].startswith(root), (name, key)
-            assert os.path.exists(artifacts[0]["uri"]), (name, key)
-        # Every input is exactly the upstream output (URI and reported metadata).
+        assert all(a[0]["uri"].startswith(root) for a in run.outputs.values()), name
+        # Every input is exactly the upstream output (URI and reported metadata), and exists.
         for key, spec in tasks[name].get("inputs", {}).get("artifacts", {}).items():
             ref = spec["taskOutputArtifact"]
             given = run.executor_input["inputs"]["artifacts"][key]["artifacts"][0]
             produced = runs[ref["producerTask"]].outputs[ref["outputArtifactKey"]][0]
             assert given["uri"] == produced["uri"] and given["metadata"] == produced["metadata"], (name, key)
+            assert os.listdir(given["uri"]), (name, key)
     examples = runs["ImageExampleGen"].outputs["examples"][0]
     assert json.loads(examples["metadata"]["split_names"]) == ["train", "eval"]
 
 
 @pytest.mark.slow
+@kubeflow_run
 def test_run_parameters_reach_the_tasks(launcher_run):
     _, runs, root = launcher_run
     plan_uri = runs["DatasetPlanner"].outputs["plan"][0]["uri"]
@@ -242,6 +314,7 @@ def test_run_parameters_reach_the_tasks(launcher_run):
 
 
 @pytest.mark.slow
+@kubeflow_run
 def test_patients_are_hashed_with_the_secret_salt(launcher_run):
     from modules import features
     from modules.io.volume import salted_hash
@@ -257,6 +330,7 @@ def test_patients_are_hashed_with_the_secret_salt(launcher_run):
 
 
 @pytest.mark.slow
+@kubeflow_run
 def test_pushed_model_predicts(launcher_run):
     import tensorflow as tf
 

@@ -229,6 +229,23 @@ def resolve_model_dir(path: str) -> str:
     )
 
 
+def refusal_reason(message: str) -> str:
+    """The line of a TensorFlow InvalidArgumentError that says why (the graph's Assert text,
+    e.g. the modality check), without TF's node and call-stack lines."""
+    import re
+
+    found = re.search(r"assertion failed: (.*)", message)
+    if found:  # TF prints each Assert datum in brackets: [text] ["MR"] [text]
+        text = found.group(1).strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        return text.replace("] [", " ")
+    return next(
+        (line.strip() for line in message.splitlines() if line.strip() and "Graph execution" not in line),
+        message.strip(),
+    )
+
+
 class InProcessModel:
     """The exported SavedModel loaded with tf.saved_model.load. `saved_model_dir` may also be a
     model base path (newest version) or a Model artifact folder: see resolve_model_dir;
@@ -252,7 +269,7 @@ class InProcessModel:
         try:
             out = self._fn(**{k: tf.constant(v) for k, v in arrays.items()})
         except tf.errors.InvalidArgumentError as exc:  # the graph's own checks (e.g. modality)
-            raise PredictError(f"the model refused the input: {exc.message.splitlines()[0]}") from None
+            raise PredictError(f"the model refused the input: {refusal_reason(exc.message)}") from None
         return {k: v.numpy() for k, v in out.items()}
 
     def num_classes(self) -> Optional[int]:
