@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from tfx import types
 from tfx.types import artifact_utils
@@ -36,3 +36,18 @@ def read_plan(input_dict: Dict[str, List[types.Artifact]]) -> Optional[Dict[str,
     path = os.path.join(artifact_utils.get_single_uri(artifacts), PLAN_FILE)
     with tf.io.gfile.GFile(path) as fh:
         return json.loads(fh.read())
+
+
+def with_plan(
+    input_dict: Dict[str, List[types.Artifact]],
+    exec_properties: Dict[str, Any],
+    key: str,
+    value_of: Callable[[Dict[str, Any]], str],
+) -> Tuple[Dict[str, List[types.Artifact]], Dict[str, Any], Optional[Dict[str, Any]]]:
+    """What a consumer's stock TFX executor gets: input_dict without the `plan` channel (the stock
+    executor does not know it), exec_properties[key] = value_of(plan) when there is a plan; and
+    the plan (None without a planner, when the configured exec properties stand)."""
+    plan = read_plan(input_dict)
+    if plan is not None:
+        exec_properties = {**exec_properties, key: value_of(plan)}
+    return {k: v for k, v in input_dict.items() if k != PLAN_KEY}, exec_properties, plan

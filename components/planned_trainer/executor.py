@@ -24,10 +24,10 @@ class Executor(trainer_executor.GenericExecutor):
         output_dict: Dict[str, List[types.Artifact]],
         exec_properties: Dict[str, Any],
     ) -> None:
-        plan = artifacts.read_plan(input_dict)
-        if plan is not None:
-            exec_properties = {
-                **exec_properties,
-                standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(custom_config_from_plan(plan)),
-            }
-        super().Do({k: v for k, v in input_dict.items() if k != artifacts.PLAN_KEY}, output_dict, exec_properties)
+        stock_inputs, exec_properties, _ = artifacts.with_plan(
+            input_dict,
+            exec_properties,
+            standard_component_specs.CUSTOM_CONFIG_KEY,
+            lambda plan: json.dumps(custom_config_from_plan(plan)),
+        )
+        super().Do(stock_inputs, output_dict, exec_properties)

@@ -27,13 +27,13 @@ class Executor(transform_executor.Executor):
         output_dict: Dict[str, List[types.Artifact]],
         exec_properties: Dict[str, Any],
     ) -> None:
-        plan = artifacts.read_plan(input_dict)
-        if plan is not None:
-            exec_properties = {
-                **exec_properties,
-                standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(plan["settings"]["transform"]),
-            }
-        super().Do({k: v for k, v in input_dict.items() if k != artifacts.PLAN_KEY}, output_dict, exec_properties)
+        stock_inputs, exec_properties, _ = artifacts.with_plan(
+            input_dict,
+            exec_properties,
+            standard_component_specs.CUSTOM_CONFIG_KEY,
+            lambda plan: json.dumps(plan["settings"]["transform"]),
+        )
+        super().Do(stock_inputs, output_dict, exec_properties)
         examples = input_dict[standard_component_specs.EXAMPLES_KEY]
         graph_uri = artifact_utils.get_single_uri(output_dict[standard_component_specs.TRANSFORM_GRAPH_KEY])
         split = (

@@ -53,6 +53,18 @@ def trainer_config(custom_config: Optional[dict]) -> Tuple[TrainingSettings, Dic
     return training.config(custom.get("training")), inputs, dict(custom.get("plan") or {})
 
 
+def _raw_features(image_raw, image_dtype, image_shape, spacing, direction, modality) -> Dict[str, tf.Tensor]:
+    """serving_default's inputs keyed as the ingested tf.Example's features (modules/features.py)."""
+    return {
+        es.IMAGE_RAW: image_raw,
+        es.IMAGE_DTYPE: image_dtype,
+        es.IMAGE_SHAPE: image_shape,
+        es.SPACING: spacing,
+        es.DIRECTION: direction,
+        es.MODALITY: modality,
+    }
+
+
 class _ExportModule(tf.Module):
     """Holds the trained model and the Transform layer; defines the serving signatures."""
 
@@ -145,31 +157,12 @@ class _ExportModule(tf.Module):
         ]
     )
     def serve_raw(self, image_raw, image_dtype, image_shape, spacing, direction, modality):
-        return self._segment(
-            {
-                es.IMAGE_RAW: image_raw,
-                es.IMAGE_DTYPE: image_dtype,
-                es.IMAGE_SHAPE: image_shape,
-                es.SPACING: spacing,
-                es.DIRECTION: direction,
-                es.MODALITY: modality,
-            }
-        )
+        return self._segment(_raw_features(image_raw, image_dtype, image_shape, spacing, direction, modality))
 
     @tf.function(input_signature=serve_raw.input_signature)
     def transform_raw(self, image_raw, image_dtype, image_shape, spacing, direction, modality):
-        return self.tft_layer(
-            self._with_modality(
-                {
-                    es.IMAGE_RAW: image_raw,
-                    es.IMAGE_DTYPE: image_dtype,
-                    es.IMAGE_SHAPE: image_shape,
-                    es.SPACING: spacing,
-                    es.DIRECTION: direction,
-                    es.MODALITY: modality,
-                }
-            )
-        )
+        raw = _raw_features(image_raw, image_dtype, image_shape, spacing, direction, modality)
+        return self.tft_layer(self._with_modality(raw))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
