@@ -22,7 +22,10 @@ from tests import kfp_launcher_double as double
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = "registry.example/medtfx-pipeline@sha256:" + "2" * 64
 SALT_SECRET = "medtfx-patient-salt"
-SALT = "launcher-double-salt"
+# Chosen so the six phantoms' patients land on both sides of the split (4 train, 2 eval; see
+# test_the_secret_salt_splits_the_phantoms): with no eval case the Evaluator cannot bless.
+SALT = "launcher-double-salt-0"
+N_CASES = 6
 MODEL_NAME = "medtfx-kfp-double"
 RUN_BUDGET_MINUTES = 0.5
 # Ten executor processes, each importing TensorFlow: minutes, so outside `make test`.
@@ -254,6 +257,29 @@ def test_every_task_of_the_compiled_spec_is_wired(tmp_path, monkeypatch):
             assert given["metadata"] == {"producer": f"run-0/{ref['producerTask']}/{ref['outputArtifactKey']}"}
 
 
+def test_the_secret_salt_splits_the_phantoms():
+    """Precondition of the slow run: TFX's own partition function puts the phantoms' patients,
+    hashed with SALT, into both splits."""
+    import tensorflow as tf
+    from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
+
+    from modules import features
+    from modules.io.volume import salted_hash
+    from pipeline.config import make_config
+    from pipeline.pipeline import output_config
+    from pipeline.tools.phantoms import make_phantom
+
+    split_config = output_config(make_config()).split_config
+    buckets = list(np.cumsum([split.hash_buckets for split in split_config.splits]))
+    sides = []
+    for i in range(N_CASES):
+        example = tf.train.Example()
+        patient_hash = salted_hash(make_phantom(i, 0).patient_id, SALT)
+        example.features.feature[features.PATIENT_HASH].bytes_list.value.append(patient_hash.encode())
+        sides.append(_PartitionFn(example, len(buckets), buckets, split_config))
+    assert sorted(set(sides)) == [0, 1], sides
+
+
 # --- the compiled pipeline, run (slow) --------------------------------------------------
 
 
@@ -262,7 +288,7 @@ def launcher_run(tmp_path_factory):
     from pipeline.tools.phantoms import synthesize
 
     work = tmp_path_factory.mktemp("kfp-double")
-    data = synthesize(str(work / "phantoms"), n_cases=6)
+    data = synthesize(str(work / "phantoms"), n_cases=N_CASES)
     root = work / "pipeline-root"
     docs = _compile_package(work, root)
     launcher = double.LauncherDouble(docs, str(work / "launcher"), REPO, secrets={SALT_SECRET: {"salt": SALT}})
@@ -321,7 +347,7 @@ def test_patients_are_hashed_with_the_secret_salt(launcher_run):
     from pipeline.tools.phantoms import make_phantom
 
     _, runs, _ = launcher_run
-    patients = [make_phantom(i, 0).patient_id for i in range(6)]
+    patients = [make_phantom(i, 0).patient_id for i in range(N_CASES)]
     hashes = {
         e.features.feature[features.PATIENT_HASH].bytes_list.value[0].decode()
         for e in _examples(runs["ImageExampleGen"].outputs["examples"][0]["uri"])

@@ -106,9 +106,9 @@ class _ExportModule(tf.Module):
         check = tf.debugging.Assert(
             tf.reduce_all(known),
             [
-                f"modality refused: this model was trained on {list(self._modalities)}; the request says",
+                f"modality refused: this model was trained on {' and '.join(self._modalities)}; the request says",
                 filled,
-                "(send an empty modality to use the model's own)",
+                "(send an empty modality to use the model's own one)",
             ],
         )
         with tf.control_dependencies([check]):

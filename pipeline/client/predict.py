@@ -239,7 +239,7 @@ def refusal_reason(message: str) -> str:
         text = found.group(1).strip()
         if text.startswith("[") and text.endswith("]"):
             text = text[1:-1]
-        return text.replace("] [", " ")
+        return text.replace("] [", " ").replace("\\'", "'")
     return next(
         (line.strip() for line in message.splitlines() if line.strip() and "Graph execution" not in line),
         message.strip(),
