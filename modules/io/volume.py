@@ -91,13 +91,30 @@ def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple:
     from nibabel import orientations
 
     affine = np.asarray(affine, dtype=np.float64)
-    world_axis, sign = axis_codes(affine)
-    # nibabel's orientation array: per array axis, (world axis, +1/-1).
-    current = np.stack([world_axis, sign], axis=1).astype(np.float64)
-    transform = orientations.ornt_transform(current, orientations.axcodes2ornt("RAS"))
+    transform = orientations.ornt_transform(_orientation(affine), orientations.axcodes2ornt("RAS"))
     canonical = orientations.apply_orientation(array, transform)
     new_affine = affine @ orientations.inv_ornt_aff(transform, array.shape[:3])
     return np.ascontiguousarray(canonical), new_affine
+
+
+def from_canonical(array: np.ndarray, native_affine: np.ndarray) -> np.ndarray:
+    """Inverse of `to_canonical`: (X', Y', Z') canonical voxels -> the voxel order of a grid with
+    `native_affine` (4, 4). Pure axis permutation/flips (nibabel.orientations), exact.
+
+    Raises:
+      CaseError: two voxel axes of native_affine point along the same world axis.
+    """
+    from nibabel import orientations
+
+    transform = orientations.ornt_transform(orientations.axcodes2ornt("RAS"), _orientation(native_affine))
+    return orientations.apply_orientation(array, transform)
+
+
+def _orientation(affine: np.ndarray) -> np.ndarray:
+    """nibabel's orientation array of `affine` by the `axis_codes` rule: per array axis, (world
+    axis, +1/-1)."""
+    world_axis, sign = axis_codes(affine)
+    return np.stack([world_axis, sign], axis=1).astype(np.float64)
 
 
 def salted_hash(value: str, salt: str, length: int = 16) -> str:

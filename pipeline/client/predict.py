@@ -30,7 +30,7 @@ import numpy as np
 
 from modules.io import dicom
 from modules.io.nifti_reader import read_nifti, write_nifti
-from modules.io.volume import CaseError, Volume, affines_match, axis_codes, compact_dtype, to_canonical
+from modules.io.volume import CaseError, Volume, affines_match, compact_dtype, from_canonical, to_canonical
 
 SIGNATURE = "serving_default"
 DEFAULT_MAX_VOXELS = 512 * 512 * 512  # int16: 256 MiB on the wire
@@ -47,16 +47,6 @@ class PredictError(Exception):
 # --------------------------------------------------------------------------------------------
 # Geometry: canonical <-> the input's own voxel order
 # --------------------------------------------------------------------------------------------
-
-
-def from_canonical(array: np.ndarray, native_affine: np.ndarray) -> np.ndarray:
-    """Inverse of volume.to_canonical: (X', Y', Z') canonical voxels -> the voxel order of a grid
-    with `native_affine` (4, 4). Pure axis permutation/flips (nibabel.orientations), exact."""
-    from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
-
-    world_axis, sign = axis_codes(native_affine)  # the same rule to_canonical applies
-    native_ornt = np.column_stack([world_axis, sign]).astype(float)
-    return apply_orientation(array, ornt_transform(axcodes2ornt(("R", "A", "S")), native_ornt))
 
 
 def dicom_native_grid(layout: dicom.Layout) -> Tuple[np.ndarray, List[dicom.Frame]]:
