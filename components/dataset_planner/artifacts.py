@@ -38,16 +38,21 @@ def read_plan(input_dict: Dict[str, List[types.Artifact]]) -> Optional[Dict[str,
         return json.loads(fh.read())
 
 
+def without_plan(input_dict: Dict[str, List[types.Artifact]]) -> Dict[str, List[types.Artifact]]:
+    """input_dict as a consumer's stock TFX executor expects it: without the `plan` channel."""
+    return {k: v for k, v in input_dict.items() if k != PLAN_KEY}
+
+
 def with_plan(
     input_dict: Dict[str, List[types.Artifact]],
     exec_properties: Dict[str, Any],
     key: str,
     value_of: Callable[[Dict[str, Any]], str],
-) -> Tuple[Dict[str, List[types.Artifact]], Dict[str, Any], Optional[Dict[str, Any]]]:
-    """What a consumer's stock TFX executor gets: input_dict without the `plan` channel (the stock
-    executor does not know it), exec_properties[key] = value_of(plan) when there is a plan; and
-    the plan (None without a planner, when the configured exec properties stand)."""
+) -> Tuple[Dict[str, List[types.Artifact]], Dict[str, Any]]:
+    """What a consumer's stock TFX executor gets: input_dict without the `plan` channel and
+    exec_properties[key] = value_of(plan) when there is a plan (without a planner the configured
+    exec properties stand)."""
     plan = read_plan(input_dict)
     if plan is not None:
         exec_properties = {**exec_properties, key: value_of(plan)}
-    return {k: v for k, v in input_dict.items() if k != PLAN_KEY}, exec_properties, plan
+    return without_plan(input_dict), exec_properties

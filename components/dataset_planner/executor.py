@@ -85,6 +85,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             dataset, settings, json.loads(exec_properties[USER_OVERRIDES_KEY]), planning_settings, timer
         )
         plan_uri = artifact_utils.get_single_uri(output_dict[artifacts.PLAN_KEY])
+        table = planner.describe(plan)
         _write_text(os.path.join(plan_uri, artifacts.PLAN_FILE), json.dumps(plan, indent=2))
-        _write_text(os.path.join(plan_uri, "plan.md"), "```\n" + planner.describe(plan) + "\n```\n")
-        logging.info("plan written to %s:\n%s", plan_uri, planner.describe(plan))
+        _write_text(os.path.join(plan_uri, "plan.md"), "```\n" + table + "\n```\n")
+        logging.info("plan written to %s:\n%s", plan_uri, table)

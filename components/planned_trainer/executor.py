@@ -24,7 +24,7 @@ class Executor(trainer_executor.GenericExecutor):
         output_dict: Dict[str, List[types.Artifact]],
         exec_properties: Dict[str, Any],
     ) -> None:
-        stock_inputs, exec_properties, _ = artifacts.with_plan(
+        stock_inputs, exec_properties = artifacts.with_plan(
             input_dict,
             exec_properties,
             standard_component_specs.CUSTOM_CONFIG_KEY,

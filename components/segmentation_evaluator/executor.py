@@ -37,21 +37,15 @@ class Executor(tfx_evaluator_executor.Executor):
         exec_properties: Dict[str, Any],
     ) -> None:
         settings = EvaluationSettings.model_validate_json(exec_properties[SETTINGS_KEY])
-
-        # The metrics follow the labels the plan found in the data.
-        def config_json(plan) -> str:
-            return json_format.MessageToJson(
-                eval_config.eval_config(settings, num_classes_of(plan)), preserving_proto_field_name=True
-            )
-
-        def num_classes_of(plan) -> int:
-            return int(plan["settings"]["training"]["num_classes"]) if plan else int(exec_properties[NUM_CLASSES_KEY])
-
-        stock_inputs, exec_properties, plan = artifacts.with_plan(
-            input_dict, exec_properties, standard_component_specs.EVAL_CONFIG_KEY, config_json
+        plan = artifacts.read_plan(input_dict)
+        num_classes = int(exec_properties[NUM_CLASSES_KEY])
+        if plan is not None:  # the metrics follow the labels the plan found in the data
+            num_classes = int(plan["settings"]["training"]["num_classes"])
+        config_json = json_format.MessageToJson(
+            eval_config.eval_config(settings, num_classes), preserving_proto_field_name=True
         )
-        num_classes = num_classes_of(plan)
-        super().Do(stock_inputs, output_dict, exec_properties)
+        exec_properties = {**exec_properties, standard_component_specs.EVAL_CONFIG_KEY: config_json}
+        super().Do(artifacts.without_plan(input_dict), output_dict, exec_properties)
         if settings.task != "segmentation":
             return
         labels = list(range(1, num_classes))
