@@ -155,7 +155,10 @@ def _check_dicomweb_data(data: str) -> None:
 
 
 def _config(args, **fields):
-    budget = [f"planning.budget_minutes={args.budget_minutes}"] if getattr(args, "budget_minutes", None) else []
+    """The configuration of run/plan/demo: --budget-minutes is planning.budget_minutes (validated
+    like any setting, so 0 is refused rather than ignored)."""
+    budget_minutes = getattr(args, "budget_minutes", None)
+    budget = [f"planning.budget_minutes={budget_minutes}"] if budget_minutes is not None else []
     return make_config_or_exit(args, budget, **fields)
 
 
@@ -215,8 +218,7 @@ def cmd_run(args) -> int:
 
 def cmd_plan(args) -> int:
     """Ingests and plans (nnU-Net's plan step) without training; writes the plan and prints it."""
-    budget = [f"planning.budget_minutes={args.budget_minutes}"] if args.budget_minutes else []
-    cfg = make_config_or_exit(args, budget, data_root=args.data, workdir=args.workdir)
+    cfg = _config(args, data_root=args.data, workdir=args.workdir)
     _check_dicomweb_data(args.data)
     check_input(args.data, "--data")
     check_output_file(args.output, "--output")

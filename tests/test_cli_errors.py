@@ -61,6 +61,11 @@ CASES = [
     (["run", "--data", "{dir}", "--workdir", "{under_file}"], 2, "--workdir {under_file}: cannot create"),
     (["run", "--data", "{dir}", "--workdir", "{file}"], 2, "--workdir {file}: exists and is not a folder"),
     (["run", "--data", "{dir}", "--workdir", "{tmp}/w", "--set", "no_such_setting=1"], 2, "no_such_setting"),
+    (
+        ["plan", "--data", "{dir}", "--output", "{tmp}/p.json", "--budget-minutes", "0"],
+        2,
+        "budget_minutes: Input should be greater than 0",
+    ),
     (["plan", "--data", "{missing}", "--output", "{tmp}/p.json"], 2, "--data {missing}: no such file"),
     (["plan", "--data", "{dir}", "--output", "{under_file}/plan.json"], 2, "--output {under_file}/plan.json"),
     (["plan", "--data", "{dir}", "--output", "{dir}"], 2, "--output {dir}: is a folder"),
