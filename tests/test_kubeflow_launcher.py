@@ -358,26 +358,13 @@ def test_patients_are_hashed_with_the_secret_salt(launcher_run):
 @pytest.mark.slow
 @kubeflow_run
 def test_pushed_model_predicts(launcher_run):
-    import tensorflow as tf
-
-    from modules.io.volume import to_canonical
     from pipeline.tools.phantoms import make_phantom
+    from tests.test_pipeline_e2e import serve_phantom
 
     _, runs, _ = launcher_run
     version_dir = runs["Pusher"].outputs["pushed_model"][0]["metadata"]["pushed_destination"]
     assert os.path.exists(os.path.join(version_dir, "saved_model.pb"))
-    serve = tf.saved_model.load(version_dir).signatures["serving_default"]
-    case = make_phantom(20, seed=0)
-    image, affine = to_canonical(case.image, case.affine)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    out = serve(
-        image_raw=tf.constant([image.astype("<i2").tobytes()]),
-        image_dtype=tf.constant(["int16"]),
-        image_shape=tf.constant([image.shape], tf.int64),
-        spacing=tf.constant([spacing], tf.float32),
-        direction=tf.constant([(affine[:3, :3] / spacing).reshape(-1)], tf.float32),
-        modality=tf.constant([case.modality]),
-    )
+    image, out = serve_phantom(version_dir, make_phantom(20, seed=0))
     mask = out["mask"].numpy()[0]
     assert mask.shape == image.shape and mask.dtype == np.uint8
     assert set(np.unique(mask)) <= {0, 1, 2}

@@ -109,9 +109,28 @@ def test_split_keeps_each_patient_on_one_side(pipeline_run):
     assert len(splits["train"]) + len(splits["eval"]) == 8
 
 
+def serve_phantom(model_dir, phantom):
+    """(canonical image (X, Y, Z), serving_default's outputs) for a phantom's raw int16 voxels
+    sent to the SavedModel in model_dir."""
+    import tensorflow as tf
+
+    from modules.io.volume import to_canonical
+
+    image, affine = to_canonical(phantom.image, phantom.affine)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    serve = tf.saved_model.load(model_dir).signatures["serving_default"]
+    return image, serve(
+        image_raw=tf.constant([image.astype("<i2").tobytes()]),
+        image_dtype=tf.constant(["int16"]),
+        image_shape=tf.constant([image.shape], tf.int64),
+        spacing=tf.constant([spacing], tf.float32),
+        direction=tf.constant([(affine[:3, :3] / spacing).reshape(-1)], tf.float32),
+        modality=tf.constant([phantom.modality]),
+    )
+
+
 def test_pushed_model_predicts_masks_on_raw_voxels(pipeline_run):
     cfg, _, summary = pipeline_run
-    import tensorflow as tf
 
     from modules.io.volume import to_canonical
     from modules.metrics.dice import dice_per_label
@@ -120,20 +139,9 @@ def test_pushed_model_predicts_masks_on_raw_voxels(pipeline_run):
     assert summary["blessed"] is True and summary["pushed_to"], summary
     assert os.path.exists(os.path.join(summary["pushed_to"], "saved_model.pb"))
     assert os.path.basename(summary["pushed_to"]).isdigit()  # TF Serving version directory
-    model = tf.saved_model.load(summary["pushed_to"])
-    serve = model.signatures["serving_default"]
     truth = make_phantom(20, seed=3)  # a case the model never saw
-    image, affine = to_canonical(truth.image, truth.affine)
+    image, out = serve_phantom(summary["pushed_to"], truth)
     label, _ = to_canonical(truth.label, truth.affine)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)
-    out = serve(
-        image_raw=tf.constant([image.astype("<i2").tobytes()]),
-        image_dtype=tf.constant(["int16"]),
-        image_shape=tf.constant([image.shape], tf.int64),
-        spacing=tf.constant([spacing], tf.float32),
-        direction=tf.constant([(affine[:3, :3] / spacing).reshape(-1)], tf.float32),
-        modality=tf.constant([truth.modality]),
-    )
     assert tuple(out["mask_shape"].numpy()[0]) == image.shape
     mask = out["mask"].numpy()[0]
     assert mask.shape == image.shape and mask.dtype == np.uint8
