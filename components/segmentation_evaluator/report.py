@@ -10,6 +10,9 @@ Files written into the evaluation directory (the Evaluator's ModelEvaluation art
   dice_per_case.png         per-case native-grid Dice of each label (box and points, n per label)
   cases_best_worst.png      worst and best eval case: truth and prediction contours, three views
 (the pictures are drawn by plots.py; summary.md links them).
+For the Kubeflow dashboard (dashboard_*, written as the Evaluator's own outputs by
+components/dashboard): the summary without picture links plus ExampleValidator's anomalies
+(Markdown), the same page with the pictures embedded (HTML), and the per-label numbers (Metrics).
 
 Why two Dice: TFMA's Dice (modules/metrics/tfma_dice.py) compares on the network grid, which is what the
 blessing thresholds gate. The surface report runs the exported `serving_examples` signature,
