@@ -409,11 +409,15 @@ def test_predict_study_stores_a_seg_that_references_its_series_and_equals_the_lo
     ct_uid, ct_paths = study_pacs["ct"]
     client = dicomweb.DicomWebClient(url)
     before = _seg_series(client, study)
+    listing = pacs_source.listing_fingerprint(f"dicomweb+{url}")
     argv = ["predict", "--model", ct_only_model, "--dicomweb", url, "--study", study]
     # Without --store nothing is written back.
     assert cli.main(argv + ["--output", str(tmp_path / "dry")]) == 0
     assert _seg_series(client, study) == before
+    assert pacs_source.listing_fingerprint(f"dicomweb+{url}") == listing
     assert cli.main(argv + ["--output", str(tmp_path / "out"), "--store"]) == 0
+    # A study that gains a series is a new training input: its listing fingerprint changes.
+    assert pacs_source.listing_fingerprint(f"dicomweb+{url}") != listing
     with open(tmp_path / "out" / predict.REPORT_FILE) as fh:
         records = {r["series_uid"]: r for r in json.load(fh)["results"]}
     assert records[ct_uid]["status"] == "ok" and len(records[ct_uid]["stored"]) == 1, records
@@ -462,6 +466,7 @@ def default_salt(monkeypatch):
 
 def test_plan_from_the_pacs(pacs, credentials, default_salt, tmp_path, capsys):
     from pipeline import cli
+    from pipeline.runners import local
 
     url = f"dicomweb+{pacs['server'].dicomweb}?StudyDate={CHECK_DATES}"
     argv = ["plan", "--data", url, "--output", str(tmp_path / "plan.json"), "--workdir", str(tmp_path / "work")]
@@ -469,6 +474,11 @@ def test_plan_from_the_pacs(pacs, credentials, default_salt, tmp_path, capsys):
     with open(tmp_path / "plan.json") as fh:
         plan = json.load(fh)
     assert plan["inputs"]["modalities"] == ["CT"] and plan["settings"]["training"]["num_classes"] == 3, plan
+    # The examples are fingerprinted by the archive's listing (TFX's own would find no file at
+    # a URL and give every listing the same, empty fingerprint: caching would then reuse them).
+    examples = local.latest_artifacts(str(tmp_path / "work" / "metadata.sqlite"))["Examples"]
+    fingerprint = examples.custom_properties["input_fingerprint"].string_value
+    assert fingerprint == pacs_source.listing_fingerprint(url) and fingerprint.startswith("pacs:series:8,"), fingerprint
     assert "Secretname" not in "\n".join(capsys.readouterr())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 from tfx import types
-from tfx.components.example_gen import driver, utils
+from tfx.components.example_gen import utils
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.proto import example_gen_pb2
@@ -13,6 +13,7 @@ from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.image_example_gen import executor
+from components.image_example_gen.driver import ImageExampleGenDriver
 
 
 class ImageExampleGenSpec(types.ComponentSpec):
@@ -37,7 +38,7 @@ class ImageExampleGen(FileBasedExampleGen):
 
     SPEC_CLASS = ImageExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
-    DRIVER_CLASS = driver.FileBasedDriver
+    DRIVER_CLASS = ImageExampleGenDriver  # FileBasedDriver, plus PACS listings as fingerprints
 
     def __init__(
         self,
@@ -60,5 +61,5 @@ class ImageExampleGen(FileBasedExampleGen):
             default_salt=default_salt,
             examples=types.Channel(type=standard_artifacts.Examples),
         )
-        # Skip FileBasedExampleGen.__init__ (it builds its own spec); keep its driver and type.
+        # Skip FileBasedExampleGen.__init__ (it builds its own spec); keep its type.
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)
