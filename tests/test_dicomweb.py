@@ -101,6 +101,23 @@ def test_unreachable_server_is_retried_with_backoff_then_reported():
     assert sleeps == [0.25, 0.5, 1.0] and client.retries == 3
 
 
+@pytest.mark.parametrize(
+    "input_base, processor",
+    [
+        ("dicomweb+http://pacs/dicom-web?StudyDate=2024", "PacsInputProcessor"),
+        ("/data/folder", "FileBasedInputProcessor"),
+    ],
+)
+def test_example_gen_driver_fingerprints_a_pacs_by_its_listing_and_folders_by_their_files(input_base, processor):
+    from tfx.components.example_gen import utils
+
+    from components.image_example_gen.driver import ImageExampleGenDriver
+
+    driver = ImageExampleGenDriver(metadata_handle=None)
+    splits = utils.make_default_input_config().splits
+    assert type(driver.get_input_processor(splits, input_base_uri=input_base)).__name__ == processor
+
+
 # ---------------------------------------------------------------------------------------------
 # Test data: phantom series and SEGs
 # ---------------------------------------------------------------------------------------------
