@@ -509,10 +509,8 @@ def test_a_model_trained_from_the_pacs_stores_a_seg_equal_to_the_local_mask(
     from pipeline import cli
 
     url, workdir = pacs["server"].dicomweb, tmp_path / "work"
-    assert (
-        cli.main(["run", "--data", f"dicomweb+{url}?StudyDate={TRAINING_DATES}", "--workdir", str(workdir)] + TINY_RUN)
-        == 0
-    )
+    data = f"dicomweb+{url}?StudyDate={TRAINING_DATES}"
+    assert cli.main(["run", "--data", data, "--workdir", str(workdir)] + TINY_RUN) == 0
     with open(workdir / "run_summary.json") as fh:
         summary = json.load(fh)
     assert (summary["cases_ok"], summary["cases_quarantined"]) == (6, 3), summary
