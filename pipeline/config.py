@@ -35,7 +35,9 @@ class ConfigError(ValueError):
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    data_root: str = Field("", description="Decathlon folder, DICOM tree, or manifest CSV")
+    data_root: str = Field(
+        "", description="Decathlon folder, DICOM tree, manifest CSV or dicomweb+http(s)://HOST/PATH[?QIDO keys]"
+    )
     workdir: str = Field("workdir", description="pipeline root, metadata DB and serving base live below this")
     ingestion: IngestionSettings = Field(default_factory=IngestionSettings)
     planning: PlanningSettings = Field(default_factory=PlanningSettings)

@@ -101,15 +101,32 @@ def test_unreachable_server_is_retried_with_backoff_then_reported():
     assert sleeps == [0.25, 0.5, 1.0] and client.retries == 3
 
 
+@pytest.mark.parametrize(
+    "input_base, processor",
+    [
+        ("dicomweb+http://pacs/dicom-web?StudyDate=2024", "PacsInputProcessor"),
+        ("/data/folder", "FileBasedInputProcessor"),
+    ],
+)
+def test_example_gen_driver_fingerprints_a_pacs_by_its_listing_and_folders_by_their_files(input_base, processor):
+    from tfx.components.example_gen import utils
+
+    from components.image_example_gen.driver import ImageExampleGenDriver
+
+    driver = ImageExampleGenDriver(metadata_handle=None)
+    splits = utils.make_default_input_config().splits
+    assert type(driver.get_input_processor(splits, input_base_uri=input_base)).__name__ == processor
+
+
 # ---------------------------------------------------------------------------------------------
 # Test data: phantom series and SEGs
 # ---------------------------------------------------------------------------------------------
 
 
-def _series(index, folder, study_uid, modality=None, jpeg2000=False):
-    """Phantom `index` as DICOM files in `folder`, moved into `study_uid` (one patient per study),
-    optionally relabelled to `modality` and JPEG 2000 (lossless) compressed. Returns (phantom,
-    paths, SeriesInstanceUID)."""
+def _series(index, folder, study_uid, modality=None, jpeg2000=False, study_date=""):
+    """Phantom `index` as DICOM files in `folder`, moved into `study_uid` (one patient per study,
+    dated `study_date` YYYYMMDD when given), optionally relabelled to `modality` and JPEG 2000
+    (lossless) compressed. Returns (phantom, paths, SeriesInstanceUID)."""
     phantom = make_phantom(index, SEED)
     write_dicom_series(phantom, folder, SEED)
     os.remove(os.path.join(folder, "label.nii.gz"))
@@ -121,6 +138,8 @@ def _series(index, folder, study_uid, modality=None, jpeg2000=False):
         ds.PatientName, ds.PatientID = f"Secretname^{study_uid[-6:]}", f"PID-{study_uid[-6:]}"
         if modality:
             ds.Modality = modality
+        if study_date:
+            ds.StudyDate = study_date
         if jpeg2000:
             ds.compress(JPEG2000Lossless)
         ds.save_as(path)
@@ -164,25 +183,46 @@ def _broken_seg(source_path, out_path, study_uid):
     return out_path
 
 
+# QIDO-RS StudyDate ranges selecting parts of the `pacs` archive (see its docstring).
+CHECK_DATES = "20240101-20241231"  # studies A and B: ingested cases and every quarantine reason
+TRAINING_DATES = "20240101-20251231"  # A and B plus the training studies C..F
+
+
+def _study_uid(name):
+    """A StudyInstanceUID fixed by `name`. Patient IDs are derived from it, so the train/eval
+    split by patient hash is the same on every run."""
+    return generate_uid(entropy_srcs=["medtfx-test-study", name])
+
+
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory):
-    """Orthanc holding two studies:
-    A: CT (uncompressed) + its SEG; a 'PT' series (an MR phantom relabelled) without SEG; an
+    """Orthanc holding seven studies, one patient each:
+    A (2024): CT (uncompressed) + its SEG; a 'PT' series (an MR phantom relabelled) without SEG; an
        unreadable SEG object.
-    B: CT (JPEG 2000) + its SEG; a CT whose SEG lies half a voxel off the series' grid."""
+    B (2024): CT (JPEG 2000) + its SEG; a CT whose SEG lies half a voxel off the series' grid.
+    C..F (2025): a CT with its SEG each, C and E JPEG 2000: with A and B six training cases.
+    T (2026): a CT (JPEG 2000) without SEG: the study a model trained from the PACS segments."""
     server = start_orthanc()
     root = tmp_path_factory.mktemp("pacs_data")
-    study_a, study_b = generate_uid(), generate_uid()
-    data = {"server": server, "study_a": study_a, "study_b": study_b, "truth": {}, "series": {}}
+    study = {name: _study_uid(name) for name in "ABCDEFT"}
+    data = {"server": server, "study": study, "study_a": study["A"], "study_b": study["B"]}
+    data.update(truth={}, series={}, folders={})
     uploads = []
-    for name, index, study, kwargs, seg in (
-        ("ct_plain", 0, study_a, {}, "ok"),
-        ("pt_unlabelled", 1, study_a, {"modality": "PT"}, None),
-        ("ct_jpeg2000", 2, study_b, {"jpeg2000": True}, "ok"),
-        ("ct_off_grid", 4, study_b, {}, "shifted"),
+    for name, index, in_study, date, kwargs, seg in (
+        ("ct_plain", 0, "A", "20240315", {}, "ok"),
+        ("pt_unlabelled", 1, "A", "20240315", {"modality": "PT"}, None),
+        ("ct_jpeg2000", 2, "B", "20240611", {"jpeg2000": True}, "ok"),
+        ("ct_off_grid", 4, "B", "20240611", {}, "shifted"),
+        ("train_c", 6, "C", "20250110", {"jpeg2000": True}, "ok"),
+        ("train_d", 8, "D", "20250221", {}, "ok"),
+        ("train_e", 10, "E", "20250402", {"jpeg2000": True}, "ok"),
+        ("train_f", 12, "F", "20250517", {}, "ok"),
+        ("target", 14, "T", "20260105", {"jpeg2000": True}, None),
     ):
-        phantom, paths, series_uid = _series(index, str(root / name), study, **kwargs)
+        folder = str(root / name)
+        phantom, paths, series_uid = _series(index, folder, study[in_study], study_date=date, **kwargs)
         data["series"][name] = (series_uid, paths)
+        data["folders"][name] = folder
         uploads += paths
         if seg:
             label, affine = _native_label(phantom, paths)
@@ -190,7 +230,7 @@ def pacs(tmp_path_factory):
             uploads.append(
                 _seg(paths, label, str(root / f"{name}.seg.dcm"), shift_mm=None if seg == "ok" else affine[:3, 0] * 0.5)
             )
-    data["broken_seg"] = _broken_seg(data["series"]["ct_plain"][1][0], str(root / "broken.dcm"), study_a)
+    data["broken_seg"] = _broken_seg(data["series"]["ct_plain"][1][0], str(root / "broken.dcm"), study["A"])
     uploads.append(data["broken_seg"])
     server.upload(uploads)
     yield data
@@ -243,7 +283,7 @@ def test_wado_returns_instances_in_their_stored_transfer_syntax(pacs, credential
 
 
 def test_materialised_labels_are_the_segs_on_each_series_grid(pacs, credentials, tmp_path):
-    result = pacs_source.materialise(f"dicomweb+{pacs['server'].dicomweb}", str(tmp_path))
+    result = pacs_source.materialise(f"dicomweb+{pacs['server'].dicomweb}?StudyDate={CHECK_DATES}", str(tmp_path))
     assert result.cases == 2
     with open(result.manifest) as fh:
         rows = fh.read().splitlines()
@@ -265,7 +305,8 @@ def test_inventory_from_the_pacs_ingests_cases_and_quarantines_the_rest_with_rea
     from pipeline import cli
 
     report = tmp_path / "inventory.json"
-    assert cli.main(["inventory", f"dicomweb+{pacs['server'].dicomweb}", "--report", str(report)]) == 0
+    url = f"dicomweb+{pacs['server'].dicomweb}?StudyDate={CHECK_DATES}"
+    assert cli.main(["inventory", url, "--report", str(report)]) == 0
     with open(report) as fh:
         records = json.load(fh)["cases"]
     ok = [r for r in records if r["status"] == "ok"]
@@ -295,7 +336,7 @@ def test_the_example_gen_transform_ingests_a_pacs_dataset_url(pacs, credentials,
     from components.image_example_gen import executor
 
     properties = {
-        "input_base": f"dicomweb+{pacs['server'].dicomweb}",
+        "input_base": f"dicomweb+{pacs['server'].dicomweb}?StudyDate={CHECK_DATES}",
         executor.REQUIRE_LABELS_KEY: 1,
         executor._REPORT_URI_KEY: str(tmp_path / "report"),
         executor._PACS_CACHE_KEY: str(tmp_path / "cache"),
@@ -345,10 +386,38 @@ def _seg_series(client, study):
     return [s for s in client.search_series(study) if s.modality == "SEG"]
 
 
+def _stored_seg(client, study, before):
+    """The one SEG series of `study` not in `before` (QIDO-RS), retrieved and read with highdicom."""
+    import highdicom as hd
+
+    (new,) = [s for s in _seg_series(client, study) if s not in before]
+    (stored,) = client.retrieve_series(study, new.series_uid)
+    return hd.seg.Segmentation.from_dataset(stored)
+
+
+def _local_mask(model_dir, folder, out_dir):
+    """In-process `predict` of the DICOM series in `folder`: (mask (X, Y, Z) uint8 on the
+    series' own grid, its voxel -> RAS affine, the NIfTI written)."""
+    import nibabel as nib
+
+    (local,) = predict.predict_inputs(predict.InProcessModel(model_dir), [folder], out_dir, log=lambda m: None)
+    assert local["status"] == "ok", local
+    image = nib.load(local["outputs"]["nifti"])
+    return np.asarray(image.dataobj), image.affine, local["outputs"]["nifti"]
+
+
+def _assert_stored_seg_is_the_local_mask(seg, study, series_uid, mask, affine):
+    """The stored SEG is in `study`, references only `series_uid` and, read onto the series'
+    grid, equals the in-process `mask` voxel for voxel (and the mask is not empty)."""
+    assert seg.StudyInstanceUID == study
+    assert {series for _, series, _ in seg.get_source_image_uids()} == {series_uid}
+    assert mask.any()
+    np.testing.assert_array_equal(pacs_source.seg_label_on_grid(seg, mask.shape, affine), mask)
+
+
 def test_predict_study_stores_a_seg_that_references_its_series_and_equals_the_local_mask(
     study_pacs, ct_only_model, credentials, tmp_path, capsys
 ):
-    import highdicom as hd
     import nibabel as nib
 
     from pipeline import cli
@@ -357,35 +426,108 @@ def test_predict_study_stores_a_seg_that_references_its_series_and_equals_the_lo
     ct_uid, ct_paths = study_pacs["ct"]
     client = dicomweb.DicomWebClient(url)
     before = _seg_series(client, study)
+    listing = pacs_source.listing_fingerprint(f"dicomweb+{url}")
     argv = ["predict", "--model", ct_only_model, "--dicomweb", url, "--study", study]
     # Without --store nothing is written back.
     assert cli.main(argv + ["--output", str(tmp_path / "dry")]) == 0
     assert _seg_series(client, study) == before
+    assert pacs_source.listing_fingerprint(f"dicomweb+{url}") == listing
     assert cli.main(argv + ["--output", str(tmp_path / "out"), "--store"]) == 0
+    # A study that gains a series is a new training input: its listing fingerprint changes.
+    assert pacs_source.listing_fingerprint(f"dicomweb+{url}") != listing
     with open(tmp_path / "out" / predict.REPORT_FILE) as fh:
         records = {r["series_uid"]: r for r in json.load(fh)["results"]}
     assert records[ct_uid]["status"] == "ok" and len(records[ct_uid]["stored"]) == 1, records
     pt = records[study_pacs["pt"]]
     assert pt["status"] == "skipped" and "the model refused the input" in pt["reason"], pt
     assert {r["status"] for uid, r in records.items() if uid not in (ct_uid, study_pacs["pt"])} == {"skipped"}
-    # QIDO-RS finds the new SEG in the study; it references the source series.
-    (new,) = [s for s in _seg_series(client, study) if s not in before]
-    (stored,) = client.retrieve_series(study, new.series_uid)
-    seg = hd.seg.Segmentation.from_dataset(stored)
+    # QIDO-RS finds the new SEG in the study; it references the source series and equals, voxel
+    # for voxel, the in-process mask of the same series read from a folder.
+    seg = _stored_seg(client, study, before)
     assert seg.SOPInstanceUID == records[ct_uid]["stored"][0]
-    assert {series for _, series, _ in seg.get_source_image_uids()} == {ct_uid}
-    assert seg.StudyInstanceUID == study
-    # Voxel for voxel: the stored SEG on the series' grid == the in-process mask of the folder.
-    (local,) = predict.predict_inputs(
-        predict.InProcessModel(ct_only_model), [study_pacs["ct_folder"]], str(tmp_path / "local"), log=lambda m: None
-    )
-    mask_img = nib.load(local["outputs"]["nifti"])
-    mask = np.asarray(mask_img.dataobj)
-    assert mask.any()
-    np.testing.assert_array_equal(pacs_source.seg_label_on_grid(seg, mask.shape, mask_img.affine), mask)
+    mask, affine, _ = _local_mask(ct_only_model, study_pacs["ct_folder"], str(tmp_path / "local"))
+    _assert_stored_seg_is_the_local_mask(seg, study, ct_uid, mask, affine)
     np.testing.assert_array_equal(np.asarray(nib.load(records[ct_uid]["outputs"]["nifti"]).dataobj), mask)
     # No patient identity in what medtfx printed or reported.
     text = "\n".join(capsys.readouterr()) + (tmp_path / "out" / predict.REPORT_FILE).read_text()
+    assert "Secretname" not in text and "PID-" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trip: plan and train from the PACS, segment a study of it with the pushed model
+# ---------------------------------------------------------------------------------------------
+
+# The smallest run that still plans, trains, evaluates and pushes (as tests/test_pipeline_e2e.py):
+# one timed calibration step in one precision, 60 training steps (a 1-minute budget leaves the
+# planner no training time after export, so the steps are set), no test-time mirroring.
+TINY_RUN = [
+    f"--set={setting}"
+    for setting in (
+        "planning.budget_minutes=1",
+        "planning.calibration_steps=1",
+        "mixed_precision=false",
+        "train_steps=60",
+        "epochs=1",
+        "eval_steps=1",
+        "val_dice_cases=1",
+        "tta_mirror_axes=[]",
+    )
+]
+
+
+@pytest.fixture
+def default_salt(monkeypatch):
+    """The configured default patient salt: the split by patient hash below is then fixed."""
+    monkeypatch.delenv("MEDTFX_PATIENT_SALT", raising=False)
+
+
+def test_plan_from_the_pacs(pacs, credentials, default_salt, tmp_path, capsys):
+    from pipeline import cli
+    from pipeline.runners import local
+
+    url = f"dicomweb+{pacs['server'].dicomweb}?StudyDate={CHECK_DATES}"
+    argv = ["plan", "--data", url, "--output", str(tmp_path / "plan.json"), "--workdir", str(tmp_path / "work")]
+    assert cli.main(argv + TINY_RUN) == 0
+    with open(tmp_path / "plan.json") as fh:
+        plan = json.load(fh)
+    assert plan["inputs"]["modalities"] == ["CT"] and plan["settings"]["training"]["num_classes"] == 3, plan
+    # The examples are fingerprinted by the archive's listing (TFX's own would find no file at
+    # a URL and give every listing the same, empty fingerprint: caching would then reuse them).
+    examples = local.latest_artifacts(str(tmp_path / "work" / "metadata.sqlite"))["Examples"]
+    fingerprint = examples.custom_properties["input_fingerprint"].string_value
+    assert fingerprint == pacs_source.listing_fingerprint(url) and fingerprint.startswith("pacs:series:8,"), fingerprint
+    assert "Secretname" not in "\n".join(capsys.readouterr())
+
+
+@pytest.mark.slow
+def test_a_model_trained_from_the_pacs_stores_a_seg_equal_to_the_local_mask(
+    pacs, credentials, default_salt, tmp_path, capsys
+):
+    """`medtfx run --data dicomweb+...` on studies A..F (six cases, three series quarantined),
+    then `medtfx predict --dicomweb --store` with the pushed model on study T (JPEG 2000): the SEG
+    found by QIDO-RS in T references T's CT and equals the in-process mask voxel for voxel."""
+    from pipeline import cli
+
+    url, workdir = pacs["server"].dicomweb, tmp_path / "work"
+    data = f"dicomweb+{url}?StudyDate={TRAINING_DATES}"
+    assert cli.main(["run", "--data", data, "--workdir", str(workdir)] + TINY_RUN) == 0
+    with open(workdir / "run_summary.json") as fh:
+        summary = json.load(fh)
+    assert (summary["cases_ok"], summary["cases_quarantined"]) == (6, 3), summary
+    assert summary["blessed"] is True and summary["pushed_to"], summary
+    client = dicomweb.DicomWebClient(url)
+    study, (series_uid, _) = pacs["study"]["T"], pacs["series"]["target"]
+    before = _seg_series(client, study)
+    argv = ["predict", "--model", summary["pushed_to"], "--dicomweb", url, "--study", study]
+    assert cli.main(argv + ["--output", str(tmp_path / "out"), "--store"]) == 0
+    with open(tmp_path / "out" / predict.REPORT_FILE) as fh:
+        (record,) = json.load(fh)["results"]
+    assert record["status"] == "ok" and record["series_uid"] == series_uid, record
+    seg = _stored_seg(client, study, before)
+    assert [seg.SOPInstanceUID] == record["stored"]
+    mask, affine, _ = _local_mask(summary["pushed_to"], pacs["folders"]["target"], str(tmp_path / "local"))
+    _assert_stored_seg_is_the_local_mask(seg, study, series_uid, mask, affine)
+    text = "\n".join(capsys.readouterr()) + (workdir / "run_summary.json").read_text()
     assert "Secretname" not in text and "PID-" not in text
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 from tfx import types
-from tfx.components.example_gen import driver, utils
+from tfx.components.example_gen import utils
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.proto import example_gen_pb2
@@ -14,6 +14,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.dashboard import artifacts as dashboard
 from components.image_example_gen import executor
+from components.image_example_gen.driver import ImageExampleGenDriver
 
 
 class ImageExampleGenSpec(types.ComponentSpec):
@@ -42,7 +43,7 @@ class ImageExampleGen(FileBasedExampleGen):
 
     SPEC_CLASS = ImageExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
-    DRIVER_CLASS = driver.FileBasedDriver
+    DRIVER_CLASS = ImageExampleGenDriver  # FileBasedDriver, plus PACS listings as fingerprints
 
     def __init__(
         self,
@@ -66,5 +67,5 @@ class ImageExampleGen(FileBasedExampleGen):
             examples=types.Channel(type=standard_artifacts.Examples),
             inventory_report=types.Channel(type=dashboard.Markdown),
         )
-        # Skip FileBasedExampleGen.__init__ (it builds its own spec); keep its driver and type.
+        # Skip FileBasedExampleGen.__init__ (it builds its own spec); keep its type.
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

@@ -231,6 +231,33 @@ def materialise(url: str, cache_dir: str, require_labels: bool = True, client=No
     return Materialised(manifest, len(rows), quarantined)
 
 
+def listing_fingerprint(url: str, client=None) -> str:
+    """What a PACS dataset URL selects, as a TFX input fingerprint: the series QIDO-RS finds for the
+    URL's keys and every series of their studies (the SEGs), by study, series, modality and
+    number of instances, hashed. It changes when a selected study gains, loses or grows a series
+    (a new case, a new or replaced SEG), not when an instance is rewritten in place.
+
+    Args:
+      url: dicomweb+http(s)://HOST/PATH[?KEY=VALUE...].
+      client: a DicomWebClient (default: one for `url`, credentials from the environment).
+    Returns:
+      'pacs:series:<count>,sha256:<64 hex digits>' (no UID or patient attribute in clear).
+    Raises:
+      DicomWebError: the archive cannot be searched.
+      ValueError: malformed URL or credentials.
+    """
+    _, filters = dicomweb.parse_dataset_url(url)
+    client = client or dicomweb.DicomWebClient(url)
+    studies = sorted({s.study_uid for s in client.search_series(filters=filters)})
+    listed = sorted(
+        (s.study_uid, s.series_uid, s.modality, s.number_of_instances)
+        for study_uid in studies
+        for s in client.search_series(study_uid)
+    )
+    digest = hashlib.sha256("\n".join(" ".join(map(str, row)) for row in listed).encode()).hexdigest()
+    return f"pacs:series:{len(listed)},sha256:{digest}"
+
+
 def find_cases(
     url: str, cache_dir: str, require_labels: bool = True, client=None
 ) -> Tuple[List[cases.CaseSpec], cases.DatasetInfo]:
