@@ -610,3 +610,14 @@ def test_detect_machine(cpuinfo, meminfo, env, nvidia_smi, expected):
 def test_planner_imports_without_tensorflow():
     code = "import sys, modules.plan.planner; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+@pytest.mark.parametrize("budget", [0.5, 1.0])
+def test_a_budget_without_training_time_is_refused_in_words(budget):
+    with pytest.raises(ValueError, match=r"leaves no training time after export .* --budget-minutes above"):
+        plan_for("hippocampus", budget=budget)
+
+
+def test_a_tiny_budget_with_the_steps_set_is_planned():
+    plan = plan_for("hippocampus", budget=1.0, overrides={"training.train_steps": 60})
+    assert plan["settings"]["training"]["train_steps"] == 60

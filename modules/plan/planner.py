@@ -1185,6 +1185,14 @@ def make_plan(
                 f"a larger budget would help (the initial plan allowed {start_steps})"
             )
     warnings.extend(net.warnings)
+    if split["train_steps"] < 1:
+        # Zero steps would export an untrained network: refuse with what would make it work.
+        raise ValueError(
+            f"a {budget_minutes:g}-minute budget leaves no training time after export "
+            f"({split['export_minutes']:g} min) and validation ({split['validation_minutes']:.1f} min): "
+            f"give --budget-minutes above {split['export_minutes'] + split['validation_minutes'] + 1:.0f}, "
+            "or set training.train_steps"
+        )
 
     # Transform decisions that depend on the final network.
     spacing_reason = reasons.get("transform.target_spacing", "")
