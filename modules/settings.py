@@ -274,6 +274,16 @@ class RunnerSettings(StageSettings):
         "", description="Kubeflow: Kubernetes Secret holding the patient-hash salt (a cluster compile needs one)"
     )
     patient_salt_secret_key: str = Field("salt", min_length=1, description="key of the salt in that Secret")
+    data_secret: str = Field(
+        "",
+        description="Kubeflow: Kubernetes Secret with the dataset's credentials (PACS, object store), "
+        "given to the ingestion pod as environment variables",
+    )
+    data_secret_keys: Tuple[str, ...] = Field(
+        ("MEDTFX_DICOMWEB_USER", "MEDTFX_DICOMWEB_PASSWORD"),
+        description="keys of data_secret, each exposed as the environment variable of the same name "
+        "(e.g. MEDTFX_DICOMWEB_TOKEN, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+    )
 
 
 STAGES: Dict[str, Type[StageSettings]] = {

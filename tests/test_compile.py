@@ -559,6 +559,38 @@ def test_salt_secret_env_follows_the_settings(tmp_path):
     assert params["salt_env"]["runtimeValue"]["constant"] == "SITE_SALT"
 
 
+@pytest.mark.parametrize(
+    "keys,expected",
+    [
+        ([], ["MEDTFX_DICOMWEB_USER", "MEDTFX_DICOMWEB_PASSWORD"]),
+        (['data_secret_keys=["MEDTFX_DICOMWEB_TOKEN"]'], ["MEDTFX_DICOMWEB_TOKEN"]),
+        (
+            ['data_secret_keys=["AWS_ACCESS_KEY_ID","AWS_SECRET_ACCESS_KEY"]'],
+            ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+        ),
+    ],
+)
+def test_data_credentials_reach_only_the_ingestion_pod_from_their_secret(tmp_path, keys, expected):
+    _, _, docs = _compile(tmp_path, ["data_secret=pacs-credentials", *keys], "d.yaml")
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert list(executors) == ["ImageExampleGen_executor"]
+    salt, data = executors["ImageExampleGen_executor"]["secretAsEnv"]
+    assert salt["secretName"] == "medtfx-patient-salt"
+    assert data == {"secretName": "pacs-credentials", "keyToEnv": [{"secretKey": k, "envVar": k} for k in expected]}
+
+
+@pytest.mark.parametrize(
+    "data_root,cached", [("/data/input", True), ("dicomweb+https://pacs.example.org/dicom-web", False)]
+)
+def test_ingestion_from_a_pacs_is_never_served_from_the_cache(tmp_path, data_root, cached):
+    cfg = make_config(["patient_salt_secret=medtfx-patient-salt"], data_root=data_root)
+    written = kubeflow.compile_kubeflow(cfg, str(tmp_path / "p.yaml"), allow_placeholders=True)
+    with open(written["kfp_package"]) as fh:
+        tasks = next(yaml.safe_load_all(fh))["root"]["dag"]["tasks"]
+    assert tasks["ImageExampleGen"]["cachingOptions"].get("enableCache", False) is cached
+    assert tasks["Trainer"]["cachingOptions"]["enableCache"] is True
+
+
 def _output_titles(spec: dict) -> dict:
     """{(task, output key): schema title} of every artifact output in the root DAG."""
     titles = {}

@@ -43,7 +43,8 @@ CONFIGMAP_NAME = "medtfx-pipeline-config"
 PLACEHOLDER_IMAGE = RunnerSettings.model_fields["image"].default
 PLACEHOLDER_PIPELINE_ROOT = RunnerSettings.model_fields["kubeflow_pipeline_root"].default
 # Tasks that hash patient IDs, so their pods get the salt Secret as an environment variable.
-SALTED_TASKS = ("ImageExampleGen",)
+EXAMPLE_GEN_ID = "ImageExampleGen"
+SALTED_TASKS = (EXAMPLE_GEN_ID,)
 # Every container runs TFX's module through this one (pipeline/runners/kfp_entrypoint.py), which
 # lets TFX import the dashboard's system.* artifact types by their schema title.
 ENTRYPOINT_MODULE = "pipeline.runners.kfp_entrypoint"
@@ -215,6 +216,14 @@ def kubernetes_platform_spec(cfg: PipelineConfig, pipeline_spec: dict) -> dict:
         for task in SALTED_TASKS:
             if task in pipeline_spec["root"]["dag"]["tasks"]:
                 executors.setdefault(executor_label(pipeline_spec, task), {})["secretAsEnv"] = [salt]
+    if cfg.runner.data_secret:
+        # Credentials stay in the cluster: the ingestion pod reads them from its environment.
+        data = {
+            "secretName": cfg.runner.data_secret,
+            "keyToEnv": [{"secretKey": key, "envVar": key} for key in cfg.runner.data_secret_keys],
+        }
+        ingestion = executors.setdefault(executor_label(pipeline_spec, EXAMPLE_GEN_ID), {})
+        ingestion["secretAsEnv"] = ingestion.get("secretAsEnv", []) + [data]
     trainer = executor_label(pipeline_spec, TRAINER_ID)
     if cfg.runner.trainer_node_selector:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in cfg.runner.trainer_node_selector.items()):
@@ -381,6 +390,10 @@ def build_kubeflow_job(cfg: PipelineConfig, parameters: Optional[Dict[str, Any]]
     )
     job = runner.run(pipeline, write_out=False)
     job["pipelineSpec"] = route_through_entrypoint(_retitle(job["pipelineSpec"], custom_type_class_paths(pipeline)))
+    if str(parameters["data_root"].default).startswith("dicomweb+"):
+        # KFP keys a cached step by its inputs: a PACS URL stays the same string while the
+        # archive gains studies, so ingestion from a PACS must always run.
+        job["pipelineSpec"]["root"]["dag"]["tasks"][EXAMPLE_GEN_ID]["cachingOptions"] = {"enableCache": False}
     # TFX declares the root parameters without defaults; KFP's form shows these.
     root_parameters = job["pipelineSpec"]["root"].get("inputDefinitions", {}).get("parameters", {})
     for name, spec in root_parameters.items():
