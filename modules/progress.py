@@ -19,7 +19,9 @@ T = TypeVar("T")
 
 # Seconds between plain lines: often enough to see a pod is alive, rare enough to read its log.
 LINE_INTERVAL_S = 30.0
-_LINE_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [elapsed {elapsed}, ETA {remaining}, {rate_fmt}{postfix}]"
+_LINE_FORMAT = (
+    "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [elapsed {elapsed}, ETA {remaining}, {rate_fmt}{postfix}]"
+)
 _LINE_FORMAT_NO_TOTAL = "{desc}: {n_fmt} {unit} [elapsed {elapsed}, {rate_fmt}{postfix}]"
 
 
@@ -130,9 +132,15 @@ class Progress:
         self.close()
 
 
-def track(
-    items: Iterable[T], label: str, total: Optional[int] = None, unit: str = "case", **kwargs
-) -> Iterator[T]:
+def echo(message: str, file: Optional[TextIO] = None) -> None:
+    """print(message) to `file` (default stdout) without cutting through a bar on the terminal:
+    tqdm lifts its bars, prints the line and redraws them."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=file if file is not None else sys.stdout)
+
+
+def track(items: Iterable[T], label: str, total: Optional[int] = None, unit: str = "case", **kwargs) -> Iterator[T]:
     """Yields `items`, advancing a Progress by one per item (total: len(items) when it has one)."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
@@ -156,3 +164,16 @@ def callback(label: str, unit: str = "case", **kwargs) -> Callable[[int, int], N
             progress.close()
 
     return report
+
+
+def count_records(file_patterns: Iterable[str], compression: str = "GZIP") -> int:
+    """Records in the TFRecord files matching `file_patterns` (ExampleGen and Transform write
+    GZIP), counted without parsing: the total of a progress over cases. TensorFlow is imported
+    here only, so the rest of this module stays light."""
+    import tensorflow as tf
+
+    files = [path for pattern in file_patterns for path in tf.io.gfile.glob(pattern)]
+    if not files:
+        return 0
+    dataset = tf.data.TFRecordDataset(files, compression_type=compression)
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1).numpy())

@@ -45,16 +45,16 @@ def patient_salt(exec_properties: Dict[str, Any]) -> str:
 
 class _ProcessCase(beam.DoFn):
     """CaseSpec -> tf.Example (main output) and a report record (tagged 'report'), with progress
-    over the `total` cases (each worker counts the cases it read; one worker locally)."""
+    over the `total` cases (0: unknown; each worker counts the cases it read, one worker locally)."""
 
-    def __init__(self, salt: str, label_set, total: int):
+    def __init__(self, salt: str, label_set, total: int = 0):
         self._salt = salt
         self._label_set = label_set
         self._total = total
         self._progress: Optional[progress.Progress] = None
 
     def setup(self):
-        self._progress = progress.Progress(self._total, "ImageExampleGen: cases read")
+        self._progress = progress.Progress(self._total or None, "ImageExampleGen: cases read")
 
     def teardown(self):
         if self._progress is not None:

@@ -44,7 +44,8 @@ def intensity_summary(values: np.ndarray) -> Dict[str, Optional[float]]:
         return {name: None for name in ("p1", "p50", "p99", "mean", "std")}
     p1, p50, p99 = np.percentile(_sample(flat).astype(np.float64), _PERCENTILES)
     mean, std = float(np.mean(flat, dtype=np.float64)), float(np.std(flat, dtype=np.float64))
-    return {name: float(f"{v:.4g}") for name, v in (("p1", p1), ("p50", p50), ("p99", p99), ("mean", mean), ("std", std))}
+    summary = {"p1": p1, "p50": p50, "p99": p99, "mean": mean, "std": std}
+    return {name: float(f"{v:.4g}") for name, v in summary.items()}
 
 
 def facts(volume, label: Optional[np.ndarray] = None) -> dict:
@@ -133,8 +134,8 @@ def table(records: Sequence[dict], label_names: Optional[Mapping[int, str]] = No
     for key in ("p1", "p50", "p99"):
         body.append([f"intensity {key}", *_range([r["intensity"][0][key] for r in rows], 4)])
     for k, volumes in label_volumes(records).items():
-        name = (label_names or {}).get(k)
-        body.append([f"label {k}{f' {name}' if name else ''} (ml, {len(volumes)} cases)", *_range(volumes)])
+        label_name = (label_names or {}).get(k)
+        body.append([f"label {k}{f' {label_name}' if label_name else ''} (ml, {len(volumes)} cases)", *_range(volumes)])
     header = ["", "min", "median", "max"]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(4)]
 

@@ -14,10 +14,18 @@ from tfx.utils import io_utils, json_utils, path_utils
 
 from components.dataset_planner import artifacts
 from components.segmentation_evaluator import eval_config, report
+from modules import progress
 from modules.settings import EvaluationSettings
 
 SETTINGS_KEY = "settings"  # EvaluationSettings JSON
 NUM_CLASSES_KEY = "num_classes"  # as configured; a plan's wins
+
+
+def _count_records(splits, examples) -> int:
+    """Examples in the given splits, for the progress total (cases without a label are counted
+    too: an upper bound)."""
+    uris = [uri for split in splits for uri in artifact_utils.get_split_uris(examples, split)]
+    return progress.count_records([io_utils.all_files_pattern(uri) for uri in uris])
 
 
 def _single_uri_or_none(input_dict, key):
@@ -62,14 +70,23 @@ class Executor(tfx_evaluator_executor.Executor):
                     yield from report.read_serialized_examples(io_utils.all_files_pattern(uri))
 
         extremes = report.ExtremeCases(labels)  # the worst and best case's volumes, for overlays
-        records = report.evaluate_cases(
-            report.saved_model_predictor(model_dir),
-            serialized(),
-            labels,
-            settings.surface_tolerance_mm,
-            settings.report_max_cases,
-            on_case=extremes.add,
-        )
+        total = _count_records(splits, input_dict[standard_component_specs.EXAMPLES_KEY])
+        with progress.Progress(
+            min(total, settings.report_max_cases) if settings.report_max_cases else total, "Evaluator: cases scored"
+        ) as scored:
+
+            def on_case(record, image, truth, prediction):
+                extremes.add(record, image, truth, prediction)
+                scored.update(1)
+
+            records = report.evaluate_cases(
+                report.saved_model_predictor(model_dir),
+                serialized(),
+                labels,
+                settings.surface_tolerance_mm,
+                settings.report_max_cases,
+                on_case=on_case,
+            )
         result = report.build_report(
             records,
             labels,

@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from modules import progress
 from modules.io import dicom
 from modules.io.nifti_reader import read_nifti, write_nifti
 from modules.io.volume import CaseError, Volume, affines_match, compact_dtype, from_canonical, to_canonical
@@ -594,11 +595,12 @@ def predict_inputs(
     modality: str = "",
     max_voxels: int = DEFAULT_MAX_VOXELS,
     num_classes: Optional[int] = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = progress.echo,
     series: Optional[int] = None,
 ) -> List[dict]:
     """Segments every input independently; returns one record per input (ok or failed with the
-    reason) and writes them to <output_dir>/predict_report.json."""
+    reason) and writes them to <output_dir>/predict_report.json. Progress over the inputs (rate,
+    ETA) on stderr beside the per-input lines `log` gets (modules/progress.py)."""
     import grpc
 
     os.makedirs(output_dir, exist_ok=True)
@@ -609,7 +611,7 @@ def predict_inputs(
             num_classes = None
     taken: set = set()
     records = []
-    for path in inputs:
+    for path in progress.track(inputs, "predict", unit="input"):
         name = _unique_name(input_name(path), taken)
         try:
             record = predict_one(model, path, output_dir, name, modality, max_voxels, num_classes, series)
@@ -654,7 +656,7 @@ def predict_study(
     store: bool = False,
     max_voxels: int = DEFAULT_MAX_VOXELS,
     num_classes: Optional[int] = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = progress.echo,
 ) -> List[dict]:
     """Segments every image series of a PACS study, as `predict` does a DICOM folder.
 
@@ -688,7 +690,7 @@ def predict_study(
         log(f"study {study_uid}: no series found")
     records = []
     with tempfile.TemporaryDirectory(prefix="medtfx-study-") as scratch:
-        for info in series:
+        for info in progress.track(series, "predict", unit="series"):
             locator = _series_locator(study_uid, info.series_uid)
             record = {"input": locator, "series_uid": info.series_uid, "modality": info.modality}
             if not info.is_image:
