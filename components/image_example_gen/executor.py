@@ -25,7 +25,7 @@ from modules.io import dicomweb
 
 _log = logging.getLogger(__name__)
 
-INVENTORY_FILE = "inventory.json"
+INVENTORY_FILE = inventory.INVENTORY_FILE
 _REPORT_DIR = "_inventory_parts"
 _LABEL_NAMES_FILE = "label_names.json"  # in the report dir: {value: name} from dataset.json
 # exec_properties keys (parameters of ImageExampleGenSpec).
@@ -126,13 +126,6 @@ def merge_report(report_dir: str, out_path: str) -> List[dict]:
     return records
 
 
-def read_label_names(inventory_path: str) -> Dict[int, str]:
-    """{label value: name} from an inventory.json ({} when the dataset declared none)."""
-    with tf.io.gfile.GFile(inventory_path) as fh:
-        names = json.loads(fh.read()).get("label_names") or {}
-    return {int(k): str(v) for k, v in names.items()}
-
-
 def _write_glance(records: List[dict], label_names: Dict[int, str], png_path: str) -> None:
     """Logs the dataset-at-a-glance table and writes inventory.png; a picture never fails ingestion."""
     for line in inventory.table(records, label_names):
@@ -173,7 +166,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         inventory_path = os.path.join(examples.uri, INVENTORY_FILE)
         records = merge_report(report_dir, inventory_path)
         _log.info("ImageExampleGen: %s; report at %s", cases.summarise(records), inventory_path)
-        _write_glance(records, read_label_names(inventory_path), os.path.join(examples.uri, inventory.INVENTORY_PNG))
+        label_names = inventory.read_label_names(examples.uri)
+        _write_glance(records, label_names, os.path.join(examples.uri, inventory.INVENTORY_PNG))
         if not any(r["status"] == "ok" for r in records):
             raise RuntimeError(
                 f"no usable case in {exec_properties['input_base']}: see {os.path.join(examples.uri, INVENTORY_FILE)}"

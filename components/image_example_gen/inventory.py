@@ -20,6 +20,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+INVENTORY_FILE = "inventory.json"  # at the root of the Examples artifact
 INVENTORY_PNG = "inventory.png"
 # Percentiles are taken on at most this many voxels (an evenly strided sample): a 512x512x300 CT
 # has 78 M voxels, and sorting them all per case would cost seconds for no visible difference.
@@ -85,6 +86,21 @@ def facts(volume, label: Optional[np.ndarray] = None) -> dict:
     if foreground.any():
         out["foreground_intensity"] = [intensity_summary(per_channel[..., c][foreground]) for c in range(channels)]
     return out
+
+
+def read_label_names(examples_uri: str) -> Dict[int, str]:
+    """{label value: name} from the inventory.json of an Examples artifact: the names the dataset
+    declares (dataset.json), {} when it declares none or there is no inventory (older runs)."""
+    import json
+
+    import tensorflow as tf
+
+    path = examples_uri.rstrip("/") + "/" + INVENTORY_FILE
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as fh:
+        names = json.loads(fh.read()).get("label_names") or {}
+    return {int(k): str(v) for k, v in names.items()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, json_utils, path_utils
 
 from components.dataset_planner import artifacts
+from components.image_example_gen import inventory
 from components.segmentation_evaluator import eval_config, report
 from modules import progress
 from modules.settings import EvaluationSettings
@@ -97,5 +98,8 @@ class Executor(tfx_evaluator_executor.Executor):
             model.uri,
             thresholds,
         )
-        paths = report.write_report(result, evaluation_uri, report.read_history(model_dir), extremes)
+        examples_uri = input_dict[standard_component_specs.EXAMPLES_KEY][0].uri
+        paths = report.write_report(
+            result, evaluation_uri, report.read_history(model_dir), extremes, inventory.read_label_names(examples_uri)
+        )
         logging.info("segmentation report (%d eval cases): %s", len(records), paths)

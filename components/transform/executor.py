@@ -14,6 +14,7 @@ from tfx.components.transform import executor as transform_executor
 from tfx.types import artifact_utils, standard_component_specs
 
 from components.dataset_planner import artifacts
+from components.image_example_gen import inventory
 from components.transform import preview
 from modules import progress
 
@@ -95,6 +96,7 @@ class Executor(transform_executor.Executor):
                 graph_uri,
                 PREVIEW_CASES,
                 title=f"Transform preview ({split} split)",
+                label_names=inventory.read_label_names(examples[0].uri),
             )
             logging.info("wrote Transform preview %s", path)
         except Exception:  # a picture must never fail a training run; say why it is missing
