@@ -189,6 +189,7 @@ def plot(records: Sequence[dict], path: str, label_names: Optional[Mapping[int, 
     matplotlib.use("Agg")  # files only: no display on servers and pods
     import matplotlib.pyplot as plt
     from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_sp, ax_size, ax_vol) = plt.subplots(1, 3, figsize=(13.5, 4.2))
     modalities = sorted({r.get("modality") or "unknown" for r in rows})
@@ -236,6 +237,7 @@ def plot(records: Sequence[dict], path: str, label_names: Optional[Mapping[int, 
         ax_vol.legend(fontsize=8)
         ax_vol.set_xlabel("label volume (ml)" + (", log scale" if log else ""))
         ax_vol.set_ylabel("cases")
+        ax_vol.yaxis.set_major_locator(MaxNLocator(integer=True))  # whole cases
     else:
         ax_vol.text(0.5, 0.5, "no labels", ha="center", va="center", transform=ax_vol.transAxes)
     ax_vol.set_title("label volume per case", fontsize=10)

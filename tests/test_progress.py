@@ -1,0 +1,99 @@
+"""Progress (modules/progress.py): a bar on a terminal, plain periodic lines otherwise, the same
+counts in both; the Trainer's TrainingProgress callback over the planned steps; the record
+counter behind the progress totals."""
+
+import io
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from modules import progress
+
+
+def _plain_lines(caplog, **kwargs):
+    return [r.getMessage() for r in caplog.records if r.name == "modules.progress"]
+
+
+@pytest.mark.parametrize(
+    "total, updates, interval_s, expected",
+    [
+        # a line per update when every moment is due, and no repeat at close
+        (3, [1, 1, 1], 0.0, ["33% 1/3 case", "67% 2/3 case", "100% 3/3 case"]),
+        # a long interval: the first update and the totals at close only
+        (4, [1, 1, 1, 1], 3600.0, ["25% 1/4 case", "100% 4/4 case"]),
+        # unknown total: counts and rate, no percentage
+        (None, [2, 3], 0.0, ["cases: 2 case [", "cases: 5 case ["]),
+    ],
+)
+def test_plain_lines_when_not_a_terminal(caplog, total, updates, interval_s, expected):
+    stream = io.StringIO()  # not a terminal
+    with caplog.at_level(logging.INFO, logger="modules.progress"):
+        with progress.Progress(total, "cases", stream=stream, interval_s=interval_s) as p:
+            for n in updates:
+                p.update(n, postfix="loss 0.5")
+    lines = _plain_lines(caplog)
+    assert len(lines) == len(expected)
+    for line, part in zip(lines, expected):
+        assert part in line and "loss 0.5" in line
+        assert "\r" not in line
+    assert stream.getvalue() == ""  # plain lines go through logging (pod logs), never a bar
+
+
+def test_bar_on_a_terminal_ends_at_the_total():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    assert progress.is_terminal(stream) and not progress.is_terminal(io.StringIO())
+    with progress.Progress(5, "steps", unit="step", stream=stream) as p:
+        for _ in range(5):
+            p.update(1)
+    assert "\r" in stream.getvalue() and "5/5" in stream.getvalue() and "step/s" in stream.getvalue()
+
+
+def test_track_and_callback_count_every_item(caplog):
+    with caplog.at_level(logging.INFO, logger="modules.progress"):
+        assert list(progress.track(["a", "b", "c"], "inputs", unit="input", stream=io.StringIO(), interval_s=0)) == [
+            "a",
+            "b",
+            "c",
+        ]
+        report = progress.callback("phantoms", stream=io.StringIO(), interval_s=3600)
+        for done in range(1, 5):
+            report(done, 4)
+    lines = _plain_lines(caplog)
+    assert "100% 3/3 input" in lines[2]
+    assert lines[-1].startswith("phantoms: 100% 4/4 case")
+
+
+def test_count_records_counts_gzip_tfrecords(tmp_path):
+    import tensorflow as tf
+
+    for shard, n in (("a", 3), ("b", 4)):
+        with tf.io.TFRecordWriter(str(tmp_path / f"data-{shard}.gz"), options="GZIP") as writer:
+            for i in range(n):
+                writer.write(b"x" * i)
+    assert progress.count_records([os.path.join(str(tmp_path), "data-*")]) == 7
+    assert progress.count_records([os.path.join(str(tmp_path), "none-*")]) == 0
+
+
+def test_training_progress_counts_steps_and_says_what_stops_the_run(caplog):
+    import tf_keras as keras
+
+    from modules.train import training
+
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    model = keras.Sequential([keras.layers.Dense(1, input_shape=(3,))])
+    model.compile(optimizer="sgd", loss="mse")
+    callback = training.TrainingProgress(total_steps=6, time_limit_minutes=10)
+    with caplog.at_level(logging.INFO, logger="modules.progress"):
+        model.fit(x, x[:, :1], batch_size=4, epochs=3, callbacks=[callback], verbose=0)
+    assert callback.progress is not None and callback.progress.n == 6
+    last = _plain_lines(caplog)[-1]
+    assert "100% 6/6 step" in last and "loss " in last and "time limit in 09:" in last
+    callback.on_epoch_end(0, {"val_mean_dice": 0.8123})
+    assert "val Dice 0.812" in callback.postfix({"loss": 0.25})
+    assert training.TrainingProgress(5).postfix({"loss": 0.25}) == "loss 0.250"  # no time limit
