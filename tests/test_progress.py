@@ -97,3 +97,34 @@ def test_training_progress_counts_steps_and_says_what_stops_the_run(caplog):
     callback.on_epoch_end(0, {"val_mean_dice": 0.8123})
     assert "val Dice 0.812" in callback.postfix({"loss": 0.25})
     assert training.TrainingProgress(5).postfix({"loss": 0.25}) == "loss 0.250"  # no time limit
+
+
+def test_transform_counts_the_cases_it_writes(caplog):
+    """The Transform executor's counting step passes elements through and counts their rows; TFX
+    still builds its pipeline in the module-level TransformProcessor the executor swaps."""
+    import inspect
+
+    import apache_beam as beam
+    import pyarrow as pa
+    from tfx.components.transform import executor as transform_executor
+
+    from components.transform import executor
+
+    assert "TransformProcessor()" in inspect.getsource(transform_executor.Executor.Do)
+    processor = executor.counting_processor("key-1", 5)
+    assert issubclass(processor, transform_executor.TransformProcessor)
+    batches = [(pa.RecordBatch.from_pydict({"x": list(range(n))}), {}) for n in (2, 3)]
+    from apache_beam.testing.util import assert_that, equal_to
+
+    with caplog.at_level(logging.INFO, logger="modules.progress"):
+        with beam.Pipeline() as pipeline:
+            written = (
+                pipeline
+                | beam.Create(batches, reshuffle=False)
+                | executor._CountThenWrite(beam.Map(lambda e: e[0].num_rows), "key-1", 5)
+            )
+            assert_that(written, equal_to([2, 3]))  # every element reaches the writer unchanged
+        bar = executor._PROGRESS.pop("key-1")
+        bar.close()
+    assert bar.n == 5
+    assert "Transform: cases written: 100% 5/5 case" in _plain_lines(caplog)[-1]

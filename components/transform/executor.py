@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any, Dict, List, Optional
+from unittest import mock
 
 import apache_beam as beam
 from tfx import types
@@ -49,19 +50,23 @@ class _CountThenWrite(beam.PTransform):
         return pcoll | "CountCases" >> beam.ParDo(_CountCases(self._key, self._total)) | "Write" >> self._write
 
 
+def counting_processor(key: str, total: int) -> type:
+    """TFX's TransformProcessor whose writer of transformed cases first counts them (progress
+    under `key`, `total` cases expected)."""
+
+    class CountingProcessor(transform_executor.TransformProcessor):
+        def _EncodeAndWrite(self, schema, file_format, output_path):
+            write = transform_executor.TransformProcessor._EncodeAndWrite(
+                schema=schema, file_format=file_format, output_path=output_path
+            )
+            return _CountThenWrite(write, key, total)
+
+    return CountingProcessor
+
+
 class Executor(transform_executor.Executor):
     """Transform (custom_config = the plan's transform settings when there is a plan), then
     `<transform_graph>/preview.png` from the first analysed split."""
-
-    _progress_key = ""
-    _progress_total = 0
-
-    def _EncodeAndWrite(self, schema, file_format, output_path):
-        """TFX's writer of transformed cases, after a step that counts them (progress)."""
-        write = transform_executor.Executor._EncodeAndWrite(
-            schema=schema, file_format=file_format, output_path=output_path
-        )
-        return _CountThenWrite(write, self._progress_key, self._progress_total)
 
     def Do(
         self,
@@ -77,10 +82,12 @@ class Executor(transform_executor.Executor):
         )
         examples = input_dict[standard_component_specs.EXAMPLES_KEY]
         graph_uri = artifact_utils.get_single_uri(output_dict[standard_component_specs.TRANSFORM_GRAPH_KEY])
-        self._progress_key = graph_uri
-        self._progress_total = _transformed_count(examples, exec_properties)
+        # TFX's Executor.Do builds its Beam pipeline in a TransformProcessor it names at module
+        # level and offers no hook on the records; swapped for the call only, to count the cases.
+        processor = counting_processor(graph_uri, _transformed_count(examples, exec_properties))
         try:
-            super().Do(stock_inputs, output_dict, exec_properties)
+            with mock.patch.object(transform_executor, "TransformProcessor", processor):
+                super().Do(stock_inputs, output_dict, exec_properties)
         finally:
             bar: Optional[progress.Progress] = _PROGRESS.pop(graph_uri, None)
             if bar is not None:
