@@ -62,7 +62,7 @@ class Progress:
         self._stream = stream if stream is not None else sys.stderr
         self._start = time.monotonic()
         self._last_line: Optional[float] = None
-        self._last_n: Optional[float] = None
+        self._last_said: Optional[tuple] = None  # (n, postfix) of the last plain line
         self._closed = False
         self._bar = None
         if bar if bar is not None else is_terminal(self._stream):
@@ -105,7 +105,7 @@ class Progress:
         )
 
     def _line(self, now: float) -> None:
-        self._last_line, self._last_n = now, self.n
+        self._last_line, self._last_said = now, (self.n, self.postfix)
         _log.info("%s", self.line())
 
     def write(self, message: str) -> None:
@@ -122,7 +122,7 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self._last_n != self.n:  # the totals, unless the last line already said them
+        elif self._last_said != (self.n, self.postfix):  # the totals, unless the last line said them
             self._line(time.monotonic())
 
     def __enter__(self) -> "Progress":

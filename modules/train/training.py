@@ -271,6 +271,7 @@ class TrainingProgress(keras.callbacks.Callback):
         self.progress: Optional[progress.Progress] = None
         self.start = 0.0
         self.val_dice: Optional[float] = None
+        self.loss: Optional[float] = None
 
     def on_train_begin(self, logs=None):
         self.start = time.time()
@@ -280,7 +281,9 @@ class TrainingProgress(keras.callbacks.Callback):
         """'loss 0.412, val Dice 0.83, time limit in 01:12' from what is known so far."""
         parts = []
         if logs and "loss" in logs:
-            parts.append(f"loss {float(logs['loss']):.3f}")
+            self.loss = float(logs["loss"])
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.3f}")
         if self.val_dice is not None:
             parts.append(f"val Dice {self.val_dice:.3f}")
         if self.seconds > 0:
@@ -298,6 +301,7 @@ class TrainingProgress(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         if self.progress is not None:
+            self.progress.update(0, self.postfix(logs))  # the last epoch's Dice in the final line
             self.progress.close()
 
 
