@@ -72,6 +72,7 @@ class Executor(tfx_evaluator_executor.Executor):
 
         extremes = report.ExtremeCases(labels)  # the worst and best case's volumes, for overlays
         total = _count_records(splits, input_dict[standard_component_specs.EXAMPLES_KEY])
+        predictor = report.saved_model_predictor(model_dir)  # loaded before the clock starts
         with progress.Progress(
             min(total, settings.report_max_cases) if settings.report_max_cases else total, "Evaluator: cases scored"
         ) as scored:
@@ -81,7 +82,7 @@ class Executor(tfx_evaluator_executor.Executor):
                 scored.update(1)
 
             records = report.evaluate_cases(
-                report.saved_model_predictor(model_dir),
+                predictor,
                 serialized(),
                 labels,
                 settings.surface_tolerance_mm,

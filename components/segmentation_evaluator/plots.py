@@ -342,7 +342,7 @@ def plot_case_overlays(
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(len(cases), 3, figsize=(10.5, 3.6 * len(cases) + 0.9), squeeze=False)
+    fig, axes = plt.subplots(len(cases), 3, figsize=(10.5, 4.0 * len(cases) + 0.9), squeeze=False)
     for row, (role, case) in enumerate(cases):
         box, centre = structure_box(case.truth, case.prediction)
         image, truth, prediction = (np.asarray(v)[box] for v in (case.image, case.truth, case.prediction))
@@ -382,6 +382,6 @@ def plot_case_overlays(
     handles += [Line2D([], [], color=_label_color(k), label=_label_text(k, label_names)) for k in labels]
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(f"Worst and best eval cases by mean {DICE_NATIVE_GRID}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97), h_pad=2.0)  # row titles clear of the row above
     fig.savefig(path, dpi=_DPI)
     plt.close(fig)
