@@ -163,7 +163,8 @@ def _print_summary(summary: dict, elapsed: float) -> None:
     for slice_name, values in sorted(summary.get("dice", {}).items()):
         if slice_name != "overall" and "mean_dice" in values:
             print(f"  mean_dice [{slice_name}]: {values['mean_dice']:.4f}")
-    inventory_png = os.path.join(os.path.dirname(summary["inventory"]), "inventory.png") if "inventory" in summary else ""
+    inventory_dir = os.path.dirname(summary.get("inventory", ""))
+    inventory_png = os.path.join(inventory_dir, "inventory.png") if inventory_dir else ""
     for label, path in (
         ("dataset inventory", inventory_png if os.path.exists(inventory_png) else ""),
         ("evaluation report", summary.get("evaluation_summary")),
