@@ -251,10 +251,12 @@ def test_report_pictures_carry_the_label_names(tmp_path, monkeypatch):
     from components.segmentation_evaluator import report
 
     texts = _texts(monkeypatch)
-    records = [{"case_id": f"c{i}", "labels": {"1": {"dice": 0.8}, "2": {"dice": 0.6}}} for i in range(3)]
-    result = {"surface": {"labels": [1, 2], "slices": _slices({"overall": (3, {1: 0.8, 2: 0.6})})}, "cases": records}
-    result.update({"tfma": {}, "blessed": None, "baseline_model": None, "validation_failures": [], "thresholds": {}})
-    result["surface"]["tolerance_mm"] = 2.0
+    metrics = {"dice": 0.8, "hd95_mm": 1.0, "msd_mm": 0.5, "surface_dice": 0.9}
+    records = [
+        {"case_id": f"c{i}", "modality": "MR", "site": "s", "spacing_bin": "b", "labels": {"1": metrics, "2": metrics}}
+        for i in range(3)
+    ]
+    result = report.build_report(records, [1, 2], 2.0, {}, {"ok": None, "failures": []}, None, "m", {})
     names = {1: "Anterior", 2: "Posterior"}
     report.write_report(result, str(tmp_path), _history(2), None, names)
     drawn = "\n".join(texts)
