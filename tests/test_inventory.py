@@ -16,6 +16,19 @@ from modules.io.volume import Volume
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """`medtfx inventory` routes logging to the stderr of its time (pipeline/console.py); later
+    tests capture another stderr."""
+    import logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
 def _volume(array, spacing=(1.0, 1.0, 1.0), modality="CT"):
     return Volume(np.asarray(array), np.diag([*spacing, 1.0]), modality=modality)
 

@@ -113,6 +113,11 @@ def test_transform_counts_the_cases_it_writes(caplog):
     assert "TransformProcessor()" in inspect.getsource(transform_executor.Executor.Do)
     processor = executor.counting_processor("key-1", 5)
     assert issubclass(processor, transform_executor.TransformProcessor)
+    from unittest import mock
+
+    with mock.patch.object(transform_executor, "TransformProcessor", processor):  # as Executor.Do runs it
+        writer = processor()._EncodeAndWrite(schema=None, file_format="tfrecords_gzip", output_path="/x")
+    assert isinstance(writer, executor._CountThenWrite)
     batches = [(pa.RecordBatch.from_pydict({"x": list(range(n))}), {}) for n in (2, 3)]
     from apache_beam.testing.util import assert_that, equal_to
 

@@ -20,6 +20,8 @@ from components.transform import preview
 from modules import progress
 
 PREVIEW_CASES = 4
+# TFX's own processor, kept before Do swaps the module's name for a counting subclass.
+_TFX_PROCESSOR = transform_executor.TransformProcessor
 # One Progress per worker process for all splits of one run (keyed by the run's graph folder):
 # Beam builds a DoFn instance per split and bundle, the count belongs to the run.
 _PROGRESS: Dict[str, progress.Progress] = {}
@@ -54,11 +56,10 @@ def counting_processor(key: str, total: int) -> type:
     """TFX's TransformProcessor whose writer of transformed cases first counts them (progress
     under `key`, `total` cases expected)."""
 
-    class CountingProcessor(transform_executor.TransformProcessor):
-        def _EncodeAndWrite(self, schema, file_format, output_path):
-            write = transform_executor.TransformProcessor._EncodeAndWrite(
-                schema=schema, file_format=file_format, output_path=output_path
-            )
+    class CountingProcessor(transform_executor.TransformProcessor):  # read before Do swaps the name
+        @staticmethod
+        def _EncodeAndWrite(schema, file_format, output_path):
+            write = _TFX_PROCESSOR._EncodeAndWrite(schema=schema, file_format=file_format, output_path=output_path)
             return _CountThenWrite(write, key, total)
 
     return CountingProcessor
