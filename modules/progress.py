@@ -23,6 +23,9 @@ _LINE_FORMAT = (
     "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [elapsed {elapsed}, ETA {remaining}, {rate_fmt}{postfix}]"
 )
 _LINE_FORMAT_NO_TOTAL = "{desc}: {n_fmt} {unit} [elapsed {elapsed}, {rate_fmt}{postfix}]"
+# The first line has no rate yet: one unit (often with start-up costs: tracing, loading) says little.
+_FIRST_LINE_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [elapsed {elapsed}{postfix}]"
+_FIRST_LINE_FORMAT_NO_TOTAL = "{desc}: {n_fmt} {unit} [elapsed {elapsed}{postfix}]"
 
 
 def is_terminal(stream: Optional[TextIO] = None) -> bool:
@@ -90,10 +93,16 @@ class Progress:
         if self._last_line is None or now - self._last_line >= self.interval_s:
             self._line(now)
 
-    def line(self) -> str:
-        """The current state as one line, e.g. 'cases:  40% 4/10 case [elapsed 00:02, ETA 00:03, 2.00case/s]'."""
+    def line(self, rate: Optional[float] = None, first: bool = False) -> str:
+        """The current state as one line, e.g. 'cases:  40% 4/10 case [elapsed 00:02, ETA 00:03,
+        2.00case/s]'; `rate` (units/s) defaults to the mean since the start; `first` leaves out
+        rate and ETA."""
         from tqdm import tqdm
 
+        if first:
+            bar_format = _FIRST_LINE_FORMAT if self.total else _FIRST_LINE_FORMAT_NO_TOTAL
+        else:
+            bar_format = _LINE_FORMAT if self.total else _LINE_FORMAT_NO_TOTAL
         return tqdm.format_meter(
             self.n,
             self.total,
@@ -101,12 +110,19 @@ class Progress:
             prefix=self.label,
             unit=self.unit,
             postfix=self.postfix or None,
-            bar_format=_LINE_FORMAT if self.total else _LINE_FORMAT_NO_TOTAL,
+            bar_format=bar_format,
+            rate=rate,
         )
 
-    def _line(self, now: float) -> None:
+    def _line(self, now: float, final: bool = False) -> None:
+        """One plain line: the first without a rate, later ones with the rate since the line
+        before (ETA from the current pace), the final one with the mean rate."""
+        rate = None
+        if self._last_said is not None and self._last_line is not None and not final and now > self._last_line:
+            rate = (self.n - self._last_said[0]) / (now - self._last_line)
+        text = self.line(rate=rate, first=self._last_said is None and not final)
         self._last_line, self._last_said = now, (self.n, self.postfix)
-        _log.info("%s", self.line())
+        _log.info("%s", text)
 
     def write(self, message: str) -> None:
         """Prints `message` on its own line above the bar (or as a plain line)."""
@@ -123,7 +139,7 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
         elif self._last_said != (self.n, self.postfix):  # the totals, unless the last line said them
-            self._line(time.monotonic())
+            self._line(time.monotonic(), final=True)
 
     def __enter__(self) -> "Progress":
         return self

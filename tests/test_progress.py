@@ -133,3 +133,22 @@ def test_transform_counts_the_cases_it_writes(caplog):
         bar.close()
     assert bar.n == 5
     assert "Transform: cases written: 100% 5/5 case" in _plain_lines(caplog)[-1]
+
+
+def test_first_line_has_no_rate_and_later_lines_use_the_recent_pace(caplog, monkeypatch):
+    """A slow first unit (start-up: tracing, loading) must not set the ETA of the lines after."""
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    with caplog.at_level(logging.INFO, logger="modules.progress"):
+        p = progress.Progress(101, "steps", unit="step", stream=io.StringIO(), interval_s=10)
+        clock[0] += 60  # first step: a minute of tracing
+        p.update(1)
+        clock[0] += 10  # then 50 steps in 10 s: 5 step/s, 50 left -> 10 s
+        p.update(50)
+        clock[0] += 5  # not due: only the final line says it
+        p.update(50)
+        p.close()
+    first, second, last = _plain_lines(caplog)
+    assert "ETA" not in first and "step/s" not in first and "1/101" in first
+    assert "5.00step/s" in second and "ETA 00:10" in second
+    assert "101/101" in last and "1.35step/s" in last  # the final line: mean over the run (101 in 75 s)

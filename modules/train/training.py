@@ -272,6 +272,7 @@ class TrainingProgress(keras.callbacks.Callback):
         self.start = 0.0
         self.val_dice: Optional[float] = None
         self.loss: Optional[float] = None
+        self._postfix_at = 0.0
 
     def on_train_begin(self, logs=None):
         self.start = time.time()
@@ -292,8 +293,14 @@ class TrainingProgress(keras.callbacks.Callback):
         return ", ".join(parts)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.progress is not None:
+        if self.progress is None:
+            return
+        now = time.time()
+        if now - self._postfix_at >= 1.0:  # the text once a second: Keras times every batch hook
+            self._postfix_at = now
             self.progress.update(1, self.postfix(logs))
+        else:
+            self.progress.update(1)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs and "val_mean_dice" in logs:
