@@ -107,20 +107,11 @@ def one_line(exc: BaseException) -> str:
 
 
 def _progress(label: str, unit: str = "case"):
-    """A `progress(done, total)` callback drawing a tqdm bar (rate and ETA) on stderr."""
-    from tqdm import tqdm
+    """A `progress(done, total)` callback: a bar with rate and ETA on a terminal's stderr, plain
+    periodic lines otherwise (modules/progress.py)."""
+    from modules import progress
 
-    bar = None
-
-    def report(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=label, unit=unit, file=sys.stderr, mininterval=1.0)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return report
+    return progress.callback(label, unit)
 
 
 def cmd_synth(args) -> int:
@@ -172,7 +163,10 @@ def _print_summary(summary: dict, elapsed: float) -> None:
     for slice_name, values in sorted(summary.get("dice", {}).items()):
         if slice_name != "overall" and "mean_dice" in values:
             print(f"  mean_dice [{slice_name}]: {values['mean_dice']:.4f}")
+    inventory_dir = os.path.dirname(summary.get("inventory", ""))
+    inventory_png = os.path.join(inventory_dir, "inventory.png") if inventory_dir else ""
     for label, path in (
+        ("dataset inventory", inventory_png if os.path.exists(inventory_png) else ""),
         ("evaluation report", summary.get("evaluation_summary")),
         ("HTML report", summary.get("report_html")),
         ("Dice plot", summary.get("dice_plot")),
@@ -371,11 +365,15 @@ def cmd_deploy(args) -> int:
 def cmd_inventory(args) -> int:
     import tempfile
 
-    from components.image_example_gen import cases, pacs_source
+    from components.image_example_gen import cases, inventory, pacs_source
     from modules.io import dicomweb, limits
 
     check_input(args.path, "PATH")
     check_output_file(args.report, "--report")
+    picture = os.path.splitext(args.report)[0] + (".inventory.png" if args.report.endswith(".png") else ".png")
+    from pipeline import console
+
+    console.configure()  # progress lines (when stderr is not a terminal) and readers' warnings
     salt = os.environ.get("MEDTFX_PATIENT_SALT", "") or args.salt
     records, info, failure = [], None, ""
     try:  # whatever happens while listing, the report is written
@@ -393,8 +391,10 @@ def cmd_inventory(args) -> int:
         if limits.is_fatal(exc):
             raise
         failure = f"the dataset cannot be listed: {limits.describe_error(exc)}"
+    label_names = dict(info.labels) if info is not None and info.labels else {}
     report = {
         "cases": records,
+        **({"label_names": {str(k): v for k, v in sorted(label_names.items())}} if label_names else {}),
         **({"error": failure} if failure else {}),
         **({"warnings": info.warnings} if info is not None and info.warnings else {}),
     }
@@ -408,6 +408,11 @@ def cmd_inventory(args) -> int:
     for r in records:
         if r["status"] != "ok":
             print(f"  quarantined {r['case_id']}: {r['reason']}")
+    for line in inventory.table(records, label_names):
+        print(line)
+    if inventory.ingested(records):
+        inventory.plot(records, picture, label_names)
+        print(f"picture (spacing, size, label volumes): {picture}")
     return 0 if any(r["status"] == "ok" for r in records) else 1
 
 

@@ -44,6 +44,19 @@ class ConsoleFilter(logging.Filter):
         return record.name.split(".")[0] in _OWN_LOGGERS
 
 
+class _BarAwareHandler(logging.StreamHandler):
+    """Writes each record through tqdm.write, which lifts any progress bar drawn on the stream,
+    prints the line and redraws the bar below it (a plain write would cut the bar in two)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
 def configure() -> None:
     """Routes Python and absl logging through ConsoleFilter to stderr."""
     from absl import logging as absl_logging
@@ -51,7 +64,7 @@ def configure() -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _BarAwareHandler(sys.stderr)
     handler.addFilter(ConsoleFilter())
     handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)

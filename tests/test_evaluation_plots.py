@@ -208,3 +208,56 @@ def test_report_writes_and_links_its_pictures(tmp_path, with_history):
         assert path in paths.values() and _is_png(path)
         assert f"[{name}]({name})" in summary
     assert (plots.TRAINING_CURVES in summary) == with_history
+
+
+def _slices(means_by_slice):
+    """The report's surface.slices shape from {slice: (cases, {label: mean Dice or None})}."""
+    return {
+        name: {"cases": n, "labels": {str(k): {"dice": {"mean": v}} for k, v in means.items()}}
+        for name, (n, means) in means_by_slice.items()
+    }
+
+
+@pytest.mark.parametrize(
+    "means_by_slice, label_names, expected_texts",
+    [
+        ({"overall": (4, {1: 0.9, 2: 0.7})}, None, ["overall (n=4)", "label 1", "label 2", "0.90", "0.70"]),
+        (
+            {"overall": (6, {1: 0.9, 2: None}), "modality=CT": (4, {1: 0.95, 2: None}), "modality=MR": (2, {1: 0.8})},
+            {1: "liver"},
+            ["modality=CT (n=4)", "modality=MR (n=2)", "1 liver", "label 2", "0.95"],
+        ),
+    ],
+)
+def test_dice_per_slice_png_shows_one_named_dice_and_n(
+    tmp_path, monkeypatch, means_by_slice, label_names, expected_texts
+):
+    texts = _texts(monkeypatch)
+    path = str(tmp_path / plots.DICE_PER_SLICE)
+    plots.plot_dice_per_slice(_slices(means_by_slice), [1, 2], path, label_names)
+    assert _is_png(path)
+    drawn = "\n".join(texts)
+    for expected in expected_texts + [plots.DICE_NATIVE_GRID]:
+        assert expected in drawn
+    assert plots.DICE_NETWORK_GRID not in drawn and "TFMA" not in drawn  # one definition only
+
+
+def test_dice_per_slice_refuses_no_slices(tmp_path):
+    with pytest.raises(ValueError, match="no slices"):
+        plots.plot_dice_per_slice({}, [1], str(tmp_path / "x.png"))
+
+
+def test_report_pictures_carry_the_label_names(tmp_path, monkeypatch):
+    from components.segmentation_evaluator import report
+
+    texts = _texts(monkeypatch)
+    metrics = {"dice": 0.8, "hd95_mm": 1.0, "msd_mm": 0.5, "surface_dice": 0.9}
+    records = [
+        {"case_id": f"c{i}", "modality": "MR", "site": "s", "spacing_bin": "b", "labels": {"1": metrics, "2": metrics}}
+        for i in range(3)
+    ]
+    result = report.build_report(records, [1, 2], 2.0, {}, {"ok": None, "failures": []}, None, "m", {})
+    names = {1: "Anterior", 2: "Posterior"}
+    report.write_report(result, str(tmp_path), _history(2), None, names)
+    drawn = "\n".join(texts)
+    assert drawn.count("1 Anterior") >= 3 and drawn.count("2 Posterior") >= 3  # three pictures

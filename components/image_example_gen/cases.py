@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from components.image_example_gen import inventory
 from modules import features as example_schema
 from modules.io import dicom, limits
 from modules.io.nifti_reader import read_nifti
@@ -637,6 +638,7 @@ def process_case(spec: CaseSpec, salt: str, label_set: Optional[set]):
         volume.array = compact_dtype(volume.array)
         label = read_label(spec.label, volume, label_set) if spec.label else None
         example = example_schema.encode_case(volume, label, record["case_id"], patient_hash, spec.kind)
+        record.update(inventory.facts(volume, label))  # spacing, shape, intensities, label ml
     except CaseError as exc:
         record["reason"] = dicom.scrub(str(exc), identifiers)
     except BaseException as exc:  # a reader bug or a native panic must not take the run down with it

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import apache_beam as beam
 import tensorflow as tf
@@ -21,14 +21,16 @@ from tfx.types import artifact_utils, standard_component_specs
 
 from components.dashboard import artifacts as dashboard
 from components.dashboard import render
-from components.image_example_gen import cases, pacs_source
+from components.image_example_gen import cases, inventory, pacs_source
+from modules import progress
 from modules.io import dicomweb
 
 _log = logging.getLogger(__name__)
 
-INVENTORY_FILE = "inventory.json"
+INVENTORY_FILE = inventory.INVENTORY_FILE
 INVENTORY_REPORT_KEY = "inventory_report"  # output: the inventory as the dashboard shows it
 _REPORT_DIR = "_inventory_parts"
+_LABEL_NAMES_FILE = "label_names.json"  # in the report dir: {value: name} from dataset.json
 # exec_properties keys (parameters of ImageExampleGenSpec).
 SALT_ENV_KEY = "salt_env"
 DEFAULT_SALT_KEY = "default_salt"
@@ -45,14 +47,26 @@ def patient_salt(exec_properties: Dict[str, Any]) -> str:
 
 
 class _ProcessCase(beam.DoFn):
-    """CaseSpec -> tf.Example (main output) and a report record (tagged 'report')."""
+    """CaseSpec -> tf.Example (main output) and a report record (tagged 'report'), with progress
+    over the `total` cases (0: unknown; each worker counts the cases it read, one worker locally)."""
 
-    def __init__(self, salt: str, label_set):
+    def __init__(self, salt: str, label_set, total: int = 0):
         self._salt = salt
         self._label_set = label_set
+        self._total = total
+        self._progress: Optional[progress.Progress] = None
+
+    def setup(self):
+        self._progress = progress.Progress(self._total or None, "ImageExampleGen: cases read")
+
+    def teardown(self):
+        if self._progress is not None:
+            self._progress.close()
 
     def process(self, spec: cases.CaseSpec):
         example, record = cases.process_case(spec, self._salt, self._label_set)
+        if self._progress is not None:
+            self._progress.update(1)
         if example is not None:
             yield example
         else:
@@ -78,11 +92,17 @@ def _ImagesToExample(
     for warning in getattr(info, "warnings", []):
         _log.warning("%s: %s", input_base, warning)
     label_set = set(info.labels) if info.labels else None
+    if info.labels:  # label names travel to inventory.json (merge_report) for the pictures
+        tf.io.gfile.makedirs(exec_properties[_REPORT_URI_KEY])
+        with tf.io.gfile.GFile(os.path.join(exec_properties[_REPORT_URI_KEY], _LABEL_NAMES_FILE), "w") as fh:
+            json.dump({str(k): v for k, v in sorted(info.labels.items())}, fh)
     outputs = (
         pipeline
         | "CaseSpecs" >> beam.Create(specs, reshuffle=True)
         | "ReadCases"
-        >> beam.ParDo(_ProcessCase(patient_salt(exec_properties), label_set)).with_outputs("report", main="examples")
+        >> beam.ParDo(_ProcessCase(patient_salt(exec_properties), label_set, len(specs))).with_outputs(
+            "report", main="examples"
+        )
     )
     _ = outputs.report | "WriteReport" >> beam.io.WriteToText(
         os.path.join(exec_properties[_REPORT_URI_KEY], "part"), file_name_suffix=".jsonl"
@@ -91,16 +111,38 @@ def _ImagesToExample(
 
 
 def merge_report(report_dir: str, out_path: str) -> List[dict]:
-    """Joins the per-worker report shards into {"cases": [...]} sorted by case_id."""
+    """Joins the per-worker report shards into {"cases": [...]} sorted by case_id, plus
+    "label_names": {"<value>": name} when the dataset declares them (dataset.json)."""
     records: List[dict] = []
     for path in sorted(tf.io.gfile.glob(os.path.join(report_dir, "part*"))):
         with tf.io.gfile.GFile(path) as fh:
             records.extend(json.loads(line) for line in fh if line.strip())
     records.sort(key=lambda r: (r["status"] != "quarantined", r["case_id"]))
+    report: Dict[str, Any] = {"cases": records}
+    names_path = os.path.join(report_dir, _LABEL_NAMES_FILE)
+    if tf.io.gfile.exists(names_path):
+        with tf.io.gfile.GFile(names_path) as fh:
+            report["label_names"] = json.loads(fh.read())
     with tf.io.gfile.GFile(out_path, "w") as fh:
-        json.dump({"cases": records}, fh, indent=1)
+        json.dump(report, fh, indent=1)
     tf.io.gfile.rmtree(report_dir)
     return records
+
+
+def _write_glance(records: List[dict], label_names: Dict[int, str], png_path: str) -> None:
+    """Logs the dataset-at-a-glance table and writes inventory.png; a picture never fails ingestion."""
+    for line in inventory.table(records, label_names):
+        _log.info("%s", line)
+    if not inventory.ingested(records):
+        return
+    try:
+        with tempfile.TemporaryDirectory() as tmp:  # matplotlib writes local files; copy to any fs
+            local = os.path.join(tmp, inventory.INVENTORY_PNG)
+            inventory.plot(records, local, label_names)
+            tf.io.gfile.copy(local, png_path, overwrite=True)
+        _log.info("dataset inventory picture: %s", png_path)
+    except Exception:
+        _log.exception("could not write %s", png_path)
 
 
 class Executor(base_example_gen_executor.BaseExampleGenExecutor):
@@ -124,11 +166,12 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             super().Do(input_dict, output_dict, exec_properties)
         finally:
             shutil.rmtree(pacs_cache, ignore_errors=True)  # the examples hold the voxels now
-        records = merge_report(report_dir, os.path.join(examples.uri, INVENTORY_FILE))
+        inventory_path = os.path.join(examples.uri, INVENTORY_FILE)
+        records = merge_report(report_dir, inventory_path)
         dashboard.write_file(output_dict, INVENTORY_REPORT_KEY, render.inventory_markdown(records))
-        _log.info(
-            "ImageExampleGen: %s; report at %s", cases.summarise(records), os.path.join(examples.uri, INVENTORY_FILE)
-        )
+        _log.info("ImageExampleGen: %s; report at %s", cases.summarise(records), inventory_path)
+        label_names = inventory.read_label_names(examples.uri)
+        _write_glance(records, label_names, os.path.join(examples.uri, inventory.INVENTORY_PNG))
         if not any(r["status"] == "ok" for r in records):
             raise RuntimeError(
                 f"no usable case in {exec_properties['input_base']}: see {os.path.join(examples.uri, INVENTORY_FILE)}"

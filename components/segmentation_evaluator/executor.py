@@ -14,7 +14,9 @@ from tfx.utils import io_utils, json_utils, path_utils
 
 from components.dashboard import artifacts as dashboard
 from components.dataset_planner import artifacts
+from components.image_example_gen import inventory
 from components.segmentation_evaluator import eval_config, report
+from modules import progress
 from modules.settings import EvaluationSettings
 
 SETTINGS_KEY = "settings"  # EvaluationSettings JSON
@@ -24,6 +26,13 @@ ANOMALIES_KEY = standard_component_specs.ANOMALIES_KEY  # optional ExampleValida
 SUMMARY_KEY = "summary"
 REPORT_KEY = "report"
 METRICS_KEY = "metrics"
+
+
+def _count_records(splits, examples) -> int:
+    """Examples in the given splits, for the progress total (cases without a label are counted
+    too: an upper bound)."""
+    uris = [uri for split in splits for uri in artifact_utils.get_split_uris(examples, split)]
+    return progress.count_records([io_utils.all_files_pattern(uri) for uri in uris])
 
 
 def _single_uri_or_none(input_dict, key):
@@ -80,14 +89,24 @@ class Executor(tfx_evaluator_executor.Executor):
                     yield from report.read_serialized_examples(io_utils.all_files_pattern(uri))
 
         extremes = report.ExtremeCases(labels)  # the worst and best case's volumes, for overlays
-        records = report.evaluate_cases(
-            report.saved_model_predictor(model_dir),
-            serialized(),
-            labels,
-            settings.surface_tolerance_mm,
-            settings.report_max_cases,
-            on_case=extremes.add,
-        )
+        total = _count_records(splits, input_dict[standard_component_specs.EXAMPLES_KEY])
+        predictor = report.saved_model_predictor(model_dir)  # loaded before the clock starts
+        with progress.Progress(
+            min(total, settings.report_max_cases) if settings.report_max_cases else total, "Evaluator: cases scored"
+        ) as scored:
+
+            def on_case(record, image, truth, prediction):
+                extremes.add(record, image, truth, prediction)
+                scored.update(1)
+
+            records = report.evaluate_cases(
+                predictor,
+                serialized(),
+                labels,
+                settings.surface_tolerance_mm,
+                settings.report_max_cases,
+                on_case=on_case,
+            )
         result = report.build_report(
             records,
             labels,
@@ -98,7 +117,10 @@ class Executor(tfx_evaluator_executor.Executor):
             model.uri,
             thresholds,
         )
-        paths = report.write_report(result, evaluation_uri, report.read_history(model_dir), extremes)
+        examples_uri = input_dict[standard_component_specs.EXAMPLES_KEY][0].uri
+        paths = report.write_report(
+            result, evaluation_uri, report.read_history(model_dir), extremes, inventory.read_label_names(examples_uri)
+        )
         logging.info("segmentation report (%d eval cases): %s", len(records), paths)
         summary = report.dashboard_markdown(result, anomalies)
         _write_dashboard(output_dict, summary, report.dashboard_html(summary, paths), report.dashboard_metrics(result))

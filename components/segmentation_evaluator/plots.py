@@ -5,6 +5,8 @@ Each picture shows one Dice definition and names it in its title:
   training_curves.png   loss, val_loss, per-label validation Dice and learning rate per epoch
                         (DICE_NETWORK_GRID: what the Trainer's PerLabelDice callback logs)
   dice_per_case.png     per-case Dice of each label, box and points, n per label (DICE_NATIVE_GRID)
+  dice_per_label.png    mean DICE_NATIVE_GRID per label in each slice of the eval split (overall,
+                        modality=..., site=..., spacing_bin=...), n cases per slice
   cases_best_worst.png  the worst and the best eval case (mean DICE_NATIVE_GRID over labels):
                         truth and prediction contours on three orthogonal slices through the
                         structure
@@ -20,6 +22,7 @@ import numpy as np
 
 TRAINING_CURVES = "training_curves.png"
 DICE_PER_CASE = "dice_per_case.png"
+DICE_PER_SLICE = "dice_per_label.png"
 CASES_BEST_WORST = "cases_best_worst.png"
 
 DICE_NETWORK_GRID = "validation Dice, network grid (whole cases, sliding window, mean over cases)"
@@ -200,6 +203,67 @@ def plot_dice_per_case(
     plt.close(fig)
 
 
+def plot_dice_per_slice(
+    slices: Mapping[str, dict],
+    labels: Sequence[int],
+    path: str,
+    label_names: Optional[Mapping[int, str]] = None,
+) -> None:
+    """Grouped bars: per label, the mean Dice over the cases of each slice (DICE_NATIVE_GRID only;
+    the TFMA network-grid Dice that the blessing gates is in summary.md), slices named with their
+    number of cases. A slice where the label has no Dice (absent everywhere) leaves a gap.
+
+    Args:
+      slices: {slice name: {'cases': n, 'labels': {'<k>': {'dice': {'mean': float | None}}}}},
+        the report's surface.slices ('overall' first, then 'modality=CT', ...).
+      labels: foreground label ids; path: PNG file to write.
+    Raises:
+      ValueError: no slices.
+    """
+    if not slices:
+        raise ValueError("no slices to plot")
+    plt = _pyplot()
+    names = list(slices)
+    ids = [int(k) for k in labels]
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.0 + 0.35 * len(ids) * len(names)) + 3.2, 4.0))
+    width = 0.8 / len(names)
+    x = np.arange(len(ids))
+    colors = _slice_colors(len(names))
+    for i, name in enumerate(names):
+        means = [(slices[name]["labels"].get(str(k), {}).get("dice") or {}).get("mean") for k in ids]
+        values = [np.nan if v is None else float(v) for v in means]
+        bars = ax.bar(
+            x + (i - (len(names) - 1) / 2) * width,
+            values,
+            width,
+            color=colors[i],
+            label=f"{name} (n={slices[name]['cases']})",
+        )
+        if len(ids) * len(names) <= 24:  # values readable on the bars while there are few
+            ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
+    ax.set_xticks(x)
+    ax.set_xticklabels([_label_text(k, label_names) for k in ids])
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("mean Dice over the slice's cases")
+    ax.set_title(f"Dice per label and slice (eval split)\n{DICE_NATIVE_GRID}", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(
+        fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, title="slice", title_fontsize=7
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+def _slice_colors(n: int) -> list:
+    """Greys-to-blues for slices: kept apart from the label colours (tab10) of the other plots."""
+    from matplotlib import colormaps
+
+    if n == 1:
+        return ["0.35"]
+    return ["0.35"] + [colormaps["viridis"](v) for v in np.linspace(0.15, 0.85, n - 1)]
+
+
 # --------------------------------------------------------------------------------------------
 # Best and worst case overlays
 # --------------------------------------------------------------------------------------------
@@ -278,7 +342,7 @@ def plot_case_overlays(
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(len(cases), 3, figsize=(10.5, 3.6 * len(cases) + 0.9), squeeze=False)
+    fig, axes = plt.subplots(len(cases), 3, figsize=(10.5, 4.0 * len(cases) + 0.9), squeeze=False)
     for row, (role, case) in enumerate(cases):
         box, centre = structure_box(case.truth, case.prediction)
         image, truth, prediction = (np.asarray(v)[box] for v in (case.image, case.truth, case.prediction))
@@ -318,6 +382,6 @@ def plot_case_overlays(
     handles += [Line2D([], [], color=_label_color(k), label=_label_text(k, label_names)) for k in labels]
     fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(f"Worst and best eval cases by mean {DICE_NATIVE_GRID}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97), h_pad=2.0)  # row titles clear of the row above
     fig.savefig(path, dpi=_DPI)
     plt.close(fig)

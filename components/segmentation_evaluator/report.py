@@ -4,7 +4,7 @@ and a short summary, written beside TFMA's output. No TFX here (the executor is 
 Files written into the evaluation directory (the Evaluator's ModelEvaluation artifact):
   segmentation_report.json  every number below, per case and aggregated per slice
   summary.md                a short human-readable summary (blessing, Dice, HD95, surface Dice)
-  dice_per_label.png        per-label Dice: TFMA (network grid) and native grid, per slice
+  dice_per_label.png        mean native-grid Dice per label in each slice (overall, modality, ...)
   training_curves.png       loss, validation Dice per label and learning rate per epoch, from the
                             model's assets.extra/history.json (absent for models without it)
   dice_per_case.png         per-case native-grid Dice of each label (box and points, n per label)
@@ -36,7 +36,7 @@ from modules.metrics import surface_metrics
 
 REPORT_JSON = "segmentation_report.json"
 SUMMARY_MD = "summary.md"
-DICE_PLOT = "dice_per_label.png"
+DICE_PLOT = plots.DICE_PER_SLICE
 HISTORY_FILE = "history.json"  # modules/train/training.py HISTORY_FILE, in the model's assets.extra
 SLICE_FEATURES = (es.MODALITY, es.SITE, es.SPACING_BIN)
 OVERALL = "overall"
@@ -336,8 +336,8 @@ def summary_markdown(report: dict) -> str:
 
 # What each picture shows, with the one Dice definition it uses (summary.md, report JSON).
 PICTURE_CAPTIONS = {
-    DICE_PLOT: "mean Dice per label; bars name their definition (TFMA on the network grid, which the "
-    "blessing gates, or native grid per slice)",
+    DICE_PLOT: f"mean Dice per label in each slice (overall, modality, site, spacing bin), n cases per slice; "
+    f"{plots.DICE_NATIVE_GRID}",
     plots.TRAINING_CURVES: f"loss and val_loss, {plots.DICE_NETWORK_GRID} per label, learning rate; per epoch",
     plots.DICE_PER_CASE: f"one point per eval case and label, box = quartiles; {plots.DICE_NATIVE_GRID}",
     plots.CASES_BEST_WORST: "worst and best eval case by mean Dice over labels (native grid): truth (solid) "
@@ -345,46 +345,12 @@ PICTURE_CAPTIONS = {
 }
 
 
-def plot_dice(report: dict, path: str) -> None:
-    """Bar chart: per label, TFMA Dice (network grid) and native-grid Dice for every slice."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = report["surface"]["labels"]
-    slices = list(report["surface"]["slices"])
-    series = []  # (legend, [value per label])
-    overall_tfma = report["tfma"].get(OVERALL, {})
-    if any(f"dice_label_{k}" in overall_tfma for k in labels):
-        series.append(("TFMA overall (network grid)", [overall_tfma.get(f"dice_label_{k}", np.nan) for k in labels]))
-    for name in slices:
-        means = [report["surface"]["slices"][name]["labels"][str(k)]["dice"]["mean"] for k in labels]
-        series.append((f"{name} (native grid)", [np.nan if v is None else v for v in means]))
-    fig, ax = plt.subplots(figsize=(4.0 + 0.25 * len(labels) * max(1, len(series)) + 3.0, 3.6))
-    width = 0.8 / max(1, len(series))
-    x = np.arange(len(labels))
-    for i, (legend, values) in enumerate(series):
-        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=legend)
-    threshold = (report.get("thresholds") or {}).get("min_mean_dice")
-    if threshold is not None:
-        ax.axhline(threshold, color="k", linestyle="--", linewidth=1, label=f"min mean Dice {threshold}")
-    ax.set_xticks(x)
-    ax.set_xticklabels([f"label {k}" for k in labels])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("Dice")
-    ax.set_title("Dice per label (eval split)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def write_report(
     report: dict,
     output_dir: str,
     history: Optional[dict] = None,
     extremes: Optional[ExtremeCases] = None,
+    label_names: Optional[Dict[int, str]] = None,
 ) -> Dict[str, str]:
     """Writes the JSON, markdown and pictures into `output_dir` (any tf.io.gfile path).
 
@@ -393,6 +359,7 @@ def write_report(
       history: the Trainer's history.json (Keras History per epoch plus 'lr'), or None: no
         training curves.
       extremes: the worst and best cases kept while evaluating, or None: no overlays.
+      label_names: {label id: name} shown beside the ids in the pictures, or None.
     Returns:
       {kind: path} for 'json', 'summary', 'plot' and each picture drawn ('training_curves',
       'dice_per_case', 'cases_best_worst').
@@ -402,18 +369,24 @@ def write_report(
     import tensorflow as tf
 
     labels = report["surface"]["labels"]
-    drawings = {"plot": (DICE_PLOT, lambda path: plot_dice(report, path))}
+    names = label_names or {}
+    drawings = {
+        "plot": (DICE_PLOT, lambda path: plots.plot_dice_per_slice(report["surface"]["slices"], labels, path, names))
+    }
     if history and history.get("loss"):
-        drawings["training_curves"] = (plots.TRAINING_CURVES, lambda path: plots.plot_training_curves(history, path))
+        drawings["training_curves"] = (
+            plots.TRAINING_CURVES,
+            lambda path: plots.plot_training_curves(history, path, names),
+        )
     if report["cases"]:
         drawings["dice_per_case"] = (
             plots.DICE_PER_CASE,
-            lambda path: plots.plot_dice_per_case(report["cases"], labels, path),
+            lambda path: plots.plot_dice_per_case(report["cases"], labels, path, names),
         )
     if extremes is not None and extremes.cases():
         drawings["cases_best_worst"] = (
             plots.CASES_BEST_WORST,
-            lambda path: plots.plot_case_overlays(extremes.cases(), labels, path),
+            lambda path: plots.plot_case_overlays(extremes.cases(), labels, path, names),
         )
     report = {**report, "pictures": {name: PICTURE_CAPTIONS[name] for name, _ in drawings.values()}}
     paths = {

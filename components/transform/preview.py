@@ -2,7 +2,8 @@
 
 `collect_cases` runs a transform graph on a few raw examples (eager TF); `render` draws, per case,
 the middle axial slice of the raw (canonical) image and of the network input, each with its
-label overlaid, plus both intensity histograms, into one PNG.
+labels as translucent colour fills (one colour per label, named in the legend), plus both
+intensity histograms, into one PNG.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from typing import List, Optional
+from typing import List, Mapping, Optional
 
 import numpy as np
 
 from modules import features as es
 
 PREVIEW_FILE = "preview.png"
+# Label fill opacity: the anatomy under a label stays visible.
+LABEL_ALPHA = 0.4
 
 
 @dataclasses.dataclass
@@ -109,20 +112,28 @@ def _axial(volume: np.ndarray) -> np.ndarray:
     return volume[:, :, volume.shape[2] // 2].T
 
 
-def _show(ax, image, label, spacing, title):
+def label_colormap(max_label: int):
+    """A ListedColormap whose entry k-1 is label k's colour (tab10, as in the evaluation plots)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap([colormaps["tab10"]((k - 1) % 10) for k in range(1, max(1, max_label) + 1)])
+
+
+def _show(ax, image, label, spacing, title, max_label: int = 1):
     extent = (0, image.shape[0] * spacing[0], 0, image.shape[1] * spacing[1])
     ax.imshow(_axial(image), cmap="gray", origin="lower", extent=extent, interpolation="nearest")
     if label is not None:
         overlay = np.ma.masked_equal(_axial(label).astype(np.int32), 0)
         ax.imshow(
             overlay,
-            cmap="autumn",
-            alpha=0.45,
+            cmap=label_colormap(max_label),
+            alpha=LABEL_ALPHA,
             origin="lower",
             extent=extent,
             interpolation="nearest",
-            vmin=1,
-            vmax=max(int(np.max(label)), 1),
+            vmin=0.5,
+            vmax=max(1, max_label) + 0.5,
         )
     ax.set_title(title, fontsize=8)
     ax.set_xlabel("R (mm)", fontsize=7)
@@ -130,15 +141,30 @@ def _show(ax, image, label, spacing, title):
     ax.tick_params(labelsize=6)
 
 
-def render(cases: List[PreviewCase], title: str = "") -> bytes:
-    """PNG bytes: one row per case (raw slice, network-input slice, intensity histograms)."""
+def _labels_present(cases: List[PreviewCase]) -> List[int]:
+    """Foreground label values found in any raw or network-input label of `cases`, ascending."""
+    found: set = set()
+    for case in cases:
+        for label in (case.raw_label, case.label):
+            if label is not None:
+                found.update(int(v) for v in np.unique(label) if v > 0)
+    return sorted(found)
+
+
+def render(cases: List[PreviewCase], title: str = "", label_names: Optional[Mapping[int, str]] = None) -> bytes:
+    """PNG bytes: one row per case (raw slice, network-input slice, intensity histograms), labels
+    as translucent fills named in a legend ('1 liver', or 'label 1' without `label_names`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     rows = max(len(cases), 1)
-    fig, axes = plt.subplots(rows, 3, figsize=(11, 3.4 * rows), squeeze=False)
+    present = _labels_present(cases)
+    max_label = max(present, default=1)
+    colormap = label_colormap(max_label)
+    fig, axes = plt.subplots(rows, 3, figsize=(11, 3.4 * rows + 0.5), squeeze=False)
     for row, case in zip(axes, cases):
         shape_in = "x".join(map(str, case.raw_image.shape))
         shape_out = "x".join(map(str, case.image.shape))
@@ -150,8 +176,9 @@ def render(cases: List[PreviewCase], title: str = "") -> bytes:
             case.raw_label,
             case.raw_spacing,
             f"{case.name} ({case.modality}) raw\n{shape_in} @ {sp_in} mm",
+            max_label,
         )
-        _show(row[1], case.image, case.label, case.spacing, f"network input\n{shape_out} @ {sp_out} mm")
+        _show(row[1], case.image, case.label, case.spacing, f"network input\n{shape_out} @ {sp_out} mm", max_label)
         raw_values = case.raw_image.ravel()
         row[2].hist(raw_values, bins=80, color="tab:gray", alpha=0.8)
         row[2].set_xlabel("raw intensity", fontsize=7, color="tab:gray")
@@ -168,15 +195,28 @@ def render(cases: List[PreviewCase], title: str = "") -> bytes:
         )
     if not cases:
         axes[0][0].text(0.5, 0.5, "no examples", ha="center")
+    if present:
+        names = label_names or {}
+        handles = [
+            Patch(color=colormap(k - 1), alpha=LABEL_ALPHA, label=f"{k} {names[k]}" if names.get(k) else f"label {k}")
+            for k in present
+        ]
+        fig.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=8, frameon=False)
     fig.suptitle(title or "Transform preview: middle axial slices before / after normalisation", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.5 / (3.4 * rows + 0.5), 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
     return buffer.getvalue()
 
 
-def write_preview(split_uri: str, transform_graph_uri: str, count: int = 4, title: str = "") -> str:
+def write_preview(
+    split_uri: str,
+    transform_graph_uri: str,
+    count: int = 4,
+    title: str = "",
+    label_names: Optional[Mapping[int, str]] = None,
+) -> str:
     """Renders `count` cases of the raw examples in `split_uri` into
     <transform_graph_uri>/preview.png; returns the path."""
     import tensorflow as tf
@@ -184,5 +224,5 @@ def write_preview(split_uri: str, transform_graph_uri: str, count: int = 4, titl
     cases = collect_cases(pick_by_modality(read_examples(split_uri), count), transform_graph_uri)
     path = os.path.join(transform_graph_uri, PREVIEW_FILE)
     with tf.io.gfile.GFile(path, "wb") as fh:
-        fh.write(render(cases, title))
+        fh.write(render(cases, title, label_names))
     return path

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras  # Keras 2 explicitly: tf.keras may already be Keras 3 in TFX's process
 
+from modules import progress
 from modules.inference import sliding_window
 from modules.metrics.dice import dice_per_label
 from modules.networks import resnet, unet
@@ -263,6 +264,61 @@ class TimeLimit(keras.callbacks.Callback):
             self.stopped_at_step = batch
 
 
+class TrainingProgress(keras.callbacks.Callback):
+    """Progress over the planned `total_steps` (modules/progress.py: a bar with rate and ETA on a
+    terminal, plain lines every half minute otherwise) with the last loss, the last validation
+    mean Dice and, under a time limit, the time left of it (the run stops at whichever comes
+    first). Replaces Keras's own line per epoch."""
+
+    def __init__(self, total_steps: int, time_limit_minutes: float = 0.0, label: str = "Trainer: steps"):
+        super().__init__()
+        self.total_steps = max(1, int(total_steps))
+        self.seconds = float(time_limit_minutes) * 60.0
+        self.label = label
+        self.progress: Optional[progress.Progress] = None
+        self.start = 0.0
+        self.val_dice: Optional[float] = None
+        self.loss: Optional[float] = None
+        self._postfix_at = 0.0
+
+    def on_train_begin(self, logs=None):
+        self.start = time.time()
+        self.progress = progress.Progress(self.total_steps, self.label, unit="step")
+
+    def postfix(self, logs: Optional[dict]) -> str:
+        """'loss 0.412, val Dice 0.83, time limit in 01:12' from what is known so far."""
+        parts = []
+        if logs and "loss" in logs:
+            self.loss = float(logs["loss"])
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.3f}")
+        if self.val_dice is not None:
+            parts.append(f"val Dice {self.val_dice:.3f}")
+        if self.seconds > 0:
+            left = max(0, int(self.seconds - (time.time() - self.start)))
+            parts.append(f"time limit in {left // 60:02d}:{left % 60:02d}")
+        return ", ".join(parts)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.progress is None:
+            return
+        now = time.time()
+        if now - self._postfix_at >= 1.0:  # the text once a second: Keras times every batch hook
+            self._postfix_at = now
+            self.progress.update(1, self.postfix(logs))
+        else:
+            self.progress.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs and "val_mean_dice" in logs:
+            self.val_dice = float(logs["val_mean_dice"])
+
+    def on_train_end(self, logs=None):
+        if self.progress is not None:
+            self.progress.update(0, self.postfix(logs))  # the last epoch's Dice in the final line
+            self.progress.close()
+
+
 def make_callbacks(cfg: TrainingSettings, model_run_dir: str, dice_cases: Optional[tf.data.Dataset]):
     """Callbacks in dependency order: Dice first (adds the logs the others read)."""
     callbacks = []
@@ -294,6 +350,8 @@ def make_callbacks(cfg: TrainingSettings, model_run_dir: str, dice_cases: Option
         callbacks.append(TimeLimit(float(cfg.time_limit_minutes)))
     callbacks.append(LearningRateLog())
     callbacks.append(keras.callbacks.TensorBoard(os.path.join(model_run_dir, "logs"), update_freq="epoch"))
+    epochs = max(1, int(cfg.epochs))  # fit runs steps // epochs per epoch: count what will run
+    callbacks.append(TrainingProgress(max(1, int(cfg.train_steps) // epochs) * epochs, float(cfg.time_limit_minutes)))
     return callbacks
 
 
@@ -325,7 +383,7 @@ def fit(
         validation_data=validation,
         validation_steps=validation_steps or None,
         callbacks=callbacks,
-        verbose=2,
+        verbose=0,  # TrainingProgress shows steps, loss and Dice instead of a line per epoch
     )
     logging.info("trained %d epochs in %.0f s", len(history.epoch), time.time() - start)
     tf.io.gfile.makedirs(model_run_dir)

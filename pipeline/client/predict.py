@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from modules import progress
 from modules.io import dicom
 from modules.io.nifti_reader import read_nifti, write_nifti
 from modules.io.volume import CaseError, Volume, affines_match, compact_dtype, from_canonical, to_canonical
@@ -657,13 +658,15 @@ def predict_inputs(
     modality: str = "",
     max_voxels: int = DEFAULT_MAX_VOXELS,
     num_classes: Optional[int] = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = progress.echo,
     series: Optional[int] = None,
     channels: Optional[int] = None,
 ) -> List[dict]:
     """Segments every input independently; returns one record per input (ok or failed with the
     reason) and writes them to <output_dir>/predict_report.json. channels: the model's image
-    channels (None: the model says, else 1); for several, inputs are grouped by channel_groups."""
+    channels (None: the model says, else 1); for several, inputs are grouped by channel_groups.
+    Progress over the inputs (rate, ETA) on stderr beside the per-input lines `log` gets
+    (modules/progress.py)."""
     import grpc
 
     os.makedirs(output_dir, exist_ok=True)
@@ -676,7 +679,7 @@ def predict_inputs(
         channels = model.channels() if hasattr(model, "channels") else 1
     taken: set = set()
     records = []
-    for group in channel_groups(inputs, channels):
+    for group in progress.track(channel_groups(inputs, channels), "predict", unit="input"):
         path = group[0] if len(group) == 1 else ", ".join(group)
         stem = input_name(group[0])
         name = _unique_name(stem[:-5] if len(group) > 1 else stem, taken)
@@ -726,7 +729,7 @@ def predict_study(
     store: bool = False,
     max_voxels: int = DEFAULT_MAX_VOXELS,
     num_classes: Optional[int] = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = progress.echo,
 ) -> List[dict]:
     """Segments every image series of a PACS study, as `predict` does a DICOM folder.
 
@@ -760,7 +763,7 @@ def predict_study(
         log(f"study {study_uid}: no series found")
     records = []
     with tempfile.TemporaryDirectory(prefix="medtfx-study-") as scratch:
-        for info in series:
+        for info in progress.track(series, "predict", unit="series"):
             locator = _series_locator(study_uid, info.series_uid)
             record = {"input": locator, "series_uid": info.series_uid, "modality": info.modality}
             if not info.is_image:
