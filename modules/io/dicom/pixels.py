@@ -9,6 +9,7 @@ lossless and as compact as the values allow.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import concurrent.futures
 import io
@@ -206,6 +207,17 @@ def _helper_pool(helpers: int) -> concurrent.futures.ProcessPoolExecutor:
                 _pool.shutdown(wait=False, cancel_futures=True)
             _pool = concurrent.futures.ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("spawn"))
         return _pool
+
+
+@atexit.register
+def _stop_helpers() -> None:
+    """Stops the helpers before the interpreter tears modules down (else the pool's clean-up
+    runs after them and prints an error)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _drop_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
