@@ -284,7 +284,8 @@ def benchmark(
     Returns {"medtfx_s", "dcm2niix_s" (sums of per-series medians over the series with a ratio),
     "ratio" (medtfx/dcm2niix), "worst_ratio", "repeats", "loadavg" (1/5/15 min before and after),
     "decode_helpers", "series": [{"name", "files", "medtfx_s", "dcm2niix_s", "ratio",
-    "outputs", "loadavg_1min", ...}], "notes"}.
+    "outputs", "loadavg_1min", "dcm2niix"}], "not_compared": [rows with a "note" and no ratio, e.g.
+    JPEG 2000 without a dcm2niix that decodes it], "notes"}.
 
     Raises:
       FileNotFoundError: no real series found and no series generated.
@@ -315,9 +316,9 @@ def benchmark(
                     binary, note = None, str(exc)
                 rows.append(_row(name, folder, repeats, binary, note))
                 shutil.rmtree(folder, ignore_errors=True)
-    if not rows:
-        raise FileNotFoundError(f"none of the benchmark series found under {data_root}")
     compared = [r for r in rows if r["ratio"] is not None]
+    if not compared:
+        raise FileNotFoundError(f"none of the benchmark series found under {data_root}")
     total_ours = sum(r["medtfx_s"] for r in compared)
     total_theirs = sum(r["dcm2niix_s"] for r in compared)
     return {
@@ -329,7 +330,9 @@ def benchmark(
         "loadavg": {"start": [round(v, 2) for v in load_start], "end": [round(v, 2) for v in os.getloadavg()]},
         "decode_helpers": dicom.decode_helpers(),
         "cpu_count": os.cpu_count(),
-        "series": rows,
+        "series": compared,
+        # Timed on our side only: no dcm2niix here can convert them (see "note").
+        "not_compared": [r for r in rows if r["ratio"] is None],
         "notes": "median of timed runs per series after one warm-up, the two sides alternating; "
         "dcm2niix -z n -b n as a subprocess (includes its start-up), medtfx in-process with a cold "
         "header cache; both write one uncompressed NIfTI per image stack; generated CT series "
@@ -345,7 +348,7 @@ def main(args) -> int:
     result = benchmark(data_root, repeats=max(1, args.repeats), generated=generated)
     with open(args.json, "w") as fh:
         json.dump(result, fh, indent=1)
-    for row in result["series"]:
+    for row in result["series"] + result["not_compared"]:
         theirs = "n/a" if row["dcm2niix_s"] is None else f"{row['dcm2niix_s']:.3f} s"
         ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.2f}"
         print(

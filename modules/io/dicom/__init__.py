@@ -19,9 +19,13 @@ gantry tilt, missing slices / non-uniform spacing, incomplete 4D series, colour 
 images, non-image objects, DICOMDIR, non-DICOM files. Messages never contain patient identifiers.
 
 Speed: classic uncompressed files (the bulk of any archive) are parsed by :mod:`.header` (a small
-top-level tag reader, checked against pydicom in the tests) and their pixels read straight from
-the file; everything else goes through pydicom, with pylibjpeg / pyjpegls decoders and
-tensorflow-io (DCMTK) as the last resort for pixel data pydicom cannot decode.
+top-level tag reader, checked against pydicom in the tests) from their first 64 KB, and their
+pixels read straight from the file into the volume; everything else goes through pydicom, with
+pylibjpeg / pyjpegls decoders and tensorflow-io (DCMTK) as the last resort for pixel data
+pydicom cannot decode. Every voxel is written once, already rescaled, in its final dtype and in
+canonical orientation (Fortran order, NIfTI's layout: `medtfx convert` writes it without a
+copy). Compressed series are decoded by this process and a helper process per further core
+at once (the decoders hold the GIL); `MEDTFX_DECODE_HELPERS=0` keeps decoding in-process.
 """
 
 from __future__ import annotations

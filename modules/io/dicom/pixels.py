@@ -4,7 +4,9 @@ Uncompressed native pixels are read straight from the file at the offset the hea
 everything else is decoded by pydicom (with the pylibjpeg / pyjpegls plugins), and pixel data
 pydicom cannot decode by tensorflow-io (DCMTK) as the last resort. RescaleSlope/Intercept apply
 per frame (enhanced files carry them per frame), so CT comes out in HU; the output dtype is
-lossless and as compact as the values allow.
+lossless and as compact as the values allow, chosen from each frame's extremes before the
+volume is allocated, and the volume is filled once, straight in canonical orientation.
+Compressed series of PARALLEL_MIN_FILES files or more are decoded by helper processes too.
 """
 
 from __future__ import annotations
