@@ -315,3 +315,24 @@ def test_a_truncated_file_is_still_refused_when_its_header_is_read_from_a_prefix
     dicom.clear_cache()
     with pytest.raises(CaseError, match="the file is truncated"):
         dicom.read_file_info(paths[0])
+
+
+def test_a_file_that_changes_between_the_two_reads_is_refused(tmp_path, monkeypatch):
+    """Raw pixels are read once for their extremes and once for the voxels; values beyond the
+    first read's range would wrap in the narrowed type, so they are refused instead."""
+    folder = str(tmp_path / "ct")
+    paths = bench_dicom.write_ct_series(folder, 3, 1.0, "1.2.840.10008.1.2.1", True)
+    reads = collections.Counter()
+    original = pixels._RawReader.read
+
+    def grows_on_the_second_read(self, info):
+        reads[info.path] += 1
+        stored = original(self, info)
+        if reads[info.path] == 2 and info.path == paths[1]:
+            stored[0, 0, 0] = 32767  # beyond int16 after the -1024 intercept's range check
+        return stored
+
+    monkeypatch.setattr(pixels._RawReader, "read", grows_on_the_second_read)
+    dicom.clear_cache()
+    with pytest.raises(CaseError, match="changed while it was being read"):
+        dicom.read_series(paths)

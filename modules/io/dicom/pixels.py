@@ -184,6 +184,7 @@ _IN_FLIGHT = 2
 # The environment a helper needs to apply the same limits as this process.
 _LIMIT_VARIABLES = ("MEDTFX_MAX_VOXELS", "MEDTFX_MAX_BYTES")
 _pool: Optional[concurrent.futures.ProcessPoolExecutor] = None
+_pool_size = 0
 _pool_lock = threading.Lock()
 
 
@@ -202,12 +203,13 @@ def decode_helpers() -> int:
 
 def _helper_pool(helpers: int) -> concurrent.futures.ProcessPoolExecutor:
     """The helpers, started once per process ('spawn': safe beside TensorFlow's and Beam's threads)."""
-    global _pool
+    global _pool, _pool_size
     with _pool_lock:
-        if _pool is None or getattr(_pool, "_max_workers", helpers) != helpers:
+        if _pool is None or _pool_size != helpers:
             if _pool is not None:
                 _pool.shutdown(wait=False, cancel_futures=True)
             _pool = concurrent.futures.ProcessPoolExecutor(helpers, mp_context=multiprocessing.get_context("spawn"))
+            _pool_size = helpers
         return _pool
 
 
@@ -370,6 +372,48 @@ def _output_dtype(frames: List[Frame], raw_dtypes: set) -> np.dtype:
     return np.dtype(np.float32)
 
 
+def _streamable(info: FileInfo) -> bool:
+    """True for files whose stored pixels are raw native integers at a known offset."""
+    return info.pixel_offset is not None and bool(info.pixel_dtype) and bool(info.frames) and info.frames[0].tile < 0
+
+
+class _RawReader:
+    """Reads the raw pixels of one file after another into the same buffer (see _fill_canonical)."""
+
+    def __init__(self) -> None:
+        self._buffer = np.empty(0, np.uint8)
+
+    def read(self, info: FileInfo) -> np.ndarray:
+        """(F, R, C) stored values of `info`'s file: a view of the buffer, valid until the next read.
+
+        Raises:
+          CaseError: the file cannot be read or holds fewer bytes than its header declared.
+        """
+        assert info.pixel_offset is not None and info.pixel_dtype
+        frame = info.frames[0]
+        dtype = np.dtype(info.pixel_dtype)
+        needed = frame.rows * frame.cols * info.n_frames * dtype.itemsize
+        if self._buffer.size < needed:
+            self._buffer = np.empty(needed, np.uint8)
+        view = memoryview(self._buffer)[:needed]
+        got = 0
+        try:
+            with open(info.path, "rb", buffering=0) as fh:
+                fh.seek(info.pixel_offset)
+                while got < needed:
+                    n = fh.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+        except OSError as exc:
+            raise CaseError(f"{info.path}: cannot be read ({exc.strerror or exc})") from None
+        if got < needed:
+            raise CaseError(
+                f"{info.path}: pixel data is {got} bytes, the header implies {needed}: the file is truncated"
+            )
+        return self._buffer[:needed].view(dtype).reshape(info.n_frames, frame.rows, frame.cols)
+
+
 def _narrow_dtype(compute: np.dtype, lo: int, hi: int) -> np.dtype:
     """The dtype integer voxels in [lo, hi] computed in `compute` are stored in: the smallest of
     int16/uint16/int32 that holds them (dcm2niix does too), float64 beyond; uint8 and non-integer
@@ -447,13 +491,19 @@ def _fill_canonical(
     for z, row in enumerate(layout.grid):
         for t, frame in enumerate(row):
             wanted[frame.path].append((z, t, frame))
-    pixels = stored_pixels([infos[path] for path in wanted])
+    # Raw uncompressed files are read twice into one small reused buffer (extremes first, then
+    # the voxels) rather than held whole: page-cache reads into a cache-hot buffer cost less
+    # than allocating and touching the whole series' bytes once more.
+    streamed = {path for path in wanted if _streamable(infos[path])}
+    pixels = stored_pixels([infos[path] for path in wanted if path not in streamed])
+    raw = _RawReader()
     frames = [f for row in layout.grid for f in row]
-    compute = _output_dtype(frames, {p.dtype.str for p in pixels.values()})
+    stored_types = {p.dtype.str for p in pixels.values()} | {np.dtype(infos[p].pixel_dtype).str for p in streamed}
+    compute = _output_dtype(frames, stored_types)
     limits.check_size(f"{layout.grid[0][0].path}: series", (n_t, n_z, n_y, n_x), compute.itemsize)
     ranges: List[Tuple[int, int]] = []
     for path, items in wanted.items():
-        stored = pixels[path]
+        stored = raw.read(infos[path]) if path in streamed else pixels[path]
         for _, _, frame in items:
             index = frame.tile if frame.tile >= 0 else frame.index
             if index >= stored.shape[0] or stored.shape[1:] != (n_y, n_x):
@@ -462,7 +512,8 @@ def _fill_canonical(
                 )
             if compute.kind in "iu":
                 ranges.append(_modality_range(stored[index], frame))
-    dtype = _narrow_dtype(compute, min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else compute
+    lo, hi = (min(r[0] for r in ranges), max(r[1] for r in ranges)) if ranges else (0, 0)
+    dtype = _narrow_dtype(compute, lo, hi) if ranges else compute
     canonical_shape, canonical_affine = canonical_grid(affine_ras, (n_x, n_y, n_z))
     full_shape = canonical_shape + ((n_t,) if n_t > 1 else ())
     # C order over the reversed axes is Fortran order over (X, Y, Z[, T]); the native view
@@ -471,9 +522,13 @@ def _fill_canonical(
     canonical = np.empty(full_shape[::-1], dtype=dtype).T
     native = from_canonical(canonical, affine_ras)
     for path, items in wanted.items():
-        stored = pixels[path]
+        stored = raw.read(infos[path]) if path in streamed else pixels[path]
         for z, t, frame in items:
             plane = stored[frame.tile if frame.tile >= 0 else frame.index]
+            if path in streamed and compute.kind in "iu":
+                frame_lo, frame_hi = _modality_range(plane, frame)
+                if frame_lo < lo or frame_hi > hi:  # the cast below would wrap silently
+                    raise CaseError(f"{path}: the file changed while it was being read")
             target = native[:, :, z, t] if n_t > 1 else native[:, :, z]
             _put_plane(plane, frame, compute, target.T)
     return canonical, canonical_affine
