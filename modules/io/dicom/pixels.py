@@ -395,7 +395,7 @@ class _RawReader:
         needed = frame.rows * frame.cols * info.n_frames * dtype.itemsize
         if self._buffer.size < needed:
             self._buffer = np.empty(needed, np.uint8)
-        view = memoryview(self._buffer)[:needed]
+        view = self._buffer.data[:needed]
         got = 0
         try:
             with open(info.path, "rb", buffering=0) as fh:
