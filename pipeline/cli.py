@@ -789,6 +789,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="folder holding dcm_qa_nih / dcm_qa_enh (default: ../shared/data/dicom beside the repository)",
     )
+    p.add_argument(
+        "--ct",
+        choices=("all", "uncompressed", "jpeg2000", "none"),
+        default="all",
+        help="clinical-size CT series (400 x 512^2) generated into a temporary folder and timed too "
+        "(default: all; JPEG 2000 is timed against a dcm2niix built with OpenJPEG, e.g. apt-get install dcm2niix)",
+    )
     p.set_defaults(func=cmd_bench_dicom)
     p = bench_sub.add_parser("resample", help="our TF trilinear resampling vs SimpleITK")
     p.add_argument("--json", required=True, metavar="FILE", help="where to write the timings")

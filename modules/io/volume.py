@@ -93,13 +93,29 @@ def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple:
     affine = np.asarray(affine, dtype=np.float64)
     transform = orientations.ornt_transform(_orientation(affine), orientations.axcodes2ornt("RAS"))
     canonical = orientations.apply_orientation(array, transform)
-    new_affine = affine @ orientations.inv_ornt_aff(transform, array.shape[:3])
-    return np.ascontiguousarray(canonical), new_affine
+    return np.ascontiguousarray(canonical), canonical_grid(affine, array.shape[:3])[1]
+
+
+def canonical_grid(affine: np.ndarray, shape) -> tuple:
+    """The grid `to_canonical` turns a (X, Y, Z) grid with `affine` (4, 4) into, without voxels:
+    (shape' (3,) tuple, affine' (4, 4)). Lets a reader allocate the canonical array and fill it
+    once (see from_canonical for the matching native view) instead of copying a native one.
+
+    Raises:
+      CaseError: two voxel axes point along the same world axis.
+    """
+    from nibabel import orientations
+
+    affine = np.asarray(affine, dtype=np.float64)
+    transform = orientations.ornt_transform(_orientation(affine), orientations.axcodes2ornt("RAS"))
+    new_shape = tuple(int(shape[int(axis)]) for axis in np.argsort(transform[:, 0]))
+    return new_shape, affine @ orientations.inv_ornt_aff(transform, tuple(shape[:3]))
 
 
 def from_canonical(array: np.ndarray, native_affine: np.ndarray) -> np.ndarray:
-    """Inverse of `to_canonical`: (X', Y', Z') canonical voxels -> the voxel order of a grid with
-    `native_affine` (4, 4). Pure axis permutation/flips (nibabel.orientations), exact.
+    """Inverse of `to_canonical`: (X', Y', Z'[, ...]) canonical voxels -> the voxel order of a grid
+    with `native_affine` (4, 4). Pure axis permutation/flips (nibabel.orientations), exact; the
+    result is a view of `array` (writing into it writes the canonical array).
 
     Raises:
       CaseError: two voxel axes of native_affine point along the same world axis.

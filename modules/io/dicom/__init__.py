@@ -19,9 +19,13 @@ gantry tilt, missing slices / non-uniform spacing, incomplete 4D series, colour 
 images, non-image objects, DICOMDIR, non-DICOM files. Messages never contain patient identifiers.
 
 Speed: classic uncompressed files (the bulk of any archive) are parsed by :mod:`.header` (a small
-top-level tag reader, checked against pydicom in the tests) and their pixels read straight from
-the file; everything else goes through pydicom, with pylibjpeg / pyjpegls decoders and
-tensorflow-io (DCMTK) as the last resort for pixel data pydicom cannot decode.
+top-level tag reader, checked against pydicom in the tests) from their first 64 KB, and their
+pixels read straight from the file into the volume; everything else goes through pydicom, with
+pylibjpeg / pyjpegls decoders and tensorflow-io (DCMTK) as the last resort for pixel data
+pydicom cannot decode. Every voxel is written once, already rescaled, in its final dtype and in
+canonical orientation (Fortran order, NIfTI's layout: `medtfx convert` writes it without a
+copy). Compressed series are decoded by this process and a helper process per further core
+at once (the decoders hold the GIL); `MEDTFX_DECODE_HELPERS=0` keeps decoding in-process.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from modules.io.dicom.geometry import (
     slice_normal,
     stack_layout,
 )
-from modules.io.dicom.pixels import _fill_pixels, decode_pixels
+from modules.io.dicom.pixels import _fill_canonical, decode_helpers, decode_pixels, stored_pixels
 from modules.io.dicom.stacks import (
     SKIPPED_SUFFIXES,
     SeriesKey,
@@ -64,7 +68,7 @@ from modules.io.dicom.stacks import (
     scan_tree,
     select_stack,
 )
-from modules.io.volume import CaseError, Volume, to_canonical
+from modules.io.volume import CaseError, Volume
 
 __all__ = [
     "FileInfo",
@@ -80,6 +84,7 @@ __all__ = [
     "broken_members",
     "check_duplicates",
     "clear_cache",
+    "decode_helpers",
     "decode_pixels",
     "describe",
     "file_info_from_dataset",
@@ -98,6 +103,7 @@ __all__ = [
     "select_stack",
     "slice_normal",
     "stack_layout",
+    "stored_pixels",
 ]
 
 
@@ -154,8 +160,10 @@ def read_stack(paths: List[str], key: Optional[tuple] = None, allow_4d: bool = T
         None when they hold exactly one.
       allow_4d: when False, a multi-volume series raises CaseError before any pixel is decoded.
     Returns:
-      (Volume, Layout). Volume: array (X, Y, Z) or, for a multi-volume series, (X, Y, Z, T);
-      modality values (HU for CT); affine voxel -> RAS mm. meta holds 'volumes', 'stack'
+      (Volume, Layout). Volume: array (X, Y, Z) or, for a multi-volume series, (X, Y, Z, T),
+      in canonical orientation (volume.to_canonical's voxels, dtype and affine) and Fortran
+      order (NIfTI's layout: each voxel is written once, no reorienting copy); modality values
+      (HU for CT); affine voxel -> RAS mm. meta holds 'volumes', 'stack'
       (description), 'site', 'series_uid', 'study_uid'. Layout: the stack as acquired (the
       frame at each slice, the native grid's LPS affine), before canonical reorientation.
     Raises CaseError for: single slices, gantry tilt, non-uniform spacing or missing slices,
@@ -192,7 +200,7 @@ def read_stack(paths: List[str], key: Optional[tuple] = None, allow_4d: bool = T
                 f"{where}: 4D series with {n_volumes} volumes ({describe(chosen)}); "
                 "ingestion takes 3D volumes (medtfx convert writes the 4D NIfTI)"
             )
-        array = _fill_pixels(layout, infos)
+        array, affine = _fill_canonical(layout, infos, LPS_TO_RAS @ layout.affine_lps)
     except CaseError as exc:
         raise CaseError(scrub(str(exc), identifiers)) from None
     except BaseException as exc:  # decoders of hostile bytes raise anything, native panics included
@@ -201,9 +209,6 @@ def read_stack(paths: List[str], key: Optional[tuple] = None, allow_4d: bool = T
         raise CaseError(
             scrub(f"{where}: the series cannot be read: {limits.describe_error(exc)}", identifiers)
         ) from None
-    if n_volumes == 1:
-        array = array[..., 0]
-    array, affine = to_canonical(array, LPS_TO_RAS @ layout.affine_lps)
     meta = first_info.meta
     return Volume(
         array=array,

@@ -40,6 +40,9 @@ NATIVE_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.
 IDENTITY_TAGS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs")
 # Enough of a file to hold its header (pixel data comes last).
 _HEADER_BYTES = 1 << 20
+# What is read first of every file: the whole of small files, the header of most others.
+_PREFIX_BYTES = 1 << 16
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 @dataclasses.dataclass
@@ -332,8 +335,27 @@ def read_file_info(path: str) -> FileInfo:
 
 
 def _read_file_info(path: str) -> FileInfo:
-    data, gzipped = _read_bytes(path)
-    fast = None if gzipped else header.parse(data)
+    size = limits.check_regular_file(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_PREFIX_BYTES)
+    except OSError as exc:
+        raise CaseError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    fast = None
+    if len(head) < size and head[:2] != _GZIP_MAGIC:
+        # Classic uncompressed files: the header from the file's start, the pixels read later
+        # straight into the volume (reading them here too would copy every byte once more).
+        fast = header.parse(head, size)
+        if fast is not None and (fast.needs_pydicom or fast.pixel_offset is None):
+            fast = None
+    if fast is not None:
+        data, gzipped = head, False
+    elif len(head) == size and head[:2] != _GZIP_MAGIC:
+        data, gzipped = head, False
+        fast = header.parse(data)
+    else:
+        data, gzipped = _read_bytes(path)
+        fast = None if gzipped else header.parse(data)
     if fast is not None and not fast.needs_pydicom:
         ds = fast
         info = file_info_from_dataset(fast, path)

@@ -178,15 +178,21 @@ def _element_header(buf: bytes, pos: int, explicit: bool):
     return pos, _U32.unpack_from(buf, pos + 4)[0], None, pos + 8
 
 
-def parse(buf: bytes) -> Optional[Header]:
-    """Header of a Part-10 DICOM file held in `buf`, or None when this reader does not apply."""
+def parse(buf: bytes, file_size: Optional[int] = None) -> Optional[Header]:
+    """Header of a Part-10 DICOM file held in `buf`, or None when this reader does not apply.
+
+    `buf` may be only the start of a file of `file_size` bytes: the header is then read from it
+    and the pixel data's length is judged against `file_size`. An element that runs past the end
+    of `buf` gives None, and a header whose pixel data lies beyond it gives pixel_offset None,
+    so the caller reads the whole file instead.
+    """
     try:
-        return _parse(buf)
+        return _parse(buf, len(buf) if file_size is None else max(file_size, len(buf)))
     except (_Malformed, struct.error, UnicodeDecodeError, IndexError, ValueError):
         return None
 
 
-def _parse(buf: bytes) -> Optional[Header]:
+def _parse(buf: bytes, file_size: int) -> Optional[Header]:
     if len(buf) < 144 or buf[128:132] != b"DICM":
         return None
     pos, end = 132, len(buf)
@@ -222,7 +228,7 @@ def _parse(buf: bytes) -> Optional[Header]:
                 if length == 0xFFFFFFFF:
                     needs_pydicom = True  # encapsulated
                 else:
-                    pixel_offset, pixel_length = value_pos, min(length, end - value_pos)
+                    pixel_offset, pixel_length = value_pos, min(length, file_size - value_pos)
                 break
         if length == 0xFFFFFFFF:
             if vr == b"UN":
