@@ -28,6 +28,7 @@ IMAGE_RAW = "image_raw"
 LABEL_RAW = "label_raw"
 IMAGE_DTYPE = "image_dtype"
 IMAGE_SHAPE = "image_shape"
+IMAGE_CHANNELS = "image_channels"
 SPACING = "spacing"
 ORIGIN = "origin"
 DIRECTION = "direction"
@@ -39,14 +40,21 @@ SOURCE_FORMAT = "source_format"
 SPACING_BIN = "spacing_bin"
 
 FEATURES = (
-    FeatureDef(IMAGE_RAW, "bytes", (), True, "voxels, C order over (X, Y, Z), dtype image_dtype, little endian"),
+    FeatureDef(
+        IMAGE_RAW,
+        "bytes",
+        (),
+        True,
+        "voxels, C order over (X, Y, Z) or (X, Y, Z, C) channels last, dtype image_dtype, little endian",
+    ),
     FeatureDef(LABEL_RAW, "bytes", (), True, "uint8 label map, same grid as the image"),
     FeatureDef(IMAGE_DTYPE, "bytes", (), False, "'uint8' | 'int16' | 'float32'"),
     FeatureDef(IMAGE_SHAPE, "int", (3,), False, "(X, Y, Z) voxels"),
+    FeatureDef(IMAGE_CHANNELS, "int", (), False, "image channels C (1 for a single image; T2 + ADC = 2)"),
     FeatureDef(SPACING, "float", (3,), False, "voxel size in mm per axis"),
     FeatureDef(ORIGIN, "float", (3,), False, "RAS+ mm of voxel (0,0,0)"),
     FeatureDef(DIRECTION, "float", (9,), False, "3x3 row-major direction cosines, columns = axes"),
-    FeatureDef(MODALITY, "bytes", (), False, "'CT', 'MR', ..."),
+    FeatureDef(MODALITY, "bytes", (), False, "'CT', 'MR', ...; one per channel joined by ',' ('MR,MR')"),
     FeatureDef(CASE_ID, "bytes", (), False, "case identifier (salted hash if derived from patient data)"),
     FeatureDef(PATIENT_HASH, "bytes", (), False, "salted hash of the patient ID; the split key"),
     FeatureDef(SITE, "bytes", (), False, "scanner manufacturer/site, for slicing"),
@@ -83,6 +91,29 @@ def spacing_bin(spacing) -> str:
     return f"gt{edges[-1]:.1f}mm"
 
 
+CHANNEL_SEPARATOR = ","
+
+
+def join_modalities(modalities) -> str:
+    """The MODALITY feature of a case from its channels' modalities: 'CT', or 'MR,MR' for two channels."""
+    return CHANNEL_SEPARATOR.join(str(m) for m in modalities)
+
+
+def channel_modalities(modality: str, channels: int) -> list:
+    """Each channel's modality from a case's MODALITY feature: 'MR,CT' -> ['MR', 'CT']; a single
+    name applies to every channel ('MR', 2 -> ['MR', 'MR']).
+
+    Raises:
+      ValueError: several names but not one per channel.
+    """
+    names = str(modality).split(CHANNEL_SEPARATOR) if modality else [""]
+    if len(names) == 1:
+        return names * int(channels)
+    if len(names) != int(channels):
+        raise ValueError(f"modality {modality!r} names {len(names)} channels, the image has {channels}")
+    return names
+
+
 def _feature(kind: str, values):
     import tensorflow as tf
 
@@ -113,7 +144,8 @@ def encode_case(volume: Volume, label: Optional[np.ndarray], case_id: str, patie
     """Builds the tf.Example of one case.
 
     Args:
-      volume: canonical image; volume.array (X, Y, Z) in uint8/int16/float32.
+      volume: canonical image; volume.array (X, Y, Z) or (X, Y, Z, C) channels last, in
+        uint8/int16/float32; volume.modality one name, or one per channel joined by ','.
       label: (X, Y, Z) integer label map on the same grid, or None (image-only case).
       case_id, patient_hash: pseudonymous identifiers (never raw patient data).
     """
@@ -123,10 +155,13 @@ def encode_case(volume: Volume, label: Optional[np.ndarray], case_id: str, patie
     dtype_name = np.dtype(array.dtype).name
     if dtype_name not in _DTYPES:
         raise ValueError(f"unsupported voxel dtype {dtype_name}; use compact_dtype() first")
+    if array.ndim not in (3, 4):
+        raise ValueError(f"image shape {array.shape}: (X, Y, Z) or (X, Y, Z, C) expected")
     values = {
         IMAGE_RAW: [np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()],
         IMAGE_DTYPE: [dtype_name],
-        IMAGE_SHAPE: list(array.shape),
+        IMAGE_SHAPE: list(array.shape[:3]),
+        IMAGE_CHANNELS: [array.shape[3] if array.ndim == 4 else 1],
         SPACING: volume.spacing.tolist(),
         ORIGIN: volume.origin.tolist(),
         DIRECTION: volume.direction.reshape(-1).tolist(),
@@ -139,8 +174,8 @@ def encode_case(volume: Volume, label: Optional[np.ndarray], case_id: str, patie
     }
     values.update({k: [v] for k, v in intensity_summary(array).items()})
     if label is not None:
-        if label.shape != array.shape:
-            raise ValueError(f"label shape {label.shape} != image shape {array.shape}")
+        if label.shape != array.shape[:3]:
+            raise ValueError(f"label shape {label.shape} != image shape {array.shape[:3]}")
         label_u8 = np.ascontiguousarray(label).astype(np.uint8)
         values[LABEL_RAW] = [label_u8.tobytes()]
         values["foreground_fraction"] = [float(np.count_nonzero(label_u8)) / label_u8.size]
@@ -149,9 +184,11 @@ def encode_case(volume: Volume, label: Optional[np.ndarray], case_id: str, patie
 
 
 def decode_case(example) -> dict:
-    """Inverse of encode_case (numpy): {'image': (X,Y,Z), 'label': (X,Y,Z) or None, 'affine', ...}."""
+    """Inverse of encode_case (numpy): {'image': (X,Y,Z) or (X,Y,Z,C), 'label': (X,Y,Z) or None,
+    'affine', ...}."""
     f = example.features.feature
     shape = tuple(f[IMAGE_SHAPE].int64_list.value)
+    channels = int(f[IMAGE_CHANNELS].int64_list.value[0]) if IMAGE_CHANNELS in f else 1
     dtype = _DTYPES[f[IMAGE_DTYPE].bytes_list.value[0].decode()]
     image = np.frombuffer(f[IMAGE_RAW].bytes_list.value[0], dtype=np.dtype(dtype).newbyteorder("<"))
     label = None
@@ -163,7 +200,7 @@ def decode_case(example) -> dict:
     affine[:3, :3] = direction * spacing[np.newaxis, :]
     affine[:3, 3] = np.array(f[ORIGIN].float_list.value, dtype=np.float64)
     return {
-        "image": image.reshape(shape).astype(dtype),
+        "image": image.reshape(shape + ((channels,) if channels > 1 else ())).astype(dtype),
         "label": label,
         "affine": affine,
         "modality": f[MODALITY].bytes_list.value[0].decode(),

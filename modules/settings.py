@@ -73,6 +73,9 @@ class TransformSettings(StageSettings):
         "fixed_shape",
         description="fixed_shape: centre crop/pad to target_shape; whole_volume: keep the resampled volume",
     )
+    channels: PositiveInt = Field(
+        1, description="image channels per case (e.g. T2 + ADC = 2); the plan sets it from the fingerprint"
+    )
     intensity_mode: Dict[str, IntensityMode] = Field(
         default_factory=_default_intensity_mode,
         description="normalisation per modality ('*' = any other): dataset | zscore_nonzero | zscore | window",
@@ -133,6 +136,7 @@ class TrainingSettings(StageSettings):
         "unet3d", description="unet2d = slice-wise 2D U-Net; resnet3d = classifier"
     )
     num_classes: int = Field(3, ge=2, description="classes including background")
+    in_channels: PositiveInt = Field(1, description="network input channels (Transform's channels)")
     filters: Tuple[PositiveInt, ...] = Field(
         (8, 16, 32), min_length=2, description="U-Net filters per level (depth = length); ResNet per stage"
     )

@@ -493,6 +493,7 @@ def cmd_predict(args) -> int:
         max_voxels=args.max_voxels,
         num_classes=args.num_classes,
         series=args.series,
+        channels=args.channels,
     )
     failed = sum(r["status"] != "ok" for r in records)
     print(
@@ -747,6 +748,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="which image stack (1-based, as listed) of DICOM folders holding several",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=None,
+        metavar="C",
+        help="image channels of a --server model (an in-process --model says its own): inputs "
+        "CASE_0000.nii.gz, CASE_0001.nii.gz, ... are one case",
     )
     p.add_argument(
         "--dicomweb",

@@ -116,7 +116,8 @@ def test_augmented_patch_keeps_label_aligned_with_image():
 
 def _batches(seed, n=3):
     image, label = _case()
-    cases = tf.data.Dataset.from_tensor_slices((np.stack([image, image * 2]), np.stack([label, label])))
+    images = np.stack([image, image * 2])[..., None]  # (cases, X, Y, Z, 1): the decoder's channel axis
+    cases = tf.data.Dataset.from_tensor_slices((images, np.stack([label, label])))
     ds = input_pipeline.training_patches(cases, PATCH, 2, 3, 0.33, augment.AugmentConfig(p_rotation=0.5), seed)
     return [(x.numpy(), y.numpy()) for x, y in ds.take(n)]
 
@@ -148,7 +149,7 @@ def test_case_decoder_fixed_grid_and_whole_volume():
     image, label = _case((4, 3, 2))
     fixed = {"image": tf.io.FixedLenFeature([4, 3, 2], tf.float32), "label": tf.io.FixedLenFeature([4, 3, 2], tf.int64)}
     img, lab = input_pipeline.case_decoder(fixed)(_example({"image": image, "label": label.astype(np.int64)}))
-    np.testing.assert_array_equal(img.numpy(), image)
+    np.testing.assert_array_equal(img.numpy(), image[..., None])
     assert lab.dtype == tf.uint8 and np.array_equal(lab.numpy(), label)
     whole = {
         "image": tf.io.VarLenFeature(tf.float32),
@@ -157,7 +158,7 @@ def test_case_decoder_fixed_grid_and_whole_volume():
     }
     record = _example({"image": image, "label": label.astype(np.int64), "grid_shape": np.array([4, 3, 2])})
     img, lab = input_pipeline.case_decoder(whole)(record)
-    np.testing.assert_array_equal(img.numpy(), image)
+    np.testing.assert_array_equal(img.numpy(), image[..., None])
     np.testing.assert_array_equal(lab.numpy(), label)
     classification = {"image": fixed["image"], "label": tf.io.FixedLenFeature([], tf.int64)}
     _, cls = input_pipeline.case_decoder(classification)(_example({"image": image, "label": np.array(2)}))
@@ -184,3 +185,32 @@ def test_raw_int16_volumes_decode_exactly(tmp_path):
         batch = next(iter(ds)).numpy()
         assert batch.dtype == np.float32
         np.testing.assert_array_equal(batch[..., 0], (volumes.astype(np.float32) - 100.0) * 0.5)
+
+
+def test_two_channel_cases_decode_channels_last_and_patch_both_channels_alike():
+    image, label = _case((6, 5, 4))
+    two = np.stack([image, -image], axis=-1)  # channel 1 mirrors channel 0's values
+    fixed = {
+        "image": tf.io.FixedLenFeature([6, 5, 4, 2], tf.float32),
+        "label": tf.io.FixedLenFeature([6, 5, 4], tf.int64),
+    }
+    img, lab = input_pipeline.case_decoder(fixed)(_example({"image": two, "label": label.astype(np.int64)}))
+    np.testing.assert_array_equal(img.numpy(), two)
+    whole = {
+        "image": tf.io.VarLenFeature(tf.float32),
+        "label": tf.io.VarLenFeature(tf.int64),
+        "grid_shape": tf.io.FixedLenFeature([3], tf.int64),
+    }
+    record = _example({"image": two, "label": label.astype(np.int64), "grid_shape": np.array([6, 5, 4])})
+    img, lab = input_pipeline.case_decoder(whole)(record)
+    np.testing.assert_array_equal(img.numpy(), two)
+    np.testing.assert_array_equal(lab.numpy(), label)
+    big_image, big_label = _case()
+    big = np.stack([big_image, -big_image], axis=-1)
+    rotate = augment.AugmentConfig(p_rotation=1.0, p_intensity_shift=0.0, p_noise=0.0)
+    for cfg in (NO_AUGMENTATION, rotate):
+        patch, patch_label = augment.training_patch(big, big_label, PATCH, 3, 1.0, cfg, tf.constant([5, 1]))
+        assert patch.shape == tuple(PATCH) + (2,) and patch_label.shape == tuple(PATCH)
+        # Spatial transforms, mirroring and scaling move both channels alike, so channel 1 stays
+        # the negative of channel 0 (additive shift and noise are off here).
+        np.testing.assert_allclose(patch[..., 1].numpy(), -patch[..., 0].numpy(), atol=1e-4)

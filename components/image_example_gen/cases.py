@@ -2,6 +2,9 @@
 
 Three layouts are recognised (first match wins):
   * Decathlon / nnU-Net: ``dataset.json``, ``imagesTr/<case>[_0000].nii.gz``, ``labelsTr/<case>.nii.gz``.
+    Multi-channel cases: nnU-Net v2's one file per channel (``<case>_0000``, ``<case>_0001``, ...,
+    channels named by ``channel_names``) or Decathlon's 4D images (channels on the 4th axis, named
+    by ``modality``); a case's channels must share one grid.
   * Manifest: ``manifest.csv`` with columns ``image,label[,modality,site]``; paths relative to the
     CSV; ``image`` is a NIfTI file or a folder holding one DICOM series.
   * DICOM tree: every series below the root; a series' mask is ``label.nii.gz`` (or
@@ -45,7 +48,9 @@ class CaseSpec:
 
     name: readable case name when it does not derive from patient data (file stem), else ''.
     kind: 'nifti' | 'dicom' | 'none' (files that cannot form a case).
-    image: image files (one NIfTI, or all files of one DICOM series).
+    image: image files (one NIfTI, one NIfTI per channel in channel order, or all files of one
+      DICOM series).
+    channels: image channels the case must have (several files: one each; one 4D NIfTI: its 4th axis).
     series_key: for DICOM, the stack (series, orientation, echo, type, size) within the files.
     problem: set when discovery already knows the case cannot be ingested.
     """
@@ -57,6 +62,7 @@ class CaseSpec:
     modality: str = ""
     site: str = ""
     problem: Optional[str] = None
+    channels: int = 1
     # DICOM: which stack of the files (dicom.SeriesKey), needed when a file holds several.
     series_key: Optional[tuple] = None
     # Patient names/IDs/birth dates found in any DICOM header near the case: scrubbed from reports.
@@ -75,7 +81,7 @@ class DatasetInfo:
 
     layout: str
     labels: Optional[Dict[int, str]]
-    modality: str = ""
+    modality: str = ""  # one name per channel joined by ',' (modules.features.join_modalities)
     warnings: List[str] = dataclasses.field(default_factory=list)
     problem: str = ""
 
@@ -111,15 +117,17 @@ def _read_text(path: str, what: str) -> str:
         raise CaseError(f"{what} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
 
-def parse_dataset_json(path: str) -> Tuple[Optional[Dict[int, str]], str]:
-    """(labels {value: name} or None, modality) from a Decathlon or nnU-Net v2 dataset.json.
+def parse_dataset_json(path: str) -> Tuple[Optional[Dict[int, str]], List[str]]:
+    """(labels {value: name} or None, each input channel's modality) from a Decathlon or nnU-Net
+    v2 dataset.json.
 
-    Decathlon: {"labels": {"0": "background", ...}, "modality": {"0": "CT"}}; nnU-Net v2:
-    {"labels": {"background": 0, ...}, "channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}.
+    Decathlon: {"labels": {"0": "background", ...}, "modality": {"0": "T2", "1": "ADC"}}; nnU-Net
+    v2: {"labels": {"background": 0, ...}, "channel_names": {"0": "CT"}, "file_ending": ".nii.gz"}.
+    Channel names are normalised (normalise_modality: 'T2' -> 'MR'); [] when none is declared.
     Raises:
       CaseError: one reason naming the first problem: unreadable, not UTF-8, not JSON, not an
-        object, labels not an object of integer values, region-based labels, several input
-        channels, a file ending other than NIfTI.
+        object, labels not an object of integer values, region-based labels, channel keys that
+        are not 0..C-1, a file ending other than NIfTI.
     """
     text = _read_text(path, "dataset.json")
     if not text.strip():
@@ -157,26 +165,64 @@ def parse_dataset_json(path: str) -> Tuple[Optional[Dict[int, str]], str]:
         raise CaseError(
             f'dataset.json: \'{field}\' must be an object like {{"0": "CT"}}, found a {type(channels).__name__}'
         )
-    if channels and len(channels) > 1:
-        raise CaseError(
-            f"dataset.json declares {len(channels)} input channels in '{field}'; multi-channel cases are not supported"
-        )
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in (".nii.gz", ".nii"):
         raise CaseError(f"dataset.json: file_ending {ending!r} is not supported (NIfTI only)")
-    modality = normalise_modality(str(next(iter(channels.values()), "")) if channels else "")
-    return labels or None, modality
+    by_index: Dict[int, str] = {}
+    for key, name in (channels or {}).items():
+        try:
+            by_index[int(key)] = normalise_modality(str(name))
+        except (TypeError, ValueError):
+            raise CaseError(f"dataset.json: '{field}' key {key!r} is not a channel number (0, 1, ...)") from None
+    if sorted(by_index) != list(range(len(by_index))):
+        raise CaseError(f"dataset.json: '{field}' numbers channels {sorted(by_index)}; expected 0..{len(by_index) - 1}")
+    return labels or None, [by_index[i] for i in range(len(by_index))]
 
 
 def _listdir(path: str) -> List[str]:
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
 
+def _channel_index(filename: str) -> Optional[int]:
+    """nnU-Net's channel number of an image file name (<case>_0001.nii.gz -> 1), None without one."""
+    stem = filename[:-7] if filename.endswith(".nii.gz") else filename[:-4]
+    if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():
+        return int(stem[-4:])
+    return None
+
+
+def _case_channels_problem(stem: str, paths: List[str], channels: int) -> Optional[str]:
+    """Why a case's image files do not form its `channels` channels (None when they do): one
+    file (3D, or 4D holding the channels), or exactly <case>_0000 .. <case>_{C-1}."""
+    if len(paths) == 1:
+        index = _channel_index(os.path.basename(paths[0]))
+        if channels > 1 and index is not None:
+            missing = ", ".join(f"{stem}_{i:04d}" for i in range(channels) if i != index)
+            return (
+                f"case {stem} has channel {index} only; dataset.json declares {channels} channels (missing {missing})"
+            )
+        return None
+    names = ", ".join(os.path.basename(p) for p in paths)
+    indices = sorted(i for i in (_channel_index(os.path.basename(p)) for p in paths) if i is not None)
+    if len(indices) != len(paths) or len(set(indices)) != len(indices):
+        return (
+            f"case {stem} has {len(paths)} image files ({names}): one file per channel, named "
+            f"{stem}_0000, {stem}_0001, ... (.nii/.nii.gz copies of one image are not supported)"
+        )
+    if indices != list(range(channels)):
+        return (
+            f"case {stem} has image files for channels {indices} ({names}) "
+            f"but the dataset declares {channels} channel{'s' if channels != 1 else ''} (0..{channels - 1})"
+        )
+    return None
+
+
 def _decathlon_cases(root: str, require_labels: bool, has_json: bool = True) -> Tuple[List[CaseSpec], DatasetInfo]:
-    labels, modality, problem, warnings = None, "", "", []
+    labels, problem, warnings = None, "", []
+    modalities: List[str] = []
     if has_json:
         try:
-            labels, modality = parse_dataset_json(os.path.join(root, "dataset.json"))
+            labels, modalities = parse_dataset_json(os.path.join(root, "dataset.json"))
         except CaseError as exc:
             problem = str(exc)
     else:
@@ -197,28 +243,30 @@ def _decathlon_cases(root: str, require_labels: bool, has_json: bool = True) -> 
             cases.append(CaseSpec(fname, "none", [path], problem="not a NIfTI file (.nii/.nii.gz)"))
             continue
         images_by_case.setdefault(_nifti_stem(fname), []).append(path)
+    if not has_json:  # channels from the file names: the most channel-numbered files any case has
+        numbered = [
+            [p for p in paths if _channel_index(os.path.basename(p)) is not None] for paths in images_by_case.values()
+        ]
+        modalities = [""] * max([len(p) for p in numbered] + [1])
+    channels = max(len(modalities), 1)
+    modality = example_schema.join_modalities(modalities) if any(modalities) else ""
     for stem, paths in images_by_case.items():
         found = labels_by_case.get(stem, [])
         label = found[0] if len(found) == 1 else None
         used_labels.update(found)
-        case_problem = None
-        if len(paths) > 1:
-            names = ", ".join(os.path.basename(p) for p in paths)
-            case_problem = (
-                f"case {stem} has {len(paths)} image files ({names}): one image per case "
-                "is expected (multi-channel cases and .nii/.nii.gz copies are not supported)"
-            )
-        elif len(found) > 1:
+        paths = sorted(paths, key=lambda p: (_channel_index(os.path.basename(p)) or 0, p))
+        case_problem = _case_channels_problem(stem, paths, channels)
+        if case_problem is None and len(found) > 1:
             case_problem = (
                 f"case {stem} has {len(found)} label files ({', '.join(os.path.basename(p) for p in found)}): keep one"
             )
-        elif label is None and require_labels:
+        elif case_problem is None and label is None and require_labels:
             case_problem = f"image has no label: labelsTr/{stem}.nii.gz is missing"
         if problem:
             case_problem = f"not ingested: {problem}"
-        if len(paths) > 1 or len(found) > 1:  # quarantined: every file listed as an input
+        if case_problem and (len(paths) > 1 or len(found) > 1):  # quarantined: every file listed as an input
             paths, label = paths + found, None
-        cases.append(CaseSpec(stem, "nifti", paths, label, modality=modality, problem=case_problem))
+        cases.append(CaseSpec(stem, "nifti", paths, label, modality=modality, problem=case_problem, channels=channels))
     for fname in label_files:
         path = os.path.join(labels_dir, fname)
         if path in used_labels:
@@ -455,14 +503,28 @@ def _unclaimed_reason(root: str, path: str) -> str:
 
 
 def read_volume(spec: CaseSpec) -> Volume:
-    """The case's image as a canonical Volume (modality/site from the spec where given)."""
-    if spec.kind == "nifti":
-        volume = read_nifti(spec.image[0])
+    """The case's image as a canonical Volume (modality/site from the spec where given):
+    array (X, Y, Z), or (X, Y, Z, C) for a case of C > 1 channels.
+
+    Raises:
+      CaseError: unreadable, or the channels are not spec.channels images on one grid.
+    """
+    if spec.kind == "nifti" and len(spec.image) > 1:
+        volume = _stack_channels(spec.image)
+    elif spec.kind == "nifti":
+        volume = read_nifti(spec.image[0], allow_channels=spec.channels > 1)
     elif spec.kind == "dicom":
         # The ExampleGen ingests 3D volumes: 4D series are refused before decoding their pixels.
         volume = dicom.read_series(spec.image, spec.series_key, allow_4d=False)
     else:
         raise CaseError(spec.problem or "no image")
+    found = volume.array.shape[3] if volume.array.ndim == 4 else 1
+    if found != spec.channels:
+        where = spec.image[0] if len(spec.image) == 1 else os.path.dirname(spec.image[0])
+        raise CaseError(
+            f"{where}: the image has {found} channel{'s' if found != 1 else ''} "
+            f"(shape {volume.array.shape}) but the dataset declares {spec.channels}"
+        )
     if spec.modality:
         volume.modality = spec.modality
     if spec.site:
@@ -470,12 +532,36 @@ def read_volume(spec: CaseSpec) -> Volume:
     return volume
 
 
+def _stack_channels(paths: List[str]) -> Volume:
+    """One (X, Y, Z, C) volume from one 3D NIfTI per channel, in `paths` order. Raises CaseError
+    when a channel is not 3D or does not share channel 0's grid (shape and affine)."""
+    first = read_nifti(paths[0])
+    arrays = [first.array]
+    for path in paths[1:]:
+        channel = read_nifti(path)
+        if channel.array.shape != first.array.shape:
+            raise CaseError(
+                f"{path}: shape {channel.array.shape} differs from {os.path.basename(paths[0])}'s "
+                f"{first.array.shape}: a case's channels must share one grid"
+            )
+        if not affines_match(channel.affine, first.affine, AFFINE_TOLERANCE_MM, first.array.shape):
+            raise CaseError(
+                f"{path}: geometry (affine) differs from {os.path.basename(paths[0])}'s by more than "
+                f"{AFFINE_TOLERANCE_MM} mm: a case's channels must share one grid"
+            )
+        arrays.append(channel.array)
+    dtype = np.result_type(*[a.dtype for a in arrays])
+    stacked = np.stack([a.astype(dtype, copy=False) for a in arrays], axis=-1)
+    return Volume(array=stacked, affine=first.affine, source=",".join(paths))
+
+
 def read_label(path: str, image: Volume, label_set: Optional[set]) -> np.ndarray:
     """The label map for `image` from NIfTI `path`, checked: same grid, values in `label_set`."""
     label = read_nifti(path)
-    if label.array.shape != image.array.shape:
-        raise CaseError(f"{path}: label shape {label.array.shape} differs from image shape {image.array.shape}")
-    if not affines_match(label.affine, image.affine, AFFINE_TOLERANCE_MM, image.array.shape):
+    grid = image.array.shape[:3]
+    if label.array.shape != grid:
+        raise CaseError(f"{path}: label shape {label.array.shape} differs from image shape {grid}")
+    if not affines_match(label.affine, image.affine, AFFINE_TOLERANCE_MM, grid):
         raise CaseError(
             f"{path}: label geometry (affine) differs from the image's by more than {AFFINE_TOLERANCE_MM} mm"
         )

@@ -134,8 +134,11 @@ class ExtremeCases:
         mean = plots.case_mean_dice(record, self.labels)
         if math.isnan(mean):
             return
+        image = np.asarray(image)
+        if image.ndim == 4:  # several channels: the overlays show the first
+            image = image[..., 0]
         case = plots.CaseVolumes(
-            record["case_id"], np.asarray(image), np.asarray(truth), np.asarray(prediction), record["spacing"], mean
+            record["case_id"], image, np.asarray(truth), np.asarray(prediction), record["spacing"], mean
         )
         if self.worst is None or mean < self.worst.mean_dice:
             self.worst = case

@@ -86,13 +86,14 @@ def collect_cases(serialized: List[bytes], transform_graph_uri: str) -> List[Pre
                 return None
             value = transformed[key][i]
             value = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-            return value.reshape(shape) if value.ndim == 1 else value  # whole_volume: flattened
+            value = value.reshape(tuple(shape) + (-1,)) if value.ndim == 1 else value  # whole_volume: flattened
+            return value[..., 0] if value.ndim == 4 else value  # several channels: the first is shown
 
         cases.append(
             PreviewCase(
                 name=raw["case_id"],
                 modality=raw["modality"],
-                raw_image=raw["image"].astype(np.float32),
+                raw_image=(raw["image"][..., 0] if raw["image"].ndim == 4 else raw["image"]).astype(np.float32),
                 raw_label=raw["label"],
                 raw_spacing=np.linalg.norm(raw["affine"][:3, :3], axis=0),
                 image=volume(IMAGE),

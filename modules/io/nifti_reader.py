@@ -18,13 +18,16 @@ def _image_from_bytes(data: bytes):
     return nib.Nifti1Image.from_bytes(data)
 
 
-def read_nifti(path: str) -> Volume:
-    """Reads a 3D NIfTI file (any orientation, qform or sform, scl_slope/inter applied).
+def read_nifti(path: str, allow_channels: bool = False) -> Volume:
+    """Reads a 3D NIfTI file (any orientation, qform or sform, scl_slope/inter applied); with
+    `allow_channels`, also a 4D one whose 4th axis holds the channels of one case (Decathlon's
+    multi-modal tasks: (X, Y, Z, C), e.g. T2 and ADC).
 
     Only regular files are read; .nii.gz content is decompressed with its CRC checked and within
     the byte limit (modules.io.limits), and the header's declared shape and type are checked
     against the limits and against the bytes actually present before any voxel is allocated.
-    Returns a Volume in canonical RAS+ orientation; labels keep their integer values.
+    Returns a Volume in canonical RAS+ orientation (array (X, Y, Z) or (X, Y, Z, C)); labels keep
+    their integer values.
     Raises CaseError naming the file and the problem (unreadable, truncated, too large, complex
     or structured voxels, not 3D, no orientation, ...).
     """
@@ -50,7 +53,7 @@ def read_nifti(path: str) -> Volume:
     if dtype.kind not in "biuf" or dtype.fields is not None:
         raise CaseError(f"{path}: voxels are of type {dtype} (complex or RGB); a scalar image is expected")
     squeezed = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
-    if len(squeezed) != 3:
+    if len(squeezed) != 3 and not (allow_channels and len(squeezed) == 4):
         raise CaseError(f"{path}: expected a 3D volume, got shape {shape}")
     limits.check_size(path, shape, dtype.itemsize)
     needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize

@@ -20,8 +20,9 @@ def build_resnet3d(
     blocks_per_stage: int = 2,
     norm: str = "batch",
     dropout: float = 0.0,
+    in_channels: int = 1,
 ):
-    """ResNet for (X, Y, Z, 1) volumes -> (num_classes,) float32 softmax.
+    """ResNet for (X, Y, Z, in_channels) volumes -> (num_classes,) float32 softmax.
 
     Args:
       input_shape: (X, Y, Z[, 1]) voxels; None sizes allowed (global pooling).
@@ -30,7 +31,7 @@ def build_resnet3d(
       norm: unet.NORMS ('batch' suits classification batches; 'instance' for tiny batches).
       dropout: rate before the classifier.
     """
-    inputs = keras.Input(shape=tuple(input_shape[:3]) + (1,), name="image")
+    inputs = keras.Input(shape=tuple(input_shape[:3]) + (in_channels,), name="image")
     x = keras.layers.Conv3D(filters[0], 3, padding="same", use_bias=False, name="stem_conv")(inputs)
     x = normalization(norm, filters[0], "stem_norm")(x)
     x = keras.layers.LeakyReLU(0.01, name="stem_act")(x)

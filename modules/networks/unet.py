@@ -187,8 +187,9 @@ def build_unet3d(
     norm: str = "instance",
     pool_sizes: Optional[Sequence[PerAxis]] = None,
     kernel_sizes: Optional[Sequence[PerAxis]] = None,
+    in_channels: int = 1,
 ):
-    """3D U-Net: (B, X, Y, Z, 1) -> (B, X, Y, Z, num_classes). input_shape: (X, Y, Z[, 1]).
+    """3D U-Net: (B, X, Y, Z, in_channels) -> (B, X, Y, Z, num_classes). input_shape: (X, Y, Z[, C]).
 
     pool_sizes / kernel_sizes: per level and per axis (X, Y, Z), see build_unet.
     """
@@ -201,6 +202,7 @@ def build_unet3d(
         name="unet3d",
         pool_sizes=pool_sizes,
         kernel_sizes=kernel_sizes,
+        in_channels=in_channels,
     )
 
 
@@ -212,8 +214,9 @@ def build_unet2d(
     norm: str = "instance",
     pool_sizes: Optional[Sequence[PerAxis]] = None,
     kernel_sizes: Optional[Sequence[PerAxis]] = None,
+    in_channels: int = 1,
 ):
-    """2D U-Net: (B, Y, Z, 1) -> (B, Y, Z, num_classes). input_shape: (Y, Z[, 1]).
+    """2D U-Net: (B, Y, Z, in_channels) -> (B, Y, Z, num_classes). input_shape: (Y, Z[, C]).
 
     pool_sizes / kernel_sizes: per level and per in-plane axis, see build_unet.
     """
@@ -226,6 +229,7 @@ def build_unet2d(
         name="unet2d",
         pool_sizes=pool_sizes,
         kernel_sizes=kernel_sizes,
+        in_channels=in_channels,
     )
 
 
@@ -321,9 +325,10 @@ def build_unet2d_slicewise(
     slice_axis: int = 0,
     pool_sizes: Optional[Sequence[PerAxis]] = None,
     kernel_sizes: Optional[Sequence[PerAxis]] = None,
+    in_channels: int = 1,
 ):
     """A 2D U-Net over the slices perpendicular to `slice_axis` of 3D inputs:
-    (B, X, Y, Z, 1) -> (B, X, Y, Z, num_classes).
+    (B, X, Y, Z, in_channels) -> (B, X, Y, Z, num_classes).
 
     Args:
       input_shape: (X, Y, Z[, 1]); only the two in-plane sizes must be divisible by their total
@@ -357,8 +362,9 @@ def build_unet2d_slicewise(
         norm,
         pool_sizes=pools_2d,
         kernel_sizes=kernels_2d,
+        in_channels=in_channels,
     )
-    inputs = keras.Input(shape=spatial + (1,), name="image")
+    inputs = keras.Input(shape=spatial + (in_channels,), name="image")
     # float32 layer dtype: the slices' probabilities leave the layer in float32 under any policy.
     outputs = SliceWise(model2d, slice_axis, name="slicewise", dtype="float32")(inputs)
     return keras.Model(inputs, outputs, name="unet2d_slicewise")

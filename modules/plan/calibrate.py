@@ -43,7 +43,7 @@ def measure_step_seconds(training: Dict, steps: int = 4, seed: int = 0) -> float
     training_lib.compile_model(model, cfg)
     rng = np.random.default_rng(seed)
     batch = int(cfg.batch_size)
-    image = rng.standard_normal((batch, *cfg.patch_size, 1), dtype=np.float32)
+    image = rng.standard_normal((batch, *cfg.patch_size, int(cfg.in_channels)), dtype=np.float32)
     label = rng.integers(0, cfg.num_classes, (batch, *cfg.patch_size)).astype(np.int32)
     for _ in range(2):  # trace + compile, then oneDNN's first-call primitive creation
         model.train_on_batch(image, label)

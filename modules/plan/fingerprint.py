@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import json
 import os
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional
 
 import numpy as np
 
@@ -51,11 +51,12 @@ def decode_case(example):
         MODALITY, CASE_ID and optionally LABEL_RAW.
     Returns:
       (image, label, spacing, modality, case_key):
-        image: (X, Y, Z) float32 voxel values (exact for uint8/int16 sources).
+        image: (X, Y, Z) float32 voxel values (exact for uint8/int16 sources); (X, Y, Z, C) for a
+          case of C > 1 channels (IMAGE_CHANNELS).
         label: (X, Y, Z) uint8 label map, or None when the example has no label bytes (an empty
           LABEL_RAW also means "no label", as in a serving request).
         spacing: (3,) float64 voxel size in mm.
-        modality: e.g. 'CT', 'MR'.
+        modality: e.g. 'CT', 'MR'; one per channel joined by ',' ('MR,MR').
         case_key: the CASE_ID string.
     Raises:
       ValueError naming the case when a required feature is missing, the dtype is not one of
@@ -94,13 +95,20 @@ def decode_case(example):
 
     dtype = VOXEL_DTYPES[dtype_name]
     num_voxels = int(np.prod(shape))
+    channels = (
+        int(f[features.IMAGE_CHANNELS].int64_list.value[0])
+        if _has_values(f, features.IMAGE_CHANNELS, "int64_list")
+        else 1
+    )
+    if channels < 1:
+        raise ValueError(f"case {case_key}: image_channels {channels} is not a positive count")
     raw = f[features.IMAGE_RAW].bytes_list.value[0]
-    if len(raw) != num_voxels * dtype.itemsize:
+    if len(raw) != num_voxels * channels * dtype.itemsize:
         raise ValueError(
-            f"case {case_key}: image_raw has {len(raw)} bytes but shape {shape} of "
-            f"{dtype_name} needs {num_voxels * dtype.itemsize}"
+            f"case {case_key}: image_raw has {len(raw)} bytes but shape {shape} x {channels} channel(s) of "
+            f"{dtype_name} needs {num_voxels * channels * dtype.itemsize}"
         )
-    image = np.frombuffer(raw, dtype=dtype).reshape(shape).astype(np.float32)
+    image = np.frombuffer(raw, dtype=dtype).reshape(shape + ((channels,) if channels > 1 else ())).astype(np.float32)
 
     label = None
     if _has_values(f, features.LABEL_RAW, "bytes_list") and f[features.LABEL_RAW].bytes_list.value[0]:
@@ -173,11 +181,12 @@ def case_fingerprint(
     """Fingerprint of one case.
 
     Args:
-      image: (X, Y, Z) voxel values (any real dtype), canonical RAS+ order.
+      image: (X, Y, Z) voxel values (any real dtype), canonical RAS+ order; (X, Y, Z, C) for a
+        case of C channels.
       label: (X, Y, Z) non-negative integer label map on the same grid (integral floats are
         accepted), or None for an image-only case.
       spacing: (3,) voxel size in mm along X, Y, Z.
-      modality: 'CT', 'MR', ...
+      modality: 'CT', 'MR', ...; one per channel joined by ',' for several channels.
       case_key: the case identifier.
       max_samples: cap on the number of intensity samples kept (>= 1).
     Returns:
@@ -187,23 +196,32 @@ def case_fingerprint(
       in mm, (last - first + 1) voxels * spacing) for each foreground value v, foreground_bbox_mm
       (the same for all foreground voxels together; [0, 0, 0] if none), foreground_sample (at
       most max_samples image values at label > 0 in C order, by a regular stride; the whole
-      image when there is no label map or no foreground).
+      image when there is no label map or no foreground). integer_valued and foreground_sample
+      describe channel 0; a case of C > 1 channels adds extra_channels: [{"modality",
+      "integer_valued", "foreground_sample"}] for channels 1..C-1 (the same foreground voxels).
     Raises:
       ValueError naming the case when the image is not a non-empty 3D array of finite values,
       the spacing is not 3 positive values, the label does not match the image or is not a
       non-negative integer map, or max_samples < 1.
     """
     image = np.asarray(image)
-    if image.ndim != 3 or image.size == 0:
-        raise ValueError(f"case {case_key}: image must be a non-empty (X, Y, Z) array, got shape {image.shape}")
-    if not np.all(np.isfinite(image)):
+    if image.ndim not in (3, 4) or image.size == 0:
+        raise ValueError(
+            f"case {case_key}: image must be a non-empty (X, Y, Z) or (X, Y, Z, C) array, got shape {image.shape}"
+        )
+    channels = [image] if image.ndim == 3 else [image[..., c] for c in range(image.shape[3])]
+    try:
+        modalities = features.channel_modalities(modality, len(channels))
+    except ValueError as exc:
+        raise ValueError(f"case {case_key}: {exc}") from None
+    image = channels[0]
+    if not all(np.all(np.isfinite(c)) for c in channels):
         raise ValueError(f"case {case_key}: image contains NaN or Inf voxels")
     spacing = np.asarray(spacing, dtype=np.float64).reshape(-1)
     if spacing.shape != (3,) or not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise ValueError(f"case {case_key}: spacing {spacing.tolist()} is not 3 positive mm values")
     if max_samples < 1:
         raise ValueError(f"max_samples must be >= 1, got {max_samples}")
-    integer_valued = bool(np.issubdtype(image.dtype, np.integer) or np.all(image == np.round(image)))
 
     labels, label_voxels, label_bbox_mm = [], {}, {}
     foreground_bbox_mm = [0.0, 0.0, 0.0]
@@ -222,20 +240,33 @@ def case_fingerprint(
             foreground_bbox_mm = [_extent_voxels(presence[a][:, 1:].any(axis=1)) * float(spacing[a]) for a in range(3)]
         if counts[1:].sum() > 0:
             foreground = label.ravel() > 0
-    values = image.ravel() if foreground is None else image.ravel()[foreground]
-    sample = strided_sample(values, max_samples)
-    return {
+    described = [_channel_fingerprint(c, foreground, max_samples) for c in channels]
+    for entry, name in zip(described, modalities):
+        entry["modality"] = name
+    out = {
         "case": str(case_key),
         "spacing": [float(s) for s in spacing],
         "shape": [int(n) for n in image.shape],
         "modality": str(modality),
-        "integer_valued": integer_valued,
+        "integer_valued": described[0]["integer_valued"],
         "labels": labels,
         "label_voxels": label_voxels,
         "label_bbox_mm": label_bbox_mm,
         "foreground_bbox_mm": foreground_bbox_mm,
-        "foreground_sample": [float(v) for v in sample],
+        "foreground_sample": described[0]["foreground_sample"],
     }
+    if len(described) > 1:
+        out["extra_channels"] = described[1:]
+    return out
+
+
+def _channel_fingerprint(image: np.ndarray, foreground: Optional[np.ndarray], max_samples: int) -> dict:
+    """{"integer_valued", "foreground_sample"} of one (X, Y, Z) channel; foreground: flat bool
+    mask of label > 0, or None for the whole image."""
+    integer_valued = bool(np.issubdtype(image.dtype, np.integer) or np.all(image == np.round(image)))
+    values = image.ravel() if foreground is None else image.ravel()[foreground]
+    sample = strided_sample(values, max_samples)
+    return {"integer_valued": integer_valued, "foreground_sample": [float(v) for v in sample]}
 
 
 def case_fingerprint_from_example(example, max_samples: int = DEFAULT_MAX_SAMPLES) -> dict:
@@ -259,10 +290,10 @@ def combine(case_fingerprints: Iterable[dict]) -> dict:
 
     Returns (all values plain Python ints/floats/strings/lists/dicts, json.dumps-able):
       {"version": 1, "num_cases": N,
-       "channels": [{"index": 0, "modality": most common (ties: alphabetical first),
+       "channels": [{"index": c, "modality": most common (ties: alphabetical first),
                      "modality_counts": {modality: n}, "integer_valued": every case integral,
                      "foreground_intensity": {"mean", "std", "min", "max", "p00_5", "p50", "p99_5"}
-                       over the pooled foreground samples (std with ddof=0)}],
+                       over the pooled foreground samples (std with ddof=0)}] per channel,
        "spacing": {"median", "p10", "p90", "min", "max"}: per axis over cases, mm,
        "shape": {"median", "p90" (floats), "min", "max" (ints)}: per axis over cases, voxels,
        "extent_mm": {"median", "max"}: per axis of shape * spacing over cases,
@@ -273,7 +304,8 @@ def combine(case_fingerprints: Iterable[dict]) -> dict:
        "cases": [{"case", "spacing", "shape", "modality", "label_voxels"}] sorted by case}
       Percentiles use numpy's default linear interpolation.
     Raises:
-      ValueError when there are no cases, a case key repeats, or no intensity sample exists.
+      ValueError when there are no cases, a case key repeats, cases have different channel
+      counts, or no intensity sample exists.
     """
     cases = sorted(case_fingerprints, key=lambda c: c["case"])
     if not cases:
@@ -288,11 +320,14 @@ def combine(case_fingerprints: Iterable[dict]) -> dict:
     extent = shape * spacing
     voxel_volume = np.prod(spacing, axis=1)  # (N,) mm^3
 
-    samples = np.concatenate([np.asarray(c["foreground_sample"], dtype=np.float64) for c in cases])
-    if samples.size == 0:
-        raise ValueError("no foreground intensity samples in any case")
-    p00_5, p50, p99_5 = np.percentile(samples, [0.5, 50.0, 99.5])
-    modality_counts = collections.Counter(c["modality"] for c in cases)
+    counts = collections.Counter(1 + len(c.get("extra_channels", [])) for c in cases)
+    if len(counts) > 1:
+        raise ValueError(
+            "cases have different channel counts ("
+            + ", ".join(f"{n} case(s) with {k}" for k, n in sorted(counts.items()))
+            + "): every case needs the same channels"
+        )
+    channels = [_combine_channel(cases, index) for index in range(next(iter(counts)))]
 
     label_values = sorted({int(v) for c in cases for v in c["labels"]})
     label_stats = {}
@@ -315,23 +350,7 @@ def combine(case_fingerprints: Iterable[dict]) -> dict:
     return {
         "version": FINGERPRINT_VERSION,
         "num_cases": len(cases),
-        "channels": [
-            {
-                "index": 0,
-                "modality": _most_common(modality_counts),
-                "modality_counts": {name: int(modality_counts[name]) for name in sorted(modality_counts)},
-                "integer_valued": all(bool(c["integer_valued"]) for c in cases),
-                "foreground_intensity": {
-                    "mean": float(samples.mean()),
-                    "std": float(samples.std()),
-                    "min": float(samples.min()),
-                    "max": float(samples.max()),
-                    "p00_5": float(p00_5),
-                    "p50": float(p50),
-                    "p99_5": float(p99_5),
-                },
-            }
-        ],
+        "channels": channels,
         "spacing": {
             "median": _per_axis(spacing, 50.0),
             "p10": _per_axis(spacing, 10.0),
@@ -364,6 +383,34 @@ def combine(case_fingerprints: Iterable[dict]) -> dict:
     }
 
 
+def _combine_channel(cases: List[dict], index: int) -> dict:
+    """The dataset-level description of channel `index` (see combine). Raises ValueError when no
+    case has an intensity sample of it."""
+    described = [c if index == 0 else c["extra_channels"][index - 1] for c in cases]
+    samples = np.concatenate([np.asarray(c["foreground_sample"], dtype=np.float64) for c in described])
+    if samples.size == 0:
+        raise ValueError("no foreground intensity samples in any case")
+    p00_5, p50, p99_5 = np.percentile(samples, [0.5, 50.0, 99.5])
+    channel_count = 1 + len(cases[0].get("extra_channels", []))
+    names = [features.channel_modalities(c["modality"], channel_count)[index] for c in cases]
+    modality_counts = collections.Counter(names)
+    return {
+        "index": index,
+        "modality": _most_common(modality_counts),
+        "modality_counts": {name: int(modality_counts[name]) for name in sorted(modality_counts)},
+        "integer_valued": all(bool(c["integer_valued"]) for c in described),
+        "foreground_intensity": {
+            "mean": float(samples.mean()),
+            "std": float(samples.std()),
+            "min": float(samples.min()),
+            "max": float(samples.max()),
+            "p00_5": float(p00_5),
+            "p50": float(p50),
+            "p99_5": float(p99_5),
+        },
+    }
+
+
 def _fmt(values, digits: int = 2) -> str:
     return " x ".join(f"{v:.{digits}f}" for v in values)
 
@@ -380,6 +427,11 @@ def to_markdown(fingerprint: dict) -> str:
     shape = fingerprint["shape"]
     intensity = channel["foreground_intensity"]
     modalities = ", ".join(f"{name} ({n})" for name, n in channel["modality_counts"].items())
+    if len(fingerprint["channels"]) > 1:
+        modalities = "; ".join(
+            f"channel {c['index']}: " + ", ".join(f"{name} ({n})" for name, n in c["modality_counts"].items())
+            for c in fingerprint["channels"]
+        )
     lines = [
         "# Dataset fingerprint",
         "",

@@ -32,8 +32,9 @@ PLAN_VERSION = 1
 
 # The settings the plan fills, per stage, in the order decisions are made and reported.
 SETTINGS_KEYS: Dict[str, Tuple[str, ...]] = {
-    "transform": ("target_spacing", "target_shape", "spatial_mode", "intensity_mode"),
+    "transform": ("channels", "target_spacing", "target_shape", "spatial_mode", "intensity_mode"),
     "training": (
+        "in_channels",
         "model",
         "slice_axis",
         "num_classes",
@@ -56,6 +57,7 @@ SETTINGS_KEYS: Dict[str, Tuple[str, ...]] = {
 }
 # The keys step_seconds receives: everything that changes the cost of one training step.
 NETWORK_KEYS = (
+    "in_channels",
     "model",
     "slice_axis",
     "num_classes",
@@ -499,6 +501,7 @@ class _Context:
         self.model = model
         self.slice_axis = slice_axis
         self.num_classes = num_classes
+        self.channels = max(1, len(fingerprint.get("channels", [])))
         self.kind = "gpu" if machine.accelerator == "gpu" else "cpu"
         self.memory_budget, self.memory_note = memory_budget_bytes(machine)
 
@@ -770,6 +773,7 @@ def _fit_memory(ctx: _Context, spacing, median, start, filters_for, levels_cap):
 
 def _training_settings(ctx: _Context, net: _Net, mixed_precision: bool) -> dict:
     return {
+        "in_channels": int(ctx.channels),
         "model": ctx.model,
         "slice_axis": int(ctx.slice_axis),
         "num_classes": int(ctx.num_classes),
@@ -1053,6 +1057,10 @@ def make_plan(
         raise ValueError("the planner plans segmentation U-Nets; model 'resnet3d' cannot be planned")
     ctx = _Context(fp, machine, overrides, model, slice_axis, int(classes))
     base, cap = FILTERS[ctx.kind]
+    channel_names = ", ".join(f"{c.get('index', i)}: {c.get('modality', '?')}" for i, c in enumerate(fp["channels"]))
+    channels_reason = f"every case has {ctx.channels} channel{'s' if ctx.channels > 1 else ''} ({channel_names})"
+    decide("transform.channels", ctx.channels, channels_reason)
+    decide("training.in_channels", ctx.channels, "the network takes Transform's channels")
 
     # Rule 10: precision.
     net = _design(ctx, spacing, base, cap, None, None)

@@ -17,7 +17,10 @@ PLANNED_STAGES = ("transform", "training")
 
 
 def trained_modalities(fingerprint: Dict[str, Any]) -> list:
-    """Modalities of the training cases (channel 0), the ones the model may be asked about."""
+    """The training cases' modality values ('MR', or 'MR,MR' for two channels), the ones the
+    model may be asked about."""
+    if fingerprint.get("cases"):
+        return sorted({str(c["modality"]) for c in fingerprint["cases"]})
     return sorted(fingerprint["channels"][0].get("modality_counts", {}))
 
 

@@ -55,13 +55,15 @@ def _patch_offsets(patch_size: Sequence[int]) -> tf.Tensor:
 
 
 def sample_points(volume: tf.Tensor, coords: tf.Tensor, linear: bool, fill: float = 0.0) -> tf.Tensor:
-    """Values of an (X, Y, Z) volume at (N, 3) float voxel coordinates -> (N,) (volume dtype for
-    nearest, float32 for linear). Points outside the volume take `fill`."""
-    shape = tf.shape(volume)
-    upper = shape - 1
+    """Values of an (X, Y, Z) or (X, Y, Z, C) volume at (N, 3) float voxel coordinates -> (N,) or
+    (N, C) (volume dtype for nearest, float32 for linear). Points outside the volume take `fill`."""
+    volume = tf.convert_to_tensor(volume)
+    upper = tf.shape(volume)[:3] - 1
+    channels = volume.shape.rank == 4
 
     def inside(idx):
-        return tf.reduce_all(tf.logical_and(idx >= 0, idx <= upper), axis=1)
+        flags = tf.reduce_all(tf.logical_and(idx >= 0, idx <= upper), axis=1)
+        return flags[:, None] if channels else flags
 
     if not linear:
         idx = tf.cast(tf.round(coords), tf.int32)
@@ -71,22 +73,27 @@ def sample_points(volume: tf.Tensor, coords: tf.Tensor, linear: bool, fill: floa
     base = tf.floor(coords)
     frac = coords - base
     base = tf.cast(base, tf.int32)
-    out = tf.zeros(tf.shape(coords)[:1], tf.float32)
+    out = tf.zeros(tf.concat([tf.shape(coords)[:1], tf.shape(volume)[3:]], axis=0), tf.float32)
     for corner in range(8):
         d = tf.constant([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1], tf.int32)
         idx = base + d
         weight = tf.reduce_prod(tf.where(d > 0, frac, 1.0 - frac), axis=1)
         values = tf.where(inside(idx), tf.gather_nd(volume, tf.clip_by_value(idx, 0, upper)), fill)
-        out += weight * values
+        out += (weight[:, None] if channels else weight) * values
     return out
 
 
 def affine_patch(image: tf.Tensor, label: tf.Tensor, centre: tf.Tensor, matrix: tf.Tensor, patch_size: Sequence[int]):
     """Patch of `patch_size` whose voxel offset o from the patch centre reads the case at
-    centre + matrix @ o (voxels). Image trilinear (fill 0), label nearest (fill 0)."""
+    centre + matrix @ o (voxels). Image (X, Y, Z[, C]) trilinear (fill 0), label nearest (fill 0)."""
     coords = _patch_offsets(patch_size) @ tf.transpose(matrix) + tf.cast(centre, tf.float32)
+    image = tf.convert_to_tensor(image)
     size = list(patch_size)
-    return (tf.reshape(sample_points(image, coords, True), size), tf.reshape(sample_points(label, coords, False), size))
+    image_size = tf.concat([size, tf.shape(image)[3:]], axis=0)
+    return (
+        tf.reshape(sample_points(image, coords, True), image_size),
+        tf.reshape(sample_points(label, coords, False), size),
+    )
 
 
 def _flip_if(flip: tf.Tensor, image: tf.Tensor, label: tf.Tensor, axis: int):
@@ -130,32 +137,41 @@ def training_patch(
     cfg: AugmentConfig,
     seed,
 ):
-    """One class-balanced, augmented training patch of an (X, Y, Z) case: the patch sampler of
+    """One class-balanced, augmented training patch of an (X, Y, Z[, C]) case: the patch sampler of
     the input pipeline. The case is padded to the patch size, the patch placed by
     modules.train.patches (a share `foreground_oversample` centred on foreground), then read through
     the spatial transform, mirrored and intensity-augmented as `cfg` says
     (AugmentConfig.off(): the case's own voxels at the placed start).
 
-    Returns image (P0, P1, P2) float32 and label (P0, P1, P2) with label's dtype.
+    Returns image (P0, P1, P2[, C]) float32 and label (P0, P1, P2) with label's dtype.
     """
     seeds = tf.random.experimental.stateless_split(seed, 5)
+    image, label = tf.convert_to_tensor(image), tf.convert_to_tensor(label)
+    image_shape = list(patch_size) + image.shape.as_list()[3:]
     image, label = patches.pad_to_patch(tf.cast(image, tf.float32), label, patch_size)
     forced = tf.random.stateless_uniform([], seed=seeds[0]) < foreground_oversample
-    start = patches.patch_start(tf.shape(image), patch_size, forced, label, num_classes, seeds[1])
+    start = patches.patch_start(tf.shape(label), patch_size, forced, label, num_classes, seeds[1])
     size = tf.constant(list(patch_size), tf.int32)
+
+    def crop(volume):  # the patch at `start`, every channel
+        extra = volume.shape.rank - 3
+        return tf.slice(
+            volume, tf.concat([start, tf.zeros([extra], tf.int32)], 0), tf.concat([size, tf.fill([extra], -1)], 0)
+        )
+
     if cfg.spatial:
         matrix = random_affine(cfg, seeds[2])
         centre = tf.cast(start, tf.float32) + (tf.cast(size, tf.float32) - 1.0) / 2.0
         image, label = tf.cond(
             tf.reduce_all(tf.equal(matrix, tf.eye(3))),
-            lambda: (tf.slice(image, start, size), tf.slice(label, start, size)),
+            lambda: (crop(image), crop(label)),
             lambda: affine_patch(image, label, centre, matrix, patch_size),
         )
     else:
-        image, label = tf.slice(image, start, size), tf.slice(label, start, size)
+        image, label = crop(image), crop(label)
     if cfg.mirror:
         image, label = mirror(image, label, seeds[3])
     image = intensity(image, cfg, seeds[4])
-    image.set_shape(patch_size)
+    image.set_shape(image_shape)
     label.set_shape(patch_size)
     return image, label

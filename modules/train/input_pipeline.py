@@ -51,10 +51,11 @@ def case_decoder(
     label_key: Optional[str] = "label",
     shape_key: str = "grid_shape",
 ):
-    """serialized transformed tf.Example -> (image (X, Y, Z) float32, label) of one case.
+    """serialized transformed tf.Example -> (image (X, Y, Z, C) float32, label) of one case.
 
-    Handles both Transform layouts: a fixed grid (FixedLenFeature of shape (X, Y, Z)) and whole
-    volumes (flattened variable-length feature reshaped by `shape_key`). Segmentation labels become
+    Handles both Transform layouts: a fixed grid (FixedLenFeature of shape (X, Y, Z) for one
+    channel, (X, Y, Z, C) for C) and whole volumes (flattened variable-length feature, channels
+    last, reshaped by `shape_key`). Segmentation labels become
     (X, Y, Z) uint8 (8x smaller in the cache than int64); a classification label (one value per
     case) becomes a scalar int32. label_key None: image only.
     """
@@ -80,7 +81,9 @@ def case_decoder(
         image = dense(f[image_key], 0.0)
         if needs_shape:
             shape = tf.cast(tf.reshape(f[shape_key], [3]), tf.int32)
-            image = tf.reshape(image, shape)
+            image = tf.reshape(image, tf.concat([shape, [-1]], axis=0))
+        elif image.shape.rank == 3:  # one channel: the channel axis the networks take
+            image = image[..., None]
         image = tf.cast(image, tf.float32)
         if not label_key:
             return image
@@ -88,7 +91,7 @@ def case_decoder(
         if classification:
             return image, tf.cast(tf.reshape(label, []), tf.int32)
         if needs_shape:
-            label = tf.reshape(label, tf.shape(image))
+            label = tf.reshape(label, tf.shape(image)[:3])
         return image, tf.cast(label, tf.uint8)
 
     return decode
@@ -110,7 +113,7 @@ def training_patches(
     seed: int = 0,
     shuffle_buffer: int = 256,
 ) -> tf.data.Dataset:
-    """Endless batches of (image (B, *patch, 1) float32, label (B, *patch) int32).
+    """Endless batches of (image (B, *patch, C) float32, label (B, *patch) int32).
 
     Deterministic: cases are shuffled with `seed` and patch i is drawn with seed (seed, i).
     """
@@ -126,7 +129,7 @@ def training_patches(
     ds = case_ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     ds = ds.enumerate().map(patch, num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
-    return ds.map(lambda x, y: (x[..., None], tf.cast(y, tf.int32))).prefetch(AUTOTUNE)
+    return ds.map(lambda x, y: (x, tf.cast(y, tf.int32))).prefetch(AUTOTUNE)
 
 
 def classification_batches(
@@ -136,7 +139,7 @@ def classification_batches(
     seed: int = 0,
     augmentation: Optional[augment.AugmentConfig] = None,
 ) -> tf.data.Dataset:
-    """(image (B, X, Y, Z, 1), class id (B,)) batches of whole cases (fixed grid), mirrored and
+    """(image (B, X, Y, Z, C), class id (B,)) batches of whole cases (fixed grid), mirrored and
     intensity-augmented when `augmentation` is given; endless when shuffling."""
     cfg = augmentation
 
@@ -153,7 +156,7 @@ def classification_batches(
         if cfg is not None:
             ds = ds.enumerate().map(aug, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=shuffle)
-    return ds.map(lambda x, y: (x[..., None], y)).prefetch(AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
 
 
 def validation_patches(
@@ -181,7 +184,7 @@ def validation_patches(
         )
 
     ds = case_ds.enumerate().map(patch, num_parallel_calls=AUTOTUNE).batch(batch_size)
-    return ds.map(lambda x, y: (x[..., None], tf.cast(y, tf.int32))).prefetch(AUTOTUNE)
+    return ds.map(lambda x, y: (x, tf.cast(y, tf.int32))).prefetch(AUTOTUNE)
 
 
 # --- ingested records (modules/features.py) ---------------------

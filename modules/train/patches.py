@@ -16,15 +16,18 @@ import tensorflow as tf
 
 
 def pad_to_patch(image: tf.Tensor, label: tf.Tensor, patch_size: Sequence[int], image_fill: float = 0.0):
-    """Pads (X, Y, Z) image and label symmetrically so every axis is >= the patch size.
+    """Pads (X, Y, Z[, C]) image and (X, Y, Z) label symmetrically so every spatial axis is >=
+    the patch size.
 
     image_fill: value of padded image voxels (0 = the mean after z-scoring); labels pad with 0.
     """
-    shape = tf.shape(image)
+    image, label = tf.convert_to_tensor(image), tf.convert_to_tensor(label)
+    shape = tf.shape(label)
     missing = tf.maximum(tf.constant(list(patch_size), tf.int32) - shape, 0)
     paddings = tf.stack([missing // 2, missing - missing // 2], axis=1)
+    image_paddings = paddings if image.shape.rank == 3 else tf.concat([paddings, [[0, 0]]], axis=0)
     return (
-        tf.pad(image, paddings, constant_values=image_fill),
+        tf.pad(image, image_paddings, constant_values=image_fill),
         tf.pad(label, paddings, constant_values=tf.cast(0, label.dtype)),
     )
 

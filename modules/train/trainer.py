@@ -5,11 +5,13 @@ Signatures of the exported model:
   serving_default(image_raw, image_dtype, image_shape, spacing, direction, modality)
       raw voxels of a batch of volumes -> mask (B, Xmax, Ymax, Zmax) uint8 on each input's own
       grid (zero-padded to the largest in the batch) and mask_shape (B, 3).
-      Inputs, one entry per volume: image_raw string (voxel bytes, C order over (X, Y, Z), little
+      Inputs, one entry per volume: image_raw string (voxel bytes, C order over (X, Y, Z), or
+      (X, Y, Z, C) channels last for a model of C > 1 channels (model_inputs.json), little
       endian), image_dtype string 'uint8' | 'int16' | 'float32' (send int16 for integral data,
       e.g. CT in HU: half the bytes of float32), image_shape int64 (3,) voxels, spacing float32
       (3,) mm per array axis, direction float32 (9,) row-major 3x3 direction cosines (columns =
-      array axes, RAS+), modality string ('CT', 'MR', ...). Client: pipeline/client/predict.py.
+      array axes, RAS+), modality string ('CT', 'MR', ...; one per channel joined by ',', or ''
+      for the model's own). Client: pipeline/client/predict.py.
   serving_examples(examples): the same from serialized tf.Examples (as ingested).
   evaluate(examples): probabilities on the network grid, for TFMA.
   transform_features(examples): Transform's outputs, for TFMA's labels.
@@ -65,6 +67,12 @@ def _raw_features(image_raw, image_dtype, image_shape, spacing, direction, modal
     }
 
 
+def _with_channel_axis(image: tf.Tensor) -> tf.Tensor:
+    """Transform's (B, X, Y, Z) single-channel image gets the channel axis the network takes;
+    (B, X, Y, Z, C) is already channels last."""
+    return tf.expand_dims(image, -1) if image.shape.rank == 4 else image
+
+
 class _ExportModule(tf.Module):
     """Holds the trained model and the Transform layer; defines the serving signatures."""
 
@@ -86,13 +94,13 @@ class _ExportModule(tf.Module):
         self._serving_spec = {k: v for k, v in self._raw_spec.items() if k in es.SERVING_FEATURES}
 
     def _predict(self, image):
-        """(B, X, Y, Z) transformed image -> (B, X, Y, Z, C) float32 probabilities: the network
+        """(B, X, Y, Z[, Cin]) transformed image -> (B, X, Y, Z, C) float32 probabilities: the network
         over Gaussian-weighted sliding windows of its input (patch) size, so grids larger than the
         training patch work (one window when they are equal)."""
         patch_size = self.model.input_shape[1:4]
         num_classes = self.model.output_shape[-1]
         network = sliding_window.mirrored(lambda x: self.model(x, training=False), self._mirror_axes)
-        return sliding_window.predict(network, tf.expand_dims(image, -1), patch_size, num_classes, self._overlap)
+        return sliding_window.predict(network, _with_channel_axis(image), patch_size, num_classes, self._overlap)
 
     def _checked_modality(self, modality):
         """The request's modality strings, '' filled with the model's own when it was trained on
@@ -183,7 +191,7 @@ class _ClassifierExportModule(_ExportModule):
     probabilities (B, C) and class_id (B,); evaluate returns probabilities (B, C) for TFMA."""
 
     def _predict(self, image):
-        return self.model(tf.expand_dims(image, -1), training=False)
+        return self.model(_with_channel_axis(image), training=False)
 
     def _segment(self, raw_features):
         probabilities = self._predict(self.tft_layer(self._with_modality(raw_features))[IMAGE])
@@ -222,7 +230,7 @@ def export(
     extra = os.path.join(export_dir, "assets.extra")
     tf.io.gfile.makedirs(extra)
     inputs = {
-        "channels": 1,
+        "channels": int(model.input_shape[-1]),
         "modalities": list(modalities),
         "patch_size": list(model.input_shape[1:4]),
         "num_classes": int(model.output_shape[-1]),

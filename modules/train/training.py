@@ -115,7 +115,12 @@ def build_model(cfg: TrainingSettings) -> keras.Model:
     """The configured network (float32 softmax output under any precision policy). cfg.patch_size
     must be resolved (see `resolve_patch_size`)."""
     assert cfg.patch_size is not None, "patch_size is not resolved (see resolve_patch_size)"
-    args: Dict[str, Any] = dict(num_classes=int(cfg.num_classes), filters=[int(f) for f in cfg.filters], norm=cfg.norm)
+    args: Dict[str, Any] = dict(
+        num_classes=int(cfg.num_classes),
+        filters=[int(f) for f in cfg.filters],
+        norm=cfg.norm,
+        in_channels=int(cfg.in_channels),
+    )
     topology: Dict[str, Any] = dict(pool_sizes=cfg.pool_sizes, kernel_sizes=cfg.kernel_sizes)
     with precision_policy(bool(cfg.mixed_precision)):
         if cfg.model == "unet3d":
@@ -183,7 +188,7 @@ class PerLabelDice(keras.callbacks.Callback):
         self, cases: tf.data.Dataset, patch_size: Sequence[int], num_classes: int, overlap: float = 0.5, every: int = 1
     ):
         super().__init__()
-        self.cases = cases  # (image (X, Y, Z), label (X, Y, Z)) elements
+        self.cases = cases  # (image (X, Y, Z, C), label (X, Y, Z)) elements
         self.patch_size = [int(p) for p in patch_size]
         self.num_classes = int(num_classes)
         self.overlap = overlap
@@ -193,11 +198,11 @@ class PerLabelDice(keras.callbacks.Callback):
     def _predictor(self):
         if self._predict is None:
 
-            @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.float32)])
+            @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.float32)])
             def predict(image):
                 probs = sliding_window.predict(
                     lambda x: self.model(x, training=False),
-                    image[None, ..., None],
+                    image[None],
                     self.patch_size,
                     self.num_classes,
                     self.overlap,
@@ -374,7 +379,13 @@ def train_from_records(cfg: TrainingSettings, train_files, eval_files, feature_s
     grid = getattr(feature_spec["image"], "shape", None)  # None: whole-volume Transform output
     if cfg.patch_size is None and not grid:
         raise ValueError("Transform wrote whole volumes (variable size): set training.patch_size")
-    cfg = resolve_patch_size(cfg, grid)
+    cfg = resolve_patch_size(cfg, grid[:3] if grid else grid)
+    channels = int(grid[3]) if grid and len(grid) == 4 else 1
+    if channels != int(cfg.in_channels):
+        raise ValueError(
+            f"Transform wrote {channels} image channel(s) but training.in_channels is {cfg.in_channels}: "
+            "set both from the plan (or transform.channels and training.in_channels alike)"
+        )
     eval_steps = int(cfg.eval_steps)
     strategy = strategy_for(cfg.distribution)
     global_batch = int(cfg.batch_size) * strategy.num_replicas_in_sync

@@ -6,6 +6,10 @@ come in any orientation), normalise intensity by modality, resample to the targe
 (trilinear image, nearest label), then centre crop/pad to the network grid ('fixed_shape') or
 keep the whole resampled volume ('whole_volume', for patch training / sliding windows).
 
+A case of C channels (settings.channels) carries one modality per channel ('MR,MR'): each
+channel is normalised by its own modality's mode (and, in 'dataset' mode, its own statistics),
+then all are resampled on one grid and stacked channels last.
+
 Dataset-level statistics are TFT analyzers over the analysed (train) split, so they become
 constants of the transform graph that the exported serving model embeds: training and serving
 cannot drift.
@@ -31,7 +35,9 @@ from modules.settings import TransformSettings
 from modules.transform import resample, volume_ops
 
 # Outputs.
-IMAGE = "image"  # fixed_shape: (B, X, Y, Z) float32 on the network grid; whole_volume: (B, None) flattened
+# fixed_shape: (B, X, Y, Z) float32 on the network grid, (B, X, Y, Z, C) for C > 1 channels;
+# whole_volume: (B, None) flattened, channels last.
+IMAGE = "image"
 LABEL = "label"  # as IMAGE, int64
 MODALITY = "modality"  # (B,) string, passed through (slicing, per-modality handling downstream)
 GRID_SPACING = "grid_spacing"  # (B, 3) float32 mm of the network grid (canonical axis order)
@@ -54,14 +60,27 @@ def intensity_mode_index(modality: tf.Tensor, intensity_mode: Mapping[str, str])
     return index
 
 
+def channel_mode_indices(modality: tf.Tensor, channels: int, intensity_mode: Mapping[str, str]) -> tf.Tensor:
+    """(B,) modality strings, one name per channel joined by ',' (a single name for every channel)
+    -> (B, channels) int32 index into volume_ops.INTENSITY_MODES (modules.features.channel_modalities)."""
+    parts = tf.strings.split(modality, es.CHANNEL_SEPARATOR)
+    names = parts.to_tensor(default_value="", shape=[None, channels])
+    single = tf.equal(parts.row_lengths(), 1)
+    return tf.stack(
+        [intensity_mode_index(tf.where(single, names[:, 0], names[:, c]), intensity_mode) for c in range(channels)],
+        axis=1,
+    )
+
+
 def _scalar(x: tf.Tensor) -> tf.Tensor:
     """(B,) or (B, 1) -> (B,)."""
     return tf.reshape(x, [-1])
 
 
-def _intensity_stats(inputs, mode: tf.Tensor, settings: TransformSettings) -> tf.Tensor:
-    """(4,) training-set (clip_lo, clip_hi, mean, std) over foreground voxels of 'dataset'-mode
-    cases (all their voxels when the dataset has no labels)."""
+def _intensity_stats(inputs, mode: tf.Tensor, settings: TransformSettings, channel: int = 0) -> tf.Tensor:
+    """(4,) training-set (clip_lo, clip_hi, mean, std) of image channel `channel` over foreground
+    voxels of the cases whose `mode` (B,) for it is 'dataset' (all their voxels when the dataset
+    has no labels)."""
     dataset_mode = volume_ops.INTENSITY_MODES.index("dataset")
     has_label = es.LABEL_RAW in inputs
     elems = [
@@ -77,7 +96,9 @@ def _intensity_stats(inputs, mode: tf.Tensor, settings: TransformSettings) -> tf
         raw, dtype_name, shape, case_mode = args[:4]
 
         def take():
-            volume = volume_ops.decode_voxels(raw, dtype_name, shape)
+            volume = volume_ops.decode_voxels(raw, dtype_name, shape, settings.channels)
+            if settings.channels > 1:
+                volume = volume[..., channel]
             label = volume_ops.decode_label(args[4], shape) if has_label else None
             return volume_ops.foreground_sample(volume, label, settings.foreground_samples)
 
@@ -87,13 +108,14 @@ def _intensity_stats(inputs, mode: tf.Tensor, settings: TransformSettings) -> tf
         sample, tuple(elems), fn_output_signature=tf.RaggedTensorSpec([None], tf.float32, ragged_rank=0)
     )
     values = samples.flat_values
-    bounds = tft.quantiles(values, _QUANTILE_BUCKETS, _QUANTILE_EPSILON, name="intensity_quantiles")
+    suffix = f"_{channel}" if channel else ""
+    bounds = tft.quantiles(values, _QUANTILE_BUCKETS, _QUANTILE_EPSILON, name="intensity_quantiles" + suffix)
     return volume_ops.dataset_stats(
         bounds[0, 0],
         bounds[0, -1],
-        tft.mean(values, name="intensity_mean"),
-        tft.var(values, name="intensity_var"),
-        tft.size(values, name="intensity_count"),
+        tft.mean(values, name="intensity_mean" + suffix),
+        tft.var(values, name="intensity_var" + suffix),
+        tft.size(values, name="intensity_count" + suffix),
     )
 
 
@@ -114,7 +136,8 @@ def preprocessing_fn(inputs: dict, custom_config: Optional[dict] = None) -> dict
     shapes = tf.reshape(inputs[es.IMAGE_SHAPE], [-1, 3])
     spacings = tf.reshape(tf.cast(inputs[es.SPACING], tf.float32), [-1, 3])
     directions = tf.reshape(tf.cast(inputs[es.DIRECTION], tf.float32), [-1, 9])
-    mode = intensity_mode_index(modality, settings.intensity_mode)
+    channels = int(settings.channels)
+    modes = channel_mode_indices(modality, channels, settings.intensity_mode)  # (B, C)
 
     orders = tf.map_fn(
         lambda d: resample.orientation(d)[0], directions, fn_output_signature=tf.TensorSpec([3], tf.int32)
@@ -122,7 +145,7 @@ def preprocessing_fn(inputs: dict, custom_config: Optional[dict] = None) -> dict
     canonical_spacing = tf.gather(spacings, orders, batch_dims=1)
     canonical_shape = tf.gather(shapes, orders, batch_dims=1)
     grid_spacing = _grid_spacing(canonical_spacing, settings)
-    stats = _intensity_stats(inputs, mode, settings)
+    stats = [_intensity_stats(inputs, modes[:, c], settings, c) for c in range(channels)]
     grid_shape = resample.resampled_shape(canonical_shape, canonical_spacing, grid_spacing)
 
     whole = settings.spatial_mode == WHOLE_VOLUME
@@ -131,26 +154,35 @@ def preprocessing_fn(inputs: dict, custom_config: Optional[dict] = None) -> dict
     def finish(x):
         return tf.reshape(x, [-1]) if whole else x
 
-    def output_spec(dtype):
+    def output_spec(dtype, channel_axis: bool = False):
         if whole:
             return tf.RaggedTensorSpec([None], dtype, ragged_rank=0)
-        return tf.TensorSpec(settings.target_shape, dtype)
+        return tf.TensorSpec(list(settings.target_shape) + ([channels] if channel_axis else []), dtype)
 
     def image_fn(args):
-        raw, dtype_name, shape, spacing, direction, case_mode = args
-        volume = volume_ops.decode_voxels(raw, dtype_name, shape)
-        return finish(
+        raw, dtype_name, shape, spacing, direction, case_modes = args
+        volume = volume_ops.decode_voxels(raw, dtype_name, shape, channels)
+        per_channel = [
             volume_ops.to_network(
-                volume, spacing, direction, case_mode, stats, settings.intensity_window, grid_spacing, size
+                volume if channels == 1 else volume[..., c],
+                spacing,
+                direction,
+                case_modes[c],
+                stats[c],
+                settings.intensity_window,
+                grid_spacing,
+                size,
             )
-        )
+            for c in range(channels)
+        ]
+        return finish(per_channel[0] if channels == 1 else tf.stack(per_channel, axis=-1))
 
     batch = tf.shape(modality)[0]
     outputs = {
         IMAGE: tf.map_fn(
             image_fn,
-            (_scalar(inputs[es.IMAGE_RAW]), _scalar(inputs[es.IMAGE_DTYPE]), shapes, spacings, directions, mode),
-            fn_output_signature=output_spec(tf.float32),
+            (_scalar(inputs[es.IMAGE_RAW]), _scalar(inputs[es.IMAGE_DTYPE]), shapes, spacings, directions, modes),
+            fn_output_signature=output_spec(tf.float32, channel_axis=channels > 1),
         ),
         MODALITY: modality,
         GRID_SPACING: tf.tile(tf.reshape(grid_spacing, [1, 3]), [batch, 1]),

@@ -27,15 +27,16 @@ NEUTRAL_STATS = (-3.0e38, 3.0e38, 0.0, 1.0)
 DTYPE_NAMES = ("uint8", "int16", "float32")
 
 
-def decode_voxels(raw: tf.Tensor, dtype_name: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:
+def decode_voxels(raw: tf.Tensor, dtype_name: tf.Tensor, shape: tf.Tensor, channels: int = 1) -> tf.Tensor:
     """One volume from raw little-endian bytes.
 
     Args:
-      raw: scalar string, the voxel bytes.
+      raw: scalar string, the voxel bytes (channels last when channels > 1).
       dtype_name: scalar string, one of DTYPE_NAMES.
       shape: (3,) int64, (X, Y, Z).
+      channels: C, known when the graph is built.
     Returns:
-      (X, Y, Z) float32 volume.
+      (X, Y, Z) float32 volume, or (X, Y, Z, C) when channels > 1.
     """
 
     def as_float(out_type):
@@ -46,7 +47,8 @@ def decode_voxels(raw: tf.Tensor, dtype_name: tf.Tensor, shape: tf.Tensor) -> tf
         default=as_float(tf.float32),
         exclusive=True,
     )
-    return tf.reshape(flat, tf.cast(shape, tf.int32))
+    shape = tf.cast(shape, tf.int32)
+    return tf.reshape(flat, shape if channels == 1 else tf.concat([shape, [channels]], axis=0))
 
 
 def decode_label(raw: tf.Tensor, shape: tf.Tensor) -> tf.Tensor:

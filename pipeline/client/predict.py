@@ -111,8 +111,7 @@ def read_input(path: str, modality: str = "", series: Optional[int] = None) -> P
     elif os.path.isfile(path) and path.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
-        volume = read_nifti(path)
-        _check_3d(path, volume.array)
+        volume = read_nifti(path, allow_channels=True)
         header_img = nib.load(path)
         affine = np.asarray(header_img.affine, dtype=np.float64)
         shape = header_img.shape[:3]
@@ -125,9 +124,55 @@ def read_input(path: str, modality: str = "", series: Optional[int] = None) -> P
         volume.modality = modality
     # The canonical grid must be the native one re-ordered, or masks would not land on the input.
     canonical_affine = to_canonical(np.zeros(tuple(shape), np.uint8), affine)[1]
-    if not affines_match(canonical_affine, volume.affine, 1e-3, volume.array.shape):
+    if not affines_match(canonical_affine, volume.affine, 1e-3, volume.array.shape[:3]):
         raise PredictError(f"{path}: could not relate the canonical grid to the input's own grid")
     return PredictInput(path, input_name(path), kind, volume, affine, tuple(int(v) for v in shape), dicom_frames)
+
+
+def channel_groups(inputs: Sequence[str], channels: int) -> List[List[str]]:
+    """The inputs of a model of `channels` channels, one list per case: for channels > 1, files
+    named as nnU-Net names channels (CASE_0000.nii.gz, CASE_0001.nii.gz, ...) are one case, in
+    channel order; any other input (a 4D NIfTI, a DICOM folder) is a case of its own. For one
+    channel every input is its own case (scan_0001, scan_0002 are two scans)."""
+    if channels <= 1:
+        return [[p] for p in inputs]
+    groups: Dict[str, List[Tuple[int, str]]] = {}
+    order: List[str] = []
+    for path in inputs:
+        stem, index = input_name(path), None
+        if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() and not os.path.isdir(path):
+            stem, index = os.path.join(os.path.dirname(path), stem[:-5]), int(stem[-4:])
+        key = stem if index is not None else path
+        if key not in groups:
+            order.append(key)
+        groups.setdefault(key, []).append((index if index is not None else 0, path))
+    return [[p for _, p in sorted(groups[key])] for key in order]
+
+
+def read_case_input(paths: Sequence[str], channels: int, modality: str = "", series: Optional[int] = None):
+    """read_input for a case of `channels` channels: one input holding them all (a 4D NIfTI), or
+    one 3D input per channel on one grid (stacked channels last). Raises PredictError naming the
+    files when the channel count is not the model's or the channels' grids differ."""
+    items = [read_input(p, "", series) for p in paths]
+    first = items[0]
+    if len(items) > 1:
+        for path, item in zip(paths[1:], items[1:]):
+            if item.volume.array.shape != first.volume.array.shape or not affines_match(
+                item.volume.affine, first.volume.affine, 1e-3, first.volume.array.shape[:3]
+            ):
+                raise PredictError(f"{path}: not on the grid of {paths[0]}: a case's channels must share one grid")
+        first.volume.array = np.stack([item.volume.array for item in items], axis=-1)
+        first.name = input_name(paths[0])[:-5]
+    found = first.volume.array.shape[3] if first.volume.array.ndim == 4 else 1
+    if found != channels:
+        names = ", ".join(paths)
+        raise PredictError(
+            f"{names}: {found} image channel{'s' if found != 1 else ''} but the model takes {channels} "
+            "(give one file per channel named CASE_0000.nii.gz, CASE_0001.nii.gz, ... or one 4D NIfTI)"
+        )
+    if modality:
+        first.volume.modality = modality
+    return first
 
 
 def _check_3d(path: str, array: np.ndarray) -> None:
@@ -136,10 +181,10 @@ def _check_3d(path: str, array: np.ndarray) -> None:
 
 
 def validate_volume(path: str, array: np.ndarray, max_voxels: int) -> np.ndarray:
-    """The array in its compact wire dtype, or PredictError naming `path` and the problem."""
-    if array.ndim != 3:
+    """The (X, Y, Z[, C]) array in its compact wire dtype, or PredictError naming `path` and the problem."""
+    if array.ndim not in (3, 4):
         raise PredictError(f"{path}: expected a 3D volume, got {array.ndim} dimensions {array.shape}")
-    if min(array.shape) < 2:
+    if min(array.shape[:3]) < 2:
         raise PredictError(f"{path}: every axis needs at least 2 voxels, got shape {array.shape}")
     if array.size > max_voxels:
         raise PredictError(
@@ -161,12 +206,12 @@ def validate_volume(path: str, array: np.ndarray, max_voxels: int) -> np.ndarray
 
 def request_arrays(volume: Volume, array: np.ndarray) -> Dict[str, np.ndarray]:
     """serving_default inputs (batch of one) for a canonical volume; `array` is its voxels in
-    the wire dtype (uint8/int16/float32, C order over (X, Y, Z), little endian)."""
+    the wire dtype (uint8/int16/float32, C order over (X, Y, Z[, C]), little endian)."""
     raw = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
     return {
         "image_raw": np.array([raw], dtype=object),
         "image_dtype": np.array([array.dtype.name.encode()], dtype=object),
-        "image_shape": np.array([array.shape], dtype=np.int64),
+        "image_shape": np.array([array.shape[:3]], dtype=np.int64),
         "spacing": np.array([volume.spacing], dtype=np.float32),
         "direction": np.array([volume.direction.reshape(-1)], dtype=np.float32),
         # Empty = "the model's own": a model knows what it was trained on (modules/train/trainer.py).
@@ -261,6 +306,16 @@ class InProcessModel:
         except tf.errors.InvalidArgumentError as exc:  # the graph's own checks (e.g. modality)
             raise PredictError(f"the model refused the input: {refusal_reason(exc.message)}") from None
         return {k: v.numpy() for k, v in out.items()}
+
+    def channels(self) -> int:
+        """Image channels the model takes (assets.extra/model_inputs.json; 1 when absent)."""
+        import tensorflow as tf
+
+        path = os.path.join(self.model_dir, "assets.extra", "model_inputs.json")
+        if not tf.io.gfile.exists(path):
+            return 1
+        with tf.io.gfile.GFile(path) as fh:
+            return int(json.loads(fh.read()).get("channels", 1))
 
     def num_classes(self) -> Optional[int]:
         """Classes incl. background, from the `evaluate` signature's output shape."""
@@ -547,16 +602,24 @@ def predict_one(
     max_voxels: int = DEFAULT_MAX_VOXELS,
     num_classes: Optional[int] = None,
     series: Optional[int] = None,
+    channel_paths: Sequence[str] = (),
+    channels: int = 1,
 ) -> dict:
-    """Segments one input; returns its ok record. Raises PredictError/CaseError/gRPC errors."""
+    """Segments one input (or one case of `channels` channels: `channel_paths`, one file each, or
+    `path` a 4D NIfTI); returns its ok record. Raises PredictError/CaseError/gRPC errors."""
     start = time.time()
-    item = read_input(path, modality, series)
+    item = (
+        read_case_input(list(channel_paths) or [path], channels, modality, series)
+        if channels > 1
+        else read_input(path, modality, series)
+    )
+    _check_3d(path, item.volume.array[..., 0] if channels > 1 else item.volume.array)
     array = validate_volume(path, item.volume.array, max_voxels)
     out = model.predict(request_arrays(item.volume, array))
     if "mask" not in out or "mask_shape" not in out:
         raise PredictError(f"{path}: the model returned {sorted(out)}, expected mask and mask_shape")
     mask = crop_mask(out["mask"], out["mask_shape"])
-    if mask.shape != array.shape:
+    if mask.shape != array.shape[:3]:
         raise PredictError(
             f"{path}: the model returned a mask of shape {mask.shape} for a volume of shape {array.shape}"
         )
@@ -596,9 +659,11 @@ def predict_inputs(
     num_classes: Optional[int] = None,
     log: Callable[[str], None] = print,
     series: Optional[int] = None,
+    channels: Optional[int] = None,
 ) -> List[dict]:
     """Segments every input independently; returns one record per input (ok or failed with the
-    reason) and writes them to <output_dir>/predict_report.json."""
+    reason) and writes them to <output_dir>/predict_report.json. channels: the model's image
+    channels (None: the model says, else 1); for several, inputs are grouped by channel_groups."""
     import grpc
 
     os.makedirs(output_dir, exist_ok=True)
@@ -607,12 +672,19 @@ def predict_inputs(
             num_classes = model.num_classes()
         except Exception:  # metadata is a convenience: fall back to the masks' labels
             num_classes = None
+    if channels is None:
+        channels = model.channels() if hasattr(model, "channels") else 1
     taken: set = set()
     records = []
-    for path in inputs:
-        name = _unique_name(input_name(path), taken)
+    for group in channel_groups(inputs, channels):
+        path = group[0] if len(group) == 1 else ", ".join(group)
+        stem = input_name(group[0])
+        name = _unique_name(stem[:-5] if len(group) > 1 else stem, taken)
         try:
-            record = predict_one(model, path, output_dir, name, modality, max_voxels, num_classes, series)
+            record = predict_one(
+                model, group[0], output_dir, name, modality, max_voxels, num_classes, series, group, channels
+            )
+            record["input"] = path
         except (PredictError, CaseError) as exc:
             reason = str(exc) if path in str(exc) else f"{path}: {exc}"
             record = {"input": path, "status": "failed", "reason": reason}
