@@ -48,7 +48,8 @@ def cases(indices, seed: int = 5):
     import tensorflow as tf
 
     images, labels = zip(*(phantom_case(i, seed) for i in indices))
-    return tf.data.Dataset.from_tensor_slices((np.stack(images), np.stack(labels)))
+    # (image (X, Y, Z, 1): one channel, label (X, Y, Z)) per case, as Transform's records decode.
+    return tf.data.Dataset.from_tensor_slices((np.stack(images)[..., None], np.stack(labels)))
 
 
 def main(out_dir: str, distribution: str, steps: int) -> None:
