@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 from tfx import types
-from tfx.components.example_gen import driver, utils
+from tfx.components.example_gen import driver, input_processor, utils
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.proto import example_gen_pb2
@@ -13,6 +13,7 @@ from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.image_example_gen import executor
+from modules.io import storage
 
 
 class ImageExampleGenSpec(types.ComponentSpec):
@@ -28,6 +29,25 @@ class ImageExampleGenSpec(types.ComponentSpec):
     OUTPUTS = standard_component_specs.FileBasedExampleGenSpec.OUTPUTS
 
 
+class _ObjectStoreInputProcessor(input_processor.FileBasedInputProcessor):
+    """The input fingerprint of an s3:// or gs:// dataset, listed through modules.io.storage:
+    TFX's globs through tf.io.gfile, which has no s3 without tensorflow-io (whose plugin aborts
+    the process at exit). One span, no versions, as for local folders."""
+
+    def resolve_span_and_version(self):
+        self._fingerprint = f"split:all,{storage.tree_fingerprint(self._input_base_uri)}"
+        return 0, None
+
+
+class _Driver(driver.FileBasedDriver):
+    """TFX's file-based ExampleGen driver; object-store datasets fingerprinted by listing."""
+
+    def get_input_processor(self, splits, range_config=None, input_base_uri=None):
+        if input_base_uri and storage.is_remote(input_base_uri):
+            return _ObjectStoreInputProcessor(input_base_uri, splits, range_config)
+        return super().get_input_processor(splits, range_config, input_base_uri)
+
+
 class ImageExampleGen(FileBasedExampleGen):
     """Reads a Decathlon folder, a DICOM tree or a manifest CSV (see cases.py) into tf.Examples.
 
@@ -37,7 +57,7 @@ class ImageExampleGen(FileBasedExampleGen):
 
     SPEC_CLASS = ImageExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
-    DRIVER_CLASS = driver.FileBasedDriver
+    DRIVER_CLASS = _Driver
 
     def __init__(
         self,

@@ -12,10 +12,11 @@ from pipeline.pipeline import create_pipeline
 
 
 def _local_or_url(data_root: str) -> str:
-    """A PACS URL (dicomweb+http...) as given; a local folder made absolute."""
-    from modules.io import dicomweb
+    """A PACS URL (dicomweb+http...) or object-store URL (s3://, gs://) as given; a local folder
+    made absolute."""
+    from modules.io import dicomweb, storage
 
-    return data_root if dicomweb.is_dicomweb_url(data_root) else os.path.abspath(data_root)
+    return data_root if dicomweb.is_dicomweb_url(data_root) else storage.abspath(data_root)
 
 
 def run_local(cfg: PipelineConfig, until: Optional[str] = None) -> None:
