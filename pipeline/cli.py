@@ -174,6 +174,7 @@ def _print_summary(summary: dict, elapsed: float) -> None:
             print(f"  mean_dice [{slice_name}]: {values['mean_dice']:.4f}")
     for label, path in (
         ("evaluation report", summary.get("evaluation_summary")),
+        ("HTML report", summary.get("report_html")),
         ("Dice plot", summary.get("dice_plot")),
         ("training curves", summary.get("training_curves")),
         ("Dice per case", summary.get("dice_per_case")),

@@ -159,7 +159,8 @@ def _training_components(
         else None
     )
     # TFX's Evaluator (TFMA Dice, sliced, gating) plus the surface-metric report, Dice plot and
-    # summary in the same ModelEvaluation artifact.
+    # summary in the same ModelEvaluation artifact; the dashboard's summary (with the
+    # validator's anomalies), HTML report and metrics as their own outputs.
     evaluator = SegmentationEvaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
@@ -167,6 +168,7 @@ def _training_components(
         settings=cfg.evaluation,
         num_classes=cfg.training.num_classes,
         plan=plan,
+        anomalies=example_validator.outputs["anomalies"],
     ).with_id("Evaluator")
     # TFX's Pusher, publishing <base>/<version> atomically (components/atomic_pusher/push.py).
     pusher = AtomicPusher(

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+from unittest import mock
 
 import pytest
 import yaml
@@ -38,6 +39,15 @@ GPU_SETTINGS = [
     f"image={IMAGE}",
     "patient_salt_secret=medtfx-patient-salt",
 ]
+# Outputs the KFP dashboard renders: (task, output key) -> schema title (KFP's MLMD type name).
+DASHBOARD_OUTPUTS = {
+    ("ImageExampleGen", "inventory_report"): "system.Markdown",
+    ("DatasetPlanner", "plan_report"): "system.Markdown",
+    ("Evaluator", "summary"): "system.Markdown",
+    ("Evaluator", "report"): "system.HTML",
+    ("Evaluator", "metrics"): "system.Metrics",
+}
+TFX_EXECUTOR_MODULE = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
 # Core of the DAG; the full node/edge set is compared with the TFX DSL pipeline itself.
 CORE_EDGES = {("Transform", "ImageExampleGen"), ("Trainer", "Transform"), ("Pusher", "Trainer")}
 
@@ -128,7 +138,7 @@ def test_full_dag_and_image(gpu_compiled):
     for label, executor in executors.items():
         container = executor["container"]
         assert container["image"] == IMAGE, label
-        assert container["command"][-1] == "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+        assert container["command"] == ["python", "-m", kubeflow.ENTRYPOINT_MODULE, TFX_EXECUTOR_MODULE], label
     # Modules by import path: nothing to upload, the image has them.
     params = tasks["Trainer"]["inputs"]["parameters"]
     assert params["run_fn"]["runtimeValue"]["constant"] == "modules.train.trainer.run_fn"
@@ -548,3 +558,70 @@ def test_salt_secret_env_follows_the_settings(tmp_path):
     # The compiled ImageExampleGen reads the variable the Secret sets.
     params = docs[0]["root"]["dag"]["tasks"]["ImageExampleGen"]["inputs"]["parameters"]
     assert params["salt_env"]["runtimeValue"]["constant"] == "SITE_SALT"
+
+
+def _output_titles(spec: dict) -> dict:
+    """{(task, output key): schema title} of every artifact output in the root DAG."""
+    titles = {}
+    for task, t in spec["root"]["dag"]["tasks"].items():
+        outputs = spec["components"][t["componentRef"]["name"]].get("outputDefinitions", {}).get("artifacts", {})
+        for key, definition in outputs.items():
+            titles[(task, key)] = yaml.safe_load(definition["artifactType"]["instanceSchema"])["title"]
+    return titles
+
+
+def test_dashboard_outputs_have_kfp_system_titles(gpu_compiled):
+    _, job, _ = gpu_compiled
+    titles = _output_titles(job["pipelineSpec"])
+    assert {k: v for k, v in titles.items() if v.startswith("system.")} == DASHBOARD_OUTPUTS
+    # The TFX outputs are unchanged beside them.
+    assert titles[("Evaluator", "evaluation")] == "tfx.ModelEvaluation"
+    assert titles[("ImageExampleGen", "examples")] == "tfx.Examples"
+
+
+def test_pods_import_the_dashboard_types_by_title_through_the_entrypoint():
+    from kfp.pipeline_spec import pipeline_spec_pb2
+    from tfx.orchestration.kubeflow.v2 import compiler_utils
+    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as entrypoint
+    from tfx.utils import import_utils
+
+    from pipeline.runners import kfp_entrypoint
+
+    def import_by_title(title):
+        schema = pipeline_spec_pb2.ArtifactTypeSchema(instance_schema=f"title: {title}\ntype: object\n")
+        return import_utils.import_class_by_path(entrypoint._retrieve_class_path(schema))
+
+    with mock.patch.dict(compiler_utils.TITLE_TO_CLASS_PATH):
+        with pytest.raises(ImportError):  # TFX alone would look for a module named `system`
+            import_by_title("system.Markdown")
+        kfp_entrypoint.register_dashboard_types()
+        for title in set(DASHBOARD_OUTPUTS.values()):
+            assert import_by_title(title).TYPE_NAME == title
+
+
+@pytest.mark.parametrize("argv", [["kfp_entrypoint"], ["kfp_entrypoint", "os.path"], ["kfp_entrypoint", "tfx.x"]])
+def test_entrypoint_runs_only_tfx_kfp_container_modules(argv, capsys):
+    from pipeline.runners import kfp_entrypoint
+
+    with pytest.raises(SystemExit) as exited:
+        kfp_entrypoint.main(argv)
+    assert exited.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_example_gen_driver_starts_through_the_entrypoint_too(gpu_compiled):
+    _, job, _ = gpu_compiled
+    executor = job["pipelineSpec"]["deploymentSpec"]["executors"]["ImageExampleGen_executor"]
+    assert executor["container"]["lifecycle"]["preCacheCheck"]["command"] == [
+        "python",
+        "-m",
+        kubeflow.ENTRYPOINT_MODULE,
+        "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver",
+    ]
+
+
+def test_evaluator_summarises_the_validator_anomalies(gpu_compiled):
+    _, job, _ = gpu_compiled
+    evaluator = job["pipelineSpec"]["root"]["dag"]["tasks"]["Evaluator"]
+    assert evaluator["inputs"]["artifacts"]["anomalies"] == {
+        "taskOutputArtifact": {"producerTask": "ExampleValidator", "outputArtifactKey": "anomalies"}
+    }

@@ -52,7 +52,7 @@ EXPECTED_REASON = {
     "duplicated_series": "duplicate SOPInstanceUID",
     "nifti_gzip_crc": "corrupt gzip",
     "nifti_float64_1e39": "32-bit floats",
-    "nifti_two_channels_one_id": "2 image files",
+    "nifti_two_channels_one_id": "image files for channels [0, 1]",
     "nifti_nii_and_nii_gz": "2 image files",
     "manifest_bom": None,
     "manifest_semicolon": None,

@@ -204,19 +204,30 @@ class _FakeExecutor:
     def __call__(self, command, cwd, env, stdout, stderr, timeout):
         import subprocess
         import sys
+        from unittest import mock
 
         from google.protobuf import json_format
         from kfp.pipeline_spec import pipeline_spec_pb2
+        from tfx.orchestration.kubeflow.v2 import compiler_utils
         from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as entrypoint
         from tfx.utils import import_utils
 
-        assert command[:3] == [sys.executable, "-m", "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"]
-        args = dict(zip(command[3::2], command[4::2]))
+        from pipeline.runners import kfp_entrypoint, kubeflow
+
+        assert command[:4] == [
+            sys.executable,
+            "-m",
+            kubeflow.ENTRYPOINT_MODULE,
+            "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor",
+        ]
+        args = dict(zip(command[4::2], command[5::2]))
         import_utils.import_class_by_path(args["--executor_class_path"])
         executor_input = json_format.Parse(args["--json_serialized_invocation_args"], pipeline_spec_pb2.ExecutorInput())
-        for artifacts in [*executor_input.inputs.artifacts.values(), *executor_input.outputs.artifacts.values()]:
-            for artifact in artifacts.artifacts:
-                import_utils.import_class_by_path(entrypoint._retrieve_class_path(artifact.type))
+        with mock.patch.dict(compiler_utils.TITLE_TO_CLASS_PATH):  # as the entrypoint does in the pod
+            kfp_entrypoint.register_dashboard_types()
+            for artifacts in [*executor_input.inputs.artifacts.values(), *executor_input.outputs.artifacts.values()]:
+                for artifact in artifacts.artifacts:
+                    import_utils.import_class_by_path(entrypoint._retrieve_class_path(artifact.type))
         self.calls.append((args["--executor_class_path"], env, executor_input))
         output = {
             "artifacts": {
@@ -337,6 +348,49 @@ def test_run_parameters_reach_the_tasks(launcher_run):
     pushed = runs["Pusher"].outputs["pushed_model"][0]["metadata"]
     assert pushed["pushed"] == 1
     assert os.path.dirname(pushed["pushed_destination"]) == os.path.join(root, "serving", MODEL_NAME)
+
+
+def _title(artifact: dict) -> str:
+    return yaml.safe_load(artifact["type"]["instanceSchema"])["title"]
+
+
+def _dashboard_file(runs, task: str, key: str, title: str) -> str:
+    """The text of a dashboard output: a file at its URI (what KFP's UI reads), of the KFP type
+    the UI renders, named for it (KFP's UI shows only artifacts with a display_name)."""
+    artifact = runs[task].outputs[key][0]
+    assert _title(artifact) == title, (task, key)
+    assert artifact["metadata"]["display_name"] == key, (task, key)
+    assert os.path.isfile(artifact["uri"]), (task, key)
+    with open(artifact["uri"], encoding="utf-8") as fh:
+        return fh.read()
+
+
+@pytest.mark.slow
+@kubeflow_run
+def test_dashboard_reports_and_metrics(launcher_run):
+    """The Markdown / HTML / Metrics outputs the KFP dashboard renders, with their content."""
+    _, runs, _ = launcher_run
+    inventory = _dashboard_file(runs, "ImageExampleGen", "inventory_report", "system.Markdown")
+    assert f"- cases: {N_CASES}: {N_CASES} ingested, 0 quarantined" in inventory
+    plan = _dashboard_file(runs, "DatasetPlanner", "plan_report", "system.Markdown")
+    assert plan.startswith("# Dataset fingerprint") and "\n# Plan\n" in plan
+    summary = _dashboard_file(runs, "Evaluator", "summary", "system.Markdown")
+    assert "| overall |" in summary and "## Data validation (ExampleValidator)" in summary
+    assert "](" not in summary  # no links to files the dashboard cannot fetch
+    html = _dashboard_file(runs, "Evaluator", "report", "system.HTML")
+    evaluation_uri = runs["Evaluator"].outputs["evaluation"][0]["uri"]
+    pngs = glob.glob(os.path.join(evaluation_uri, "*.png"))
+    assert len(pngs) >= 2 and html.count('src="data:image/png;base64,') == len(pngs)
+    assert "<table>" in html
+    metrics = runs["Evaluator"].outputs["metrics"][0]
+    assert _title(metrics) == "system.Metrics" and metrics["metadata"]["display_name"] == "metrics"
+    with open(metrics["uri"]) as fh:
+        written = json.load(fh)
+    per_label = {f"{name}_label_{k}" for name in ("dice", "surface_dice", "hd95_mm") for k in (1, 2)}
+    # HD95 is left out for a label no eval case found (no finite distance): Dice always stays.
+    assert {"dice_label_1", "dice_label_2", "tfma_mean_dice"} <= set(written) <= per_label | {"tfma_mean_dice"}
+    assert all(metrics["metadata"][name] == pytest.approx(value) for name, value in written.items())
+    assert all(0.0 <= written[f"dice_label_{k}"] <= 1.0 for k in (1, 2))
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from tfx.orchestration import data_types
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
+from components.dashboard import artifacts as dashboard
 from components.dataset_planner import artifacts, executor
 
 
@@ -27,12 +28,13 @@ class DatasetPlannerSpec(types.ComponentSpec):
     OUTPUTS = {
         executor.FINGERPRINT_KEY: ChannelParameter(type=artifacts.DatasetFingerprint),
         artifacts.PLAN_KEY: ChannelParameter(type=artifacts.Plan),
+        executor.PLAN_REPORT_KEY: ChannelParameter(type=dashboard.Markdown),
     }
 
 
 class DatasetPlanner(base_beam_component.BaseBeamComponent):
     """examples -> outputs['fingerprint'], outputs['plan'] (consumed by Transform, Trainer and
-    Evaluator)."""
+    Evaluator) and outputs['plan_report'] (both as the Kubeflow dashboard shows them: Markdown)."""
 
     SPEC_CLASS = DatasetPlannerSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
@@ -56,5 +58,6 @@ class DatasetPlanner(base_beam_component.BaseBeamComponent):
                 budget_minutes=budget_minutes,
                 fingerprint=types.Channel(type=artifacts.DatasetFingerprint),
                 plan=types.Channel(type=artifacts.Plan),
+                plan_report=types.Channel(type=dashboard.Markdown),
             )
         )

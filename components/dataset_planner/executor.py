@@ -15,12 +15,15 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
+from components.dashboard import artifacts as dashboard
+from components.dashboard import render
 from components.dataset_planner import artifacts
 from modules.plan import calibrate, fingerprint, planner, planning
 from modules.settings import PlanningSettings
 
 EXAMPLES_KEY = "examples"
 FINGERPRINT_KEY = "fingerprint"
+PLAN_REPORT_KEY = "plan_report"  # output: fingerprint and plan as the dashboard shows them
 SETTINGS_KEY = "settings"  # JSON: {stage: settings dict} as configured
 USER_OVERRIDES_KEY = "user_overrides"  # JSON: {"stage.key": value} the user set
 PLANNING_KEY = "planning"  # JSON: PlanningSettings
@@ -89,3 +92,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         _write_text(os.path.join(plan_uri, artifacts.PLAN_FILE), json.dumps(plan, indent=2))
         _write_text(os.path.join(plan_uri, "plan.md"), "```\n" + table + "\n```\n")
         logging.info("plan written to %s:\n%s", plan_uri, table)
+        dashboard.write_file(
+            output_dict, PLAN_REPORT_KEY, render.plan_markdown(fingerprint.to_markdown(dataset), table)
+        )

@@ -12,6 +12,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
+from components.dashboard import artifacts as dashboard
 from components.image_example_gen import executor
 from modules.io import storage
 
@@ -26,7 +27,10 @@ class ImageExampleGenSpec(types.ComponentSpec):
         executor.DEFAULT_SALT_KEY: ExecutionParameter(type=str),
     }
     INPUTS: Dict[str, ChannelParameter] = {}
-    OUTPUTS = standard_component_specs.FileBasedExampleGenSpec.OUTPUTS
+    OUTPUTS = {
+        **standard_component_specs.FileBasedExampleGenSpec.OUTPUTS,
+        executor.INVENTORY_REPORT_KEY: ChannelParameter(type=dashboard.Markdown),
+    }
 
 
 class _ObjectStoreInputProcessor(input_processor.FileBasedInputProcessor):
@@ -52,7 +56,8 @@ class ImageExampleGen(FileBasedExampleGen):
     """Reads a Decathlon folder, a DICOM tree or a manifest CSV (see cases.py) into tf.Examples.
 
     Outputs the `examples` artifact with train/eval splits and `inventory.json` listing every
-    input case as ingested or quarantined (with the reason).
+    input case as ingested or quarantined (with the reason), and `inventory_report`, its
+    summary as the Kubeflow dashboard shows it (Markdown).
     """
 
     SPEC_CLASS = ImageExampleGenSpec
@@ -79,6 +84,7 @@ class ImageExampleGen(FileBasedExampleGen):
             salt_env=salt_env,
             default_salt=default_salt,
             examples=types.Channel(type=standard_artifacts.Examples),
+            inventory_report=types.Channel(type=dashboard.Markdown),
         )
         # Skip FileBasedExampleGen.__init__ (it builds its own spec); keep its driver and type.
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

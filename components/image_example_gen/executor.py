@@ -19,12 +19,15 @@ from tfx import types
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.types import artifact_utils, standard_component_specs
 
+from components.dashboard import artifacts as dashboard
+from components.dashboard import render
 from components.image_example_gen import cases, pacs_source
 from modules.io import dicomweb
 
 _log = logging.getLogger(__name__)
 
 INVENTORY_FILE = "inventory.json"
+INVENTORY_REPORT_KEY = "inventory_report"  # output: the inventory as the dashboard shows it
 _REPORT_DIR = "_inventory_parts"
 # exec_properties keys (parameters of ImageExampleGenSpec).
 SALT_ENV_KEY = "salt_env"
@@ -122,6 +125,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         finally:
             shutil.rmtree(pacs_cache, ignore_errors=True)  # the examples hold the voxels now
         records = merge_report(report_dir, os.path.join(examples.uri, INVENTORY_FILE))
+        dashboard.write_file(output_dict, INVENTORY_REPORT_KEY, render.inventory_markdown(records))
         _log.info(
             "ImageExampleGen: %s; report at %s", cases.summarise(records), os.path.join(examples.uri, INVENTORY_FILE)
         )

@@ -12,12 +12,18 @@ from tfx.components.evaluator import executor as tfx_evaluator_executor
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, json_utils, path_utils
 
+from components.dashboard import artifacts as dashboard
 from components.dataset_planner import artifacts
 from components.segmentation_evaluator import eval_config, report
 from modules.settings import EvaluationSettings
 
 SETTINGS_KEY = "settings"  # EvaluationSettings JSON
 NUM_CLASSES_KEY = "num_classes"  # as configured; a plan's wins
+ANOMALIES_KEY = standard_component_specs.ANOMALIES_KEY  # optional ExampleValidator output
+# Outputs the Kubeflow dashboard renders (system.Markdown, system.HTML, system.Metrics).
+SUMMARY_KEY = "summary"
+REPORT_KEY = "report"
+METRICS_KEY = "metrics"
 
 
 def _single_uri_or_none(input_dict, key):
@@ -25,9 +31,16 @@ def _single_uri_or_none(input_dict, key):
     return artifacts[0].uri if artifacts else None
 
 
+def _write_dashboard(output_dict, summary: str, html: str, metrics: Dict[str, float]) -> None:
+    dashboard.write_file(output_dict, SUMMARY_KEY, summary)
+    dashboard.write_file(output_dict, REPORT_KEY, html)
+    dashboard.write_metrics(output_dict, METRICS_KEY, metrics)
+
+
 class Executor(tfx_evaluator_executor.Executor):
     """Runs the stock Evaluator, then writes segmentation_report.json, summary.md and the pictures
-    (report.write_report) into the ModelEvaluation artifact. A report failure fails the component
+    (report.write_report) into the ModelEvaluation artifact, and the dashboard's summary, HTML
+    report and metrics into their own outputs. A report failure fails the component
     (an evaluation without its report should not silently bless a model)."""
 
     def Do(
@@ -45,8 +58,13 @@ class Executor(tfx_evaluator_executor.Executor):
             eval_config.eval_config(settings, num_classes), preserving_proto_field_name=True
         )
         exec_properties = {**exec_properties, standard_component_specs.EVAL_CONFIG_KEY: config_json}
-        super().Do(artifacts.without_plan(input_dict), output_dict, exec_properties)
+        stock_inputs = {k: v for k, v in artifacts.without_plan(input_dict).items() if k != ANOMALIES_KEY}
+        stock_outputs = {k: v for k, v in output_dict.items() if k not in (SUMMARY_KEY, REPORT_KEY, METRICS_KEY)}
+        super().Do(stock_inputs, stock_outputs, exec_properties)
+        anomalies = report.read_anomalies(_single_uri_or_none(input_dict, ANOMALIES_KEY))
         if settings.task != "segmentation":
+            note = report.dashboard_markdown(None, anomalies, settings.task)
+            _write_dashboard(output_dict, note, report.dashboard_html(note, {}), {})
             return
         labels = list(range(1, num_classes))
         thresholds = {"min_mean_dice": settings.min_mean_dice, "max_dice_drop": settings.max_dice_drop}
@@ -82,3 +100,5 @@ class Executor(tfx_evaluator_executor.Executor):
         )
         paths = report.write_report(result, evaluation_uri, report.read_history(model_dir), extremes)
         logging.info("segmentation report (%d eval cases): %s", len(records), paths)
+        summary = report.dashboard_markdown(result, anomalies)
+        _write_dashboard(output_dict, summary, report.dashboard_html(summary, paths), report.dashboard_metrics(result))

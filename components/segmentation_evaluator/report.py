@@ -10,6 +10,9 @@ Files written into the evaluation directory (the Evaluator's ModelEvaluation art
   dice_per_case.png         per-case native-grid Dice of each label (box and points, n per label)
   cases_best_worst.png      worst and best eval case: truth and prediction contours, three views
 (the pictures are drawn by plots.py; summary.md links them).
+For the Kubeflow dashboard (dashboard_*, written as the Evaluator's own outputs by
+components/dashboard): the summary without picture links plus ExampleValidator's anomalies
+(Markdown), the same page with the pictures embedded (HTML), and the per-label numbers (Metrics).
 
 Why two Dice: TFMA's Dice (modules/metrics/tfma_dice.py) compares on the network grid, which is what the
 blessing thresholds gate. The surface report runs the exported `serving_examples` signature,
@@ -22,10 +25,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from components.dashboard import render
 from components.segmentation_evaluator import plots
 from modules import features as es
 from modules.metrics import surface_metrics
@@ -429,6 +433,75 @@ def write_report(
             draw(local)
             tf.io.gfile.copy(local, paths[kind], overwrite=True)
     return paths
+
+
+# --- the Kubeflow dashboard's view of the report (components/dashboard) ----------------------
+# ExampleValidator's file per split (tfx.components.example_validator.executor.DEFAULT_FILE_NAME).
+ANOMALIES_FILE = "SchemaDiff.pb"
+
+
+def read_anomalies(anomalies_uri: Optional[str]) -> Optional[Dict[str, List[Tuple[str, str]]]]:
+    """{split: [(feature, "short description: description"), ...]} from an ExampleAnomalies
+    artifact directory (Split-<name>/SchemaDiff.pb), dataset-level anomalies as "(dataset)";
+    None when there is no such artifact (a DAG without ExampleValidator)."""
+    if not anomalies_uri:
+        return None
+    import tensorflow as tf
+    from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+    out: Dict[str, List[Tuple[str, str]]] = {}
+    for path in sorted(tf.io.gfile.glob(os.path.join(anomalies_uri, "Split-*", ANOMALIES_FILE))):
+        split = os.path.basename(os.path.dirname(path))[len("Split-") :]
+        with tf.io.gfile.GFile(path, "rb") as fh:
+            proto = anomalies_pb2.Anomalies.FromString(fh.read())
+        infos = sorted(proto.anomaly_info.items()) + (
+            [("(dataset)", proto.dataset_anomaly_info)] if proto.HasField("dataset_anomaly_info") else []
+        )
+        out[split] = [(feature, f"{info.short_description}: {info.description}") for feature, info in infos]
+    return out
+
+
+def dashboard_metrics(report: dict) -> Dict[str, float]:
+    """The numbers KFP's compare view lines up across runs: per label the overall slice's mean
+    native-grid Dice, surface Dice and HD95 (mm) as in summary.md ('dice_label_1',
+    'surface_dice_label_1', 'hd95_mm_label_1', ...) and TFMA's mean Dice on the network grid
+    (what the blessing gates) as 'tfma_mean_dice'. Undefined values (no case, all missed) are
+    left out."""
+    overall = report["surface"]["slices"].get(OVERALL, {"labels": {}})["labels"]
+    values: Dict[str, Optional[float]] = {}
+    for k in report["surface"]["labels"]:
+        metrics = overall.get(str(k), {})
+        for name, key in (("dice", "dice"), ("surface_dice", "surface_dice"), ("hd95_mm", "hd95_mm")):
+            values[f"{name}_label_{k}"] = metrics.get(key, {}).get("mean")
+    values["tfma_mean_dice"] = report["tfma"].get(OVERALL, {}).get("mean_dice")
+    return render.finite_metrics(values)
+
+
+def dashboard_markdown(
+    report: Optional[dict], anomalies: Optional[Dict[str, List[Tuple[str, str]]]], task: str = "segmentation"
+) -> str:
+    """summary.md's text without its picture links (the dashboard cannot follow them; the HTML
+    report embeds the pictures), followed by ExampleValidator's anomalies. report None (a task
+    without the segmentation report): a line saying so instead of the summary."""
+    if report is None:
+        summary = f"# Evaluation\n\nTask {task}: no segmentation report; TFMA's metrics are in the evaluation.\n"
+    else:
+        summary = summary_markdown({k: v for k, v in report.items() if k != "pictures"})
+    return summary + "\n" + render.anomalies_markdown(anomalies)
+
+
+def dashboard_html(markdown_text: str, paths: Dict[str, str]) -> str:
+    """The HTML report: `markdown_text` and every picture write_report drew (`paths`, as it
+    returns them), embedded, with its caption."""
+    import tensorflow as tf
+
+    pictures = []
+    for path in paths.values():
+        name = os.path.basename(path)
+        if name in PICTURE_CAPTIONS:
+            with tf.io.gfile.GFile(path, "rb") as fh:
+                pictures.append((name, PICTURE_CAPTIONS[name], fh.read()))
+    return render.html_page("Segmentation evaluation", markdown_text, pictures)
 
 
 def read_history(model_dir: str) -> Optional[dict]:

@@ -217,6 +217,8 @@ class PerLabelDice(keras.callbacks.Callback):
         per_case: Dict[int, List[float]] = {k: [] for k in labels}
         predict = self._predictor()
         for image, label in self.cases:
+            if image.shape.rank == 3:  # a single-channel case without its channel axis
+                image = image[..., None]
             scores = dice_per_label(label.numpy().astype(np.int32), predict(image).numpy(), labels)
             for k, value in scores.items():
                 if not np.isnan(value):

@@ -44,6 +44,9 @@ PLACEHOLDER_IMAGE = RunnerSettings.model_fields["image"].default
 PLACEHOLDER_PIPELINE_ROOT = RunnerSettings.model_fields["kubeflow_pipeline_root"].default
 # Tasks that hash patient IDs, so their pods get the salt Secret as an environment variable.
 SALTED_TASKS = ("ImageExampleGen",)
+# Every container runs TFX's module through this one (pipeline/runners/kfp_entrypoint.py), which
+# lets TFX import the dashboard's system.* artifact types by their schema title.
+ENTRYPOINT_MODULE = "pipeline.runners.kfp_entrypoint"
 # Run parameters (the dashboard's "Create run" form): name -> what it sets.
 RUN_PARAMETERS = {
     "data_root": "dataset as the pods see it (Decathlon folder, DICOM tree, manifest CSV)",
@@ -289,8 +292,12 @@ def custom_type_class_paths(pipeline) -> Dict[str, str]:
 
     The compiler writes such a type's TYPE_NAME as its schema title and the container
     entrypoint imports the title as a class path (kubeflow_v2_entrypoint_utils
-    _retrieve_class_path): 'medtfx.Plan' would not import, 'components....Plan' does."""
+    _retrieve_class_path): 'medtfx.Plan' would not import, 'components....Plan' does.
+    The dashboard's types keep their KFP titles (system.Markdown, ...: what KFP's UI renders);
+    ENTRYPOINT_MODULE maps those to classes in the pods."""
     from tfx.orchestration.kubeflow.v2 import compiler_utils
+
+    from components.dashboard import artifacts as dashboard
 
     types = set()
     for component in pipeline.components:
@@ -302,7 +309,29 @@ def custom_type_class_paths(pipeline) -> Dict[str, str]:
         for t in types
         if f"{t.__module__}.{t.__qualname__}" not in known
         and f"tfx.{t.__qualname__}" not in compiler_utils.TITLE_TO_CLASS_PATH
+        and t.TYPE_NAME not in dashboard.TITLE_TO_CLASS_PATH
     }
+
+
+def _through_entrypoint(label: str, command: List[str]) -> List[str]:
+    """TFX's ['python', '-m', MODULE] as ['python', '-m', ENTRYPOINT_MODULE, MODULE]."""
+    if len(command) != 3 or command[:2] != ["python", "-m"]:
+        raise ValueError(f"{label}: unexpected container command {command} (expected python -m MODULE)")
+    return ["python", "-m", ENTRYPOINT_MODULE, command[2]]
+
+
+def route_through_entrypoint(pipeline_spec: dict) -> dict:
+    """pipeline_spec with every container command (and the ExampleGen driver's pre-cache-check
+    command) run through ENTRYPOINT_MODULE; changed in place and returned."""
+    for label, executor in pipeline_spec["deploymentSpec"]["executors"].items():
+        container = executor.get("container")
+        if container is None:
+            continue
+        container["command"] = _through_entrypoint(label, container["command"])
+        check = container.get("lifecycle", {}).get("preCacheCheck")
+        if check is not None:
+            check["command"] = _through_entrypoint(label, check["command"])
+    return pipeline_spec
 
 
 def _retitle(value, titles: Dict[str, str]):
@@ -323,7 +352,8 @@ def _retitle(value, titles: Dict[str, str]):
 def build_kubeflow_job(cfg: PipelineConfig, parameters: Optional[Dict[str, Any]] = None) -> dict:
     """The TFX-compiled PipelineJob dict (schema 2.1: KFP's open-source backend only resolves
     the 2.1 `constant` parameter values), Trainer resources attached, custom artifact types
-    titled by import path, run parameters with their defaults in the root inputDefinitions
+    titled by import path (the dashboard's keep KFP's system.* titles), containers started
+    through ENTRYPOINT_MODULE, run parameters with their defaults in the root inputDefinitions
     (parameters: run_parameters(cfg) of the config before kubeflow_config)."""
     from tfx import v1 as tfx
 
@@ -350,7 +380,7 @@ def build_kubeflow_job(cfg: PipelineConfig, parameters: Optional[Dict[str, Any]]
         )
     )
     job = runner.run(pipeline, write_out=False)
-    job["pipelineSpec"] = _retitle(job["pipelineSpec"], custom_type_class_paths(pipeline))
+    job["pipelineSpec"] = route_through_entrypoint(_retitle(job["pipelineSpec"], custom_type_class_paths(pipeline)))
     # TFX declares the root parameters without defaults; KFP's form shows these.
     root_parameters = job["pipelineSpec"]["root"].get("inputDefinitions", {}).get("parameters", {})
     for name, spec in root_parameters.items():

@@ -60,6 +60,7 @@ def latest_artifacts(metadata_path: str) -> Dict[str, object]:
         "TransformGraph",
         "medtfx.Plan",
         "medtfx.DatasetFingerprint",
+        "system.HTML",
     ):
         artifacts = store.get_artifacts_by_type(type_name)
         if type_name == "Examples":  # ExampleGen's (input-fingerprinted), not Transform's output
@@ -112,6 +113,9 @@ def run_summary(cfg: PipelineConfig) -> dict:
         ):
             if os.path.exists(os.path.join(latest["ModelEvaluation"].uri, name)):
                 summary[key] = os.path.join(latest["ModelEvaluation"].uri, name)
+    # The Evaluator's report as the Kubeflow dashboard shows it (one HTML file, pictures embedded).
+    if "system.HTML" in latest and os.path.isfile(latest["system.HTML"].uri):
+        summary["report_html"] = latest["system.HTML"].uri
     # The Trainer's TensorBoard logs (loss, Dice per label, learning rate per epoch).
     if "ModelRun" in latest and os.path.isdir(os.path.join(latest["ModelRun"].uri, "logs")):
         summary["tensorboard"] = f"tensorboard --logdir {os.path.join(latest['ModelRun'].uri, 'logs')}"
