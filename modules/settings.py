@@ -226,7 +226,7 @@ class ServingSettings(StageSettings):
     serving_base: str = Field("", description="TF Serving model base path; empty = <workdir>/serving/<model_name>")
 
 
-BeamProfile = Literal["direct", "dataflow", "flink", "spark"]
+BeamProfile = Literal["direct", "dataflow", "flink", "spark", "portable"]
 
 
 class RunnerSettings(StageSettings):
@@ -250,6 +250,9 @@ class RunnerSettings(StageSettings):
     )
     beam_environment_config: str = Field("", description="EXTERNAL: worker pool host:port; DOCKER: SDK image")
     beam_sdk_container_image: str = Field("", description="dataflow/DOCKER SDK image with medtfx (empty = image)")
+    beam_sdk_worker_parallelism: PositiveInt = Field(
+        2, description="portable: SDK worker processes per Beam job (Beam's local job service)"
+    )
     beam_extra_args: Tuple[str, ...] = Field((), description="appended to any profile's args")
     trainer_accelerator: str = Field("", description="Kubernetes resource name, e.g. nvidia.com/gpu; empty = CPU only")
     trainer_accelerator_count: PositiveInt = Field(1, description="accelerators for the Trainer pod")

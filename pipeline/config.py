@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import sys
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import pydantic
@@ -88,6 +89,15 @@ class PipelineConfig(BaseModel):
                 # Workers import the Transform module etc.: they need the project's code.
                 f"--sdk_container_image={r.beam_sdk_container_image or r.image}",
             ]
+        elif r.beam_profile == "portable":
+            args = [
+                f"--runner={LOCAL_PORTABLE_RUNNER}",
+                f"--environment_type={r.beam_environment_type or SUBPROCESS_ENVIRONMENT}",
+                f"--environment_config={r.beam_environment_config or local_sdk_worker_command()}",
+                f"--sdk_worker_parallelism={r.beam_sdk_worker_parallelism}",
+            ]
+            if r.beam_job_endpoint:
+                args.append(f"--job_endpoint={r.beam_job_endpoint}")
         else:  # flink / spark: a Beam job server (PortableRunner)
             defaults = BEAM_PROFILES[r.beam_profile]
             env_type = r.beam_environment_type or defaults["environment_type"]
@@ -107,7 +117,7 @@ class PipelineConfig(BaseModel):
 # Beam runner profiles and their defaults. Flink: a Beam job server next to the Flink cluster
 # plus an SDK worker pool sidecar on each task manager (EXTERNAL, the Flink operator's pattern);
 # Spark: the Spark job server starting SDK containers (DOCKER, environment_config = the SDK image,
-# which needs Beam's /opt/apache/beam/boot).
+# which needs Beam's /opt/apache/beam/boot); portable: this machine (see LOCAL_PORTABLE_RUNNER).
 BEAM_PROFILES = {
     "direct": {},
     "dataflow": {},
@@ -117,7 +127,20 @@ BEAM_PROFILES = {
         "environment_config": "localhost:50000",
     },
     "spark": {"job_endpoint": "localhost:8099", "environment_type": "DOCKER", "environment_config": ""},
+    "portable": {},
 }
+
+# 'portable': Beam's PortableRunner on this machine (pipeline/runners/beam_local.py) with its
+# local job service, each job's SDK workers started as processes of this Python.
+LOCAL_PORTABLE_RUNNER = "pipeline.runners.beam_local.LocalPortableRunner"
+SUBPROCESS_ENVIRONMENT = "beam:env:harness_subprocess_python:v1"
+
+
+def local_sdk_worker_command() -> str:
+    """The command line that starts one Beam SDK worker with this interpreter (and so this
+    environment's packages): the subprocess environment's config."""
+    return f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
+
 
 TOP_LEVEL = ("data_root", "workdir")
 

@@ -261,7 +261,8 @@ def test_dataflow_without_project_is_a_clear_error():
     cfg = make_config(["beam_profile=dataflow", "beam_region=europe-west4"])
     with pytest.raises(ValueError, match="beam_project.*beam_temp_location"):
         cfg.beam_pipeline_args()
-    with pytest.raises(ValueError, match="beam_profile: must be one of 'direct', 'dataflow', 'flink' or 'spark'"):
+    profiles = "'direct', 'dataflow', 'flink', 'spark' or 'portable'"
+    with pytest.raises(ValueError, match=f"beam_profile: must be one of {profiles}"):
         make_config(["beam_profile=storm"]).beam_pipeline_args()
 
 

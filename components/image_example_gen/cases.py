@@ -29,7 +29,7 @@ import numpy as np
 
 from components.image_example_gen import inventory
 from modules import features as example_schema
-from modules.io import dicom, limits
+from modules.io import dicom, limits, storage
 from modules.io.nifti_reader import read_nifti
 from modules.io.volume import CaseError, Volume, affines_match, compact_dtype, label_values_ok, salted_hash
 
@@ -107,11 +107,10 @@ def _is_nifti(name: str) -> bool:
 
 def _read_text(path: str, what: str) -> str:
     """The UTF-8 text of a small dataset description (a BOM is dropped). Raises CaseError."""
-    if os.path.isdir(path):
+    if storage.isdir(path):
         raise CaseError(f"{what} is a directory, not a file")
     size = limits.check_regular_file(path, limits.Limits(max_bytes=_DESCRIPTION_MAX_BYTES))
-    with open(path, "rb") as fh:
-        raw = fh.read(size + 1)
+    raw = storage.read_bytes(path, 0, size + 1)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -181,7 +180,7 @@ def parse_dataset_json(path: str) -> Tuple[Optional[Dict[int, str]], List[str]]:
 
 
 def _listdir(path: str) -> List[str]:
-    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+    return sorted(storage.listdir(path)) if storage.isdir(path) else []
 
 
 def _channel_index(filename: str) -> Optional[int]:
@@ -196,15 +195,15 @@ def _case_channels_problem(stem: str, paths: List[str], channels: int) -> Option
     """Why a case's image files do not form its `channels` channels (None when they do): one
     file (3D, or 4D holding the channels), or exactly <case>_0000 .. <case>_{C-1}."""
     if len(paths) == 1:
-        index = _channel_index(os.path.basename(paths[0]))
+        index = _channel_index(storage.basename(paths[0]))
         if channels > 1 and index is not None:
             missing = ", ".join(f"{stem}_{i:04d}" for i in range(channels) if i != index)
             return (
                 f"case {stem} has channel {index} only; dataset.json declares {channels} channels (missing {missing})"
             )
         return None
-    names = ", ".join(os.path.basename(p) for p in paths)
-    indices = sorted(i for i in (_channel_index(os.path.basename(p)) for p in paths) if i is not None)
+    names = ", ".join(storage.basename(p) for p in paths)
+    indices = sorted(i for i in (_channel_index(storage.basename(p)) for p in paths) if i is not None)
     if len(indices) != len(paths) or len(set(indices)) != len(indices):
         return (
             f"case {stem} has {len(paths)} image files ({names}): one file per channel, named "
@@ -223,30 +222,30 @@ def _decathlon_cases(root: str, require_labels: bool, has_json: bool = True) -> 
     modalities: List[str] = []
     if has_json:
         try:
-            labels, modalities = parse_dataset_json(os.path.join(root, "dataset.json"))
+            labels, modalities = parse_dataset_json(storage.join(root, "dataset.json"))
         except CaseError as exc:
             problem = str(exc)
     else:
         warnings.append(
             "no dataset.json: images and labels paired by file name; label values and modality are not checked"
         )
-    images_dir, labels_dir = os.path.join(root, "imagesTr"), os.path.join(root, "labelsTr")
+    images_dir, labels_dir = storage.join(root, "imagesTr"), storage.join(root, "labelsTr")
     images, label_files = _listdir(images_dir), _listdir(labels_dir)
     labels_by_case: Dict[str, List[str]] = {}
     for f in label_files:
         if _is_nifti(f):
-            labels_by_case.setdefault(_nifti_stem(f), []).append(os.path.join(labels_dir, f))
+            labels_by_case.setdefault(_nifti_stem(f), []).append(storage.join(labels_dir, f))
     images_by_case: Dict[str, List[str]] = {}
     cases, used_labels = [], set()
     for fname in images:
-        path = os.path.join(images_dir, fname)
+        path = storage.join(images_dir, fname)
         if not _is_nifti(fname):
             cases.append(CaseSpec(fname, "none", [path], problem="not a NIfTI file (.nii/.nii.gz)"))
             continue
         images_by_case.setdefault(_nifti_stem(fname), []).append(path)
     if not has_json:  # channels from the file names: the most channel-numbered files any case has
         numbered = [
-            [p for p in paths if _channel_index(os.path.basename(p)) is not None] for paths in images_by_case.values()
+            [p for p in paths if _channel_index(storage.basename(p)) is not None] for paths in images_by_case.values()
         ]
         modalities = [""] * max([len(p) for p in numbered] + [1])
     channels = max(len(modalities), 1)
@@ -255,11 +254,11 @@ def _decathlon_cases(root: str, require_labels: bool, has_json: bool = True) -> 
         found = labels_by_case.get(stem, [])
         label = found[0] if len(found) == 1 else None
         used_labels.update(found)
-        paths = sorted(paths, key=lambda p: (_channel_index(os.path.basename(p)) or 0, p))
+        paths = sorted(paths, key=lambda p: (_channel_index(storage.basename(p)) or 0, p))
         case_problem = _case_channels_problem(stem, paths, channels)
         if case_problem is None and len(found) > 1:
             case_problem = (
-                f"case {stem} has {len(found)} label files ({', '.join(os.path.basename(p) for p in found)}): keep one"
+                f"case {stem} has {len(found)} label files ({', '.join(storage.basename(p) for p in found)}): keep one"
             )
         elif case_problem is None and label is None and require_labels:
             case_problem = f"image has no label: labelsTr/{stem}.nii.gz is missing"
@@ -269,7 +268,7 @@ def _decathlon_cases(root: str, require_labels: bool, has_json: bool = True) -> 
             paths, label = paths + found, None
         cases.append(CaseSpec(stem, "nifti", paths, label, modality=modality, problem=case_problem, channels=channels))
     for fname in label_files:
-        path = os.path.join(labels_dir, fname)
+        path = storage.join(labels_dir, fname)
         if path in used_labels:
             continue
         stem = _nifti_stem(fname) if _is_nifti(fname) else fname
@@ -280,7 +279,7 @@ def _decathlon_cases(root: str, require_labels: bool, has_json: bool = True) -> 
         )
         cases.append(CaseSpec(stem, "none", [path], problem=reason))
     if problem:
-        cases.append(CaseSpec("dataset.json", "none", [os.path.join(root, "dataset.json")], problem=problem))
+        cases.append(CaseSpec("dataset.json", "none", [storage.join(root, "dataset.json")], problem=problem))
     return cases, DatasetInfo("decathlon", labels, modality, warnings=warnings, problem=problem)
 
 
@@ -288,15 +287,15 @@ def _dicom_cases(root: str, require_labels: bool) -> Tuple[List[CaseSpec], Datas
     series, rejected = dicom.scan_tree(root)
     dirs_to_series: Dict[str, List[tuple]] = {}
     for key, paths in series.items():
-        for d in {os.path.dirname(p) for p in paths}:
+        for d in {storage.dirname(p) for p in paths}:
             dirs_to_series.setdefault(d, []).append(key)
     cases, used_labels = [], set()
     for key, paths in sorted(series.items(), key=lambda kv: (sorted(kv[1])[0], kv[0])):
-        folder = os.path.dirname(sorted(paths)[0])
+        folder = storage.dirname(sorted(paths)[0])
         label = None
         if len(dirs_to_series.get(folder, [])) == 1:
             label = next(
-                (os.path.join(folder, n) for n in LABEL_NAMES if os.path.exists(os.path.join(folder, n))), None
+                (storage.join(folder, n) for n in LABEL_NAMES if storage.exists(storage.join(folder, n))), None
             )
         problem = dicom.broken_members(dicom.SeriesKey(*key), rejected, paths)
         if problem is None and label is None and require_labels:
@@ -310,10 +309,10 @@ def _dicom_cases(root: str, require_labels: bool) -> Tuple[List[CaseSpec], Datas
             used_labels.add(label)
         cases.append(CaseSpec("", "dicom", sorted(paths), label, problem=problem, series_key=key))
     for path, reason in rejected:
-        cases.append(CaseSpec(os.path.basename(path), "none", [path], problem=reason))
-    for dirpath, _, filenames in os.walk(root):
+        cases.append(CaseSpec(storage.basename(path), "none", [path], problem=reason))
+    for dirpath, _, filenames in storage.walk(root):
         for name in filenames:
-            path = os.path.join(dirpath, name)
+            path = storage.join(dirpath, name)
             if _is_nifti(name) and path not in used_labels:
                 cases.append(
                     CaseSpec(_nifti_stem(name), "none", [path], problem="NIfTI file not paired with a DICOM series")
@@ -327,7 +326,7 @@ def _manifest_rows(csv_path: str, require_labels: bool) -> List[dict]:
     The dialect (',', ';', tab, '|') is sniffed, a UTF-8 BOM (Excel) dropped, column names
     compared case-insensitively. Raises CaseError naming the problem and the required columns.
     """
-    text = _read_text(csv_path, f"manifest {os.path.basename(csv_path)}")
+    text = _read_text(csv_path, f"manifest {storage.basename(csv_path)}")
     sample = text[:65536]
     try:
         dialect = csv.Sniffer().sniff(
@@ -339,19 +338,19 @@ def _manifest_rows(csv_path: str, require_labels: bool) -> List[dict]:
     try:
         rows = [row for row in reader]
     except csv.Error as exc:
-        raise CaseError(f"manifest {os.path.basename(csv_path)} is not a readable CSV file ({exc})") from None
+        raise CaseError(f"manifest {storage.basename(csv_path)} is not a readable CSV file ({exc})") from None
     rows = [row for row in rows if any(cell.strip() for cell in row)]
     required = ["image"] + (["label"] if require_labels else [])
     if not rows:
         raise CaseError(
-            f"manifest {os.path.basename(csv_path)} is empty: it needs a header row with "
+            f"manifest {storage.basename(csv_path)} is empty: it needs a header row with "
             f"the columns {', '.join(required)}"
         )
     columns = [c.strip().lower() for c in rows[0]]
     missing = [c for c in required if c not in columns]
     if missing:
         raise CaseError(
-            f"manifest {os.path.basename(csv_path)} has no column {', '.join(missing)} "
+            f"manifest {storage.basename(csv_path)} has no column {', '.join(missing)} "
             f"(found: {', '.join(c for c in columns if c) or 'none'}); required columns: "
             f"{', '.join(required)}, optional: modality, site"
         )
@@ -361,20 +360,20 @@ def _manifest_rows(csv_path: str, require_labels: bool) -> List[dict]:
 
 
 def _manifest_cases(csv_path: str, require_labels: bool) -> Tuple[List[CaseSpec], DatasetInfo]:
-    base = os.path.dirname(os.path.abspath(csv_path))
+    base = storage.dirname(storage.abspath(csv_path))
     try:
         rows = _manifest_rows(csv_path, require_labels)
     except CaseError as exc:
         return (
-            [CaseSpec(os.path.basename(csv_path), "none", [csv_path], problem=str(exc))],
+            [CaseSpec(storage.basename(csv_path), "none", [csv_path], problem=str(exc))],
             DatasetInfo("manifest", None, problem=str(exc)),
         )
     cases = []
     for number, row in enumerate(rows, start=2):
         image_name = row.get("image", "")
-        image = os.path.join(base, image_name)
+        image = storage.join(base, image_name)
         label = row.get("label", "")
-        label = os.path.join(base, label) if label else None
+        label = storage.join(base, label) if label else None
         modality = normalise_modality(row.get("modality", ""))
         site = row.get("site", "")
         where = f"manifest row {number}"
@@ -391,9 +390,9 @@ def _manifest_cases(csv_path: str, require_labels: bool) -> Tuple[List[CaseSpec]
         label_problem = None
         if label is None and require_labels:
             label_problem = f"{where} has no label"
-        elif label is not None and not os.path.isfile(label):
+        elif label is not None and not storage.isfile(label):
             label_problem = f"{where} names a missing label file {label}"
-        if os.path.isdir(image):
+        if storage.isdir(image):
             series, rejected = dicom.scan_tree(image)
             if len(series) != 1:
                 found = "; ".join(dicom.describe(k) for k in series)
@@ -416,9 +415,9 @@ def _manifest_cases(csv_path: str, require_labels: bool) -> Tuple[List[CaseSpec]
             )
             continue
         problem = label_problem
-        if not os.path.lexists(image):
+        if not storage.lexists(image):
             problem = f"{where} names a missing image file {image}"
-        cases.append(CaseSpec(_nifti_stem(os.path.basename(image)), "nifti", [image], label, modality, site, problem))
+        cases.append(CaseSpec(_nifti_stem(storage.basename(image)), "nifti", [image], label, modality, site, problem))
     return cases, DatasetInfo("manifest", None)
 
 
@@ -433,17 +432,17 @@ def find_cases(root: str, require_labels: bool = True) -> Tuple[List[CaseSpec], 
     Raises:
       FileNotFoundError: `root` does not exist.
     """
-    if os.path.isfile(root) and root.lower().endswith(".csv"):
+    if storage.isfile(root) and root.lower().endswith(".csv"):
         cases, info = _manifest_cases(root, require_labels)
-        _attach_identifiers(os.path.dirname(os.path.abspath(root)), cases)
+        _attach_identifiers(storage.dirname(storage.abspath(root)), cases)
         return cases, info
-    if not os.path.isdir(root):
+    if not storage.isdir(root):
         raise FileNotFoundError(f"dataset path {root} does not exist")
-    if os.path.lexists(os.path.join(root, "dataset.json")):
+    if storage.lexists(storage.join(root, "dataset.json")):
         cases, info = _decathlon_cases(root, require_labels)
-    elif os.path.lexists(os.path.join(root, "manifest.csv")):
-        cases, info = _manifest_cases(os.path.join(root, "manifest.csv"), require_labels)
-    elif os.path.isdir(os.path.join(root, "imagesTr")):
+    elif storage.lexists(storage.join(root, "manifest.csv")):
+        cases, info = _manifest_cases(storage.join(root, "manifest.csv"), require_labels)
+    elif storage.isdir(storage.join(root, "imagesTr")):
         cases, info = _decathlon_cases(root, require_labels, has_json=False)
     else:
         cases, info = _dicom_cases(root, require_labels)
@@ -458,11 +457,11 @@ def _attach_identifiers(root: str, cases: List[CaseSpec]) -> None:
     file of its own (a label left beside a moved series), so the whole dataset's identities are
     scrubbed from every record."""
     found: set = set()
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in storage.walk(root):
         dirnames.sort()
         for name in filenames:
             if not name.lower().endswith((".nii", ".nii.gz", ".json", ".csv")):
-                found.update(dicom.header_identifiers(os.path.join(dirpath, name)))
+                found.update(dicom.header_identifiers(storage.join(dirpath, name)))
     identifiers = tuple(sorted(found))
     for spec in cases:
         spec.identifiers = identifiers
@@ -477,15 +476,16 @@ def _unclaimed_files(root: str, cases: List[CaseSpec], dataset_problem: str = ""
     claimed = set()
     for spec in cases:
         for path in spec.inputs:
-            claimed.add(os.path.normpath(path))
-            if os.path.isdir(path):  # a manifest row naming a DICOM folder claims its files
-                claimed.update(os.path.normpath(os.path.join(d, n)) for d, _, names in os.walk(path) for n in names)
+            claimed.add(storage.normpath(path))
+            if storage.isdir(path):  # a manifest row naming a DICOM folder claims its files
+                walked = storage.walk(path)
+                claimed.update(storage.normpath(storage.join(d, n)) for d, _, names in walked for n in names)
     extra = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in storage.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            if os.path.normpath(path) in claimed or (dirpath == root and name in _DATASET_FILES):
+            path = storage.join(dirpath, name)
+            if storage.normpath(path) in claimed or (dirpath == root and name in _DATASET_FILES):
                 continue
             reason = _unclaimed_reason(root, path)
             if dataset_problem:
@@ -495,7 +495,7 @@ def _unclaimed_files(root: str, cases: List[CaseSpec], dataset_problem: str = ""
 
 
 def _unclaimed_reason(root: str, path: str) -> str:
-    rel = os.path.relpath(path, root)
+    rel = storage.relpath(path, root)
     if rel.split(os.sep)[0] == "imagesTs":
         return "test image (imagesTs) without label: not used for training"
     if path.lower().endswith(dicom.SKIPPED_SUFFIXES):
@@ -521,7 +521,7 @@ def read_volume(spec: CaseSpec) -> Volume:
         raise CaseError(spec.problem or "no image")
     found = volume.array.shape[3] if volume.array.ndim == 4 else 1
     if found != spec.channels:
-        where = spec.image[0] if len(spec.image) == 1 else os.path.dirname(spec.image[0])
+        where = spec.image[0] if len(spec.image) == 1 else storage.dirname(spec.image[0])
         raise CaseError(
             f"{where}: the image has {found} channel{'s' if found != 1 else ''} "
             f"(shape {volume.array.shape}) but the dataset declares {spec.channels}"
@@ -542,12 +542,12 @@ def _stack_channels(paths: List[str]) -> Volume:
         channel = read_nifti(path)
         if channel.array.shape != first.array.shape:
             raise CaseError(
-                f"{path}: shape {channel.array.shape} differs from {os.path.basename(paths[0])}'s "
+                f"{path}: shape {channel.array.shape} differs from {storage.basename(paths[0])}'s "
                 f"{first.array.shape}: a case's channels must share one grid"
             )
         if not affines_match(channel.affine, first.affine, AFFINE_TOLERANCE_MM, first.array.shape):
             raise CaseError(
-                f"{path}: geometry (affine) differs from {os.path.basename(paths[0])}'s by more than "
+                f"{path}: geometry (affine) differs from {storage.basename(paths[0])}'s by more than "
                 f"{AFFINE_TOLERANCE_MM} mm: a case's channels must share one grid"
             )
         arrays.append(channel.array)
@@ -604,7 +604,7 @@ def _patient_identifiers(spec: CaseSpec) -> set:
 
 def _error_reason(spec: CaseSpec, exc: BaseException) -> str:
     """A reason naming the case's file and the problem, for an error no reader turned into words."""
-    where = spec.image[0] if len(spec.image) == 1 else (os.path.dirname(spec.image[0]) if spec.image else "?")
+    where = spec.image[0] if len(spec.image) == 1 else (storage.dirname(spec.image[0]) if spec.image else "?")
     return f"{where}: cannot be read: {limits.describe_error(exc)}"
 
 

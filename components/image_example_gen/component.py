@@ -43,7 +43,7 @@ class ImageExampleGen(FileBasedExampleGen):
 
     SPEC_CLASS = ImageExampleGenSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
-    DRIVER_CLASS = ImageExampleGenDriver  # FileBasedDriver, plus PACS listings as fingerprints
+    DRIVER_CLASS = ImageExampleGenDriver  # FileBasedDriver; PACS and object stores fingerprinted by listing
 
     def __init__(
         self,

@@ -17,6 +17,7 @@ import stat
 import zlib
 from typing import Optional, Tuple
 
+from modules.io import storage
 from modules.io.volume import CaseError
 
 DEFAULT_MAX_VOXELS = 1024 * 1024 * 2048
@@ -64,6 +65,8 @@ def check_regular_file(path: str, limits: Optional[Limits] = None) -> int:
       CaseError: not a regular file (FIFO, device, socket, directory), missing, or too large.
     """
     limits = limits or current()
+    if storage.is_remote(path):  # an object store has objects only: no pipes, devices or links
+        return _check_object(path, limits)
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -86,6 +89,23 @@ def check_regular_file(path: str, limits: Optional[Limits] = None) -> int:
             f"{path}: file is {_human(st.st_size)}, above the {_human(limits.max_bytes)} limit (MEDTFX_MAX_BYTES)"
         )
     return st.st_size
+
+
+def _check_object(path: str, limits: Limits) -> int:
+    """check_regular_file for an s3:// or gs:// object: its size, else CaseError."""
+    try:
+        size = storage.size(path)
+    except FileNotFoundError:
+        if storage.isdir(path):
+            raise CaseError(f"{path}: is a directory, not a regular file; only regular files are read") from None
+        raise CaseError(f"{path}: cannot be read (no such object)") from None
+    except OSError as exc:
+        raise CaseError(str(exc)) from None
+    if size > limits.max_bytes:
+        raise CaseError(
+            f"{path}: file is {_human(size)}, above the {_human(limits.max_bytes)} limit (MEDTFX_MAX_BYTES)"
+        )
+    return size
 
 
 def gunzip(data: bytes, path: str, limits: Optional[Limits] = None) -> bytes:
@@ -145,8 +165,7 @@ def read_file(path: str, limits: Optional[Limits] = None) -> Tuple[bytes, bool]:
     limits = limits or current()
     size = check_regular_file(path, limits)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(size + 1)
+        data = storage.read_bytes(path, 0, size + 1)
     except OSError as exc:
         raise CaseError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if data[:2] == _GZIP_MAGIC:

@@ -52,16 +52,46 @@ def is_classifier(cfg: TrainingSettings) -> bool:
     return cfg.model == "resnet3d"
 
 
+# One MultiWorkerMirroredStrategy per process: it starts this worker's gRPC server (the port in
+# TF_CONFIG) and joins the cluster, which can happen only once.
+_MULTI_WORKER: List[tf.distribute.Strategy] = []
+
+
 def strategy_for(name: str) -> tf.distribute.Strategy:
     """'default' (one device) | 'mirrored' (all local GPUs, or the CPU) | 'multi_worker'
-    (MultiWorkerMirroredStrategy; workers from TF_CONFIG)."""
+    (MultiWorkerMirroredStrategy; the cluster and this worker's role from TF_CONFIG, the same
+    instance on every call).
+
+    Raises:
+        ValueError: an unknown name.
+    """
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        if not _MULTI_WORKER:
+            _MULTI_WORKER.append(tf.distribute.MultiWorkerMirroredStrategy())
+        return _MULTI_WORKER[0]
     raise ValueError(f"distribution {name!r}: default, mirrored or multi_worker")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True where files meant once per training run (history, the exported model) are written:
+    always on one machine; under MultiWorkerMirroredStrategy only on the chief (worker 0 when
+    TF_CONFIG names no chief)."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+def sharded_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with multi-worker auto-sharding by element: the training and validation
+    patches are sampled from cases, not read file by file, so sharding by file (tf.data's
+    default policy) would find no files to split; by element, each worker keeps its share of
+    every global batch (same seed everywhere: the workers see disjoint parts of the same
+    batches, as one worker with the global batch would)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
 
 
 def precision_policy_name(enabled: bool) -> str:
@@ -367,13 +397,21 @@ def fit(
 
     train: endless (image, label) batches of the *global* batch size; cfg.train_steps steps in
     all, spread over cfg.epochs epochs. cfg.patch_size must be resolved.
+    distribution 'multi_worker': every worker (TF_CONFIG) calls this with the same datasets and
+    model_run_dir; each trains on its share of every global batch (`sharded_by_data`) and only
+    the chief writes history.json (`is_chief`).
     """
     steps = int(cfg.train_steps)
     strategy = strategy_for(cfg.distribution)
     with strategy.scope():
         model = build_model(cfg)
         compile_model(model, cfg)
+    if cfg.distribution == "multi_worker":
+        train = sharded_by_data(train)
+        validation = sharded_by_data(validation) if validation is not None else None
     epochs = max(1, int(cfg.epochs))
+    # Keras's checkpoint, backup and TensorBoard callbacks write from the chief only themselves
+    # (other workers into temporary directories they delete).
     callbacks = make_callbacks(cfg, model_run_dir, dice_cases)
     start = time.time()
     history = model.fit(
@@ -386,8 +424,9 @@ def fit(
         verbose=0,  # TrainingProgress shows steps, loss and Dice instead of a line per epoch
     )
     logging.info("trained %d epochs in %.0f s", len(history.epoch), time.time() - start)
-    tf.io.gfile.makedirs(model_run_dir)
-    write_history(history, os.path.join(model_run_dir, HISTORY_FILE))
+    if is_chief(strategy):
+        tf.io.gfile.makedirs(model_run_dir)
+        write_history(history, os.path.join(model_run_dir, HISTORY_FILE))
     # The last weights are returned (early stopping restores its best): the validation split is
     # also where Dice is reported, so picking the best epoch on it would flatter the report.
     # checkpoints/best keeps the best-validation weights for whoever wants them.

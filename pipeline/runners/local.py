@@ -12,15 +12,17 @@ from pipeline.pipeline import create_pipeline
 
 
 def _local_or_url(data_root: str) -> str:
-    """A PACS URL (dicomweb+http...) as given; a local folder made absolute."""
-    from modules.io import dicomweb
+    """A PACS URL (dicomweb+http...) or object-store URL (s3://, gs://) as given; a local folder
+    made absolute."""
+    from modules.io import dicomweb, storage
 
-    return data_root if dicomweb.is_dicomweb_url(data_root) else os.path.abspath(data_root)
+    return data_root if dicomweb.is_dicomweb_url(data_root) else storage.abspath(data_root)
 
 
 def run_local(cfg: PipelineConfig, until: Optional[str] = None) -> None:
-    """Runs the whole DAG (or the part up to node `until`) in this process (Beam DirectRunner),
-    metadata in <workdir>/metadata.sqlite."""
+    """Runs the whole DAG (or the part up to node `until`) in this process, the Beam components
+    on the configured `runner.beam_profile` (DirectRunner by default; 'portable' for Beam's
+    portable runner with several SDK worker processes), metadata in <workdir>/metadata.sqlite."""
     from tfx import v1 as tfx
 
     os.makedirs(cfg.workdir, exist_ok=True)
@@ -31,6 +33,7 @@ def run_local(cfg: PipelineConfig, until: Optional[str] = None) -> None:
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             os.path.abspath(cfg.metadata_path)
         ),
+        beam_args=cfg.beam_pipeline_args(),
         until=until,
     )
     tfx.orchestration.LocalDagRunner().run(pipeline)

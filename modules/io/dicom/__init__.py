@@ -34,7 +34,7 @@ import hashlib
 import os
 from typing import Iterable, List, Optional, Tuple
 
-from modules.io import limits
+from modules.io import limits, storage
 from modules.io.dicom.files import (
     FileInfo,
     clear_cache,
@@ -129,7 +129,7 @@ def check_duplicates(paths: List[str], infos: dict, where: str) -> None:
         if uid:
             by_uid.setdefault(uid, []).append(path)
         else:
-            by_size.setdefault(os.path.getsize(path), []).append(path)
+            by_size.setdefault(storage.size(path), []).append(path)
     copies = [group for group in by_uid.values() if len(group) > 1]
     if copies:
         raise CaseError(
@@ -142,8 +142,7 @@ def check_duplicates(paths: List[str], infos: dict, where: str) -> None:
             continue
         digests: dict = {}
         for path in group:
-            with open(path, "rb") as fh:
-                digest = hashlib.sha256(fh.read()).hexdigest()
+            digest = hashlib.sha256(storage.read_bytes(path)).hexdigest()
             if digest in digests:
                 raise CaseError(
                     f"{where}: {digests[digest]} and {path} are byte-identical copies; remove the duplicates"

@@ -17,7 +17,7 @@ import os
 import threading
 from typing import Iterable, List, Optional, Tuple
 
-from modules.io import limits
+from modules.io import limits, storage
 from modules.io.dicom import header
 from modules.io.dicom.frames import Frame, _classic_frames, _enhanced_frames, _int, _num, _sop_name
 from modules.io.volume import CaseError
@@ -150,8 +150,7 @@ def _tolerant_header(path: str, tags: List[str]):
     """The header (fast reader or pydicom, `tags` at least) of the first MB of `path`, or None."""
     try:
         limits.check_regular_file(path)
-        with open(path, "rb") as fh:
-            data = fh.read(_HEADER_BYTES)
+        data = storage.read_bytes(path, 0, _HEADER_BYTES)
         if data[:2] == b"\x1f\x8b":
             data = _gunzip_head(data, path)
         fast = header.parse(data)
@@ -300,8 +299,7 @@ def clear_cache() -> None:
 
 
 def _stat_key(path: str) -> tuple:
-    st = os.stat(path)
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
+    return storage.version_key(path)
 
 
 def _cache_get(path: str) -> Optional[FileInfo]:
@@ -394,9 +392,7 @@ def _zero_padding(ds, path: str, expected: int, length: int) -> bool:
     if not expected < length < expected + frame_bytes:
         return False
     if isinstance(ds, header.Header):
-        with open(path, "rb") as fh:
-            fh.seek((ds.pixel_offset or 0) + expected)
-            tail = fh.read(length - expected)
+        tail = storage.read_bytes(path, (ds.pixel_offset or 0) + expected, length - expected)
     else:
         tail = bytes(ds.PixelData[expected:])
     return not tail.strip(b"\x00")

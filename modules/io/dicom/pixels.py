@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from modules.io import limits
+from modules.io import limits, storage
 from modules.io.dicom.files import NATIVE_SYNTAXES, FileInfo, _dcmread, _read_bytes
 from modules.io.dicom.frames import Frame, _int
 from modules.io.dicom.geometry import Layout
@@ -139,9 +139,7 @@ def _raw_pixels(info: FileInfo, count: int) -> Optional[np.ndarray]:
         return None
     dtype = np.dtype(info.pixel_dtype)
     try:
-        with open(info.path, "rb") as fh:
-            fh.seek(info.pixel_offset)
-            raw = fh.read(count * dtype.itemsize)
+        raw = storage.read_bytes(info.path, info.pixel_offset, count * dtype.itemsize)
     except OSError:
         return None
     if len(raw) < count * dtype.itemsize:

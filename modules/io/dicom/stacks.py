@@ -15,7 +15,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from modules.io import limits
+from modules.io import limits, storage
 from modules.io.dicom.files import FileInfo, header_series_uid, read_file_info
 from modules.io.dicom.frames import Frame
 from modules.io.dicom.geometry import ORIENTATION_TOLERANCE
@@ -105,9 +105,9 @@ def scan_files(paths: Sequence[str]) -> Tuple[Dict[SeriesKey, List[Frame]], List
 def list_files(root: str) -> List[str]:
     """Every file below `root` that could be DICOM (sorted; labels and sidecars left out)."""
     out: List[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in storage.walk(root):
         dirnames.sort()
-        out.extend(os.path.join(dirpath, n) for n in sorted(filenames) if not _skipped(n))
+        out.extend(storage.join(dirpath, n) for n in sorted(filenames) if not _skipped(n))
     return out
 
 
@@ -156,7 +156,7 @@ def select_stack(
         raise CaseError(f"{source} holds no DICOM image series" + (f" ({detail})" if detail else ""))
     if series is None and len(stacks) > 1:
         listing = "; ".join(
-            f"{i}: {describe(k)} ({len(p)} files in {os.path.relpath(os.path.dirname(p[0]), source)})"
+            f"{i}: {describe(k)} ({len(p)} files in {storage.relpath(os.path.dirname(p[0]), source)})"
             for i, (k, p) in enumerate(stacks, 1)
         )
         raise CaseError(f"{source} holds {len(stacks)} image stacks; choose one with --series N: {listing}")
