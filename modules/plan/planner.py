@@ -96,6 +96,10 @@ MIN_STRUCTURE_VOXELS = 8  # the smallest structure must span this many voxels al
 EXPORT_MINUTES = 1.0
 MAX_EPOCHS = 20
 MINUTES_PER_EPOCH = 3.0
+# Short budgets still get this many epochs when their validation is cheap (at most
+# MIN_EPOCHS_VALIDATION_SHARE of the time): a training curve of one point shows no trend.
+MIN_EPOCHS = 3
+MIN_EPOCHS_VALIDATION_SHARE = 0.1
 MAX_VAL_DICE_CASES = 20
 EVAL_SHARE = 0.2  # ImageExampleGen's 4:1 train:eval hash split
 INFERENCE_SPEEDUP = 3.0  # a forward pass costs about a third of a training step
@@ -858,7 +862,7 @@ def split_budget(
     """Rule 11: the Trainer's wall time = training + per-epoch validation + export.
 
     export = 1 min; validation = epochs x val_dice_cases x windows x step_seconds / (3 x batch)
-    / 60; training = budget - export - validation; epochs = clamp(round(training / 3), 1, 20),
+    / 60; training = budget - export - validation; epochs = clamp(round(training / 3), 1, 20), raised to MIN_EPOCHS when their validation is cheap,
     solved as the largest epoch count consistent with that rule (validation grows with epochs);
     train_steps = floor(training x 60 / step_seconds); time_limit_minutes = training. Overridden
     epochs / time limit / steps (the optional arguments) are used as given.
@@ -877,6 +881,8 @@ def split_budget(
             if candidate <= max(1, round((available - validation(candidate)) / MINUTES_PER_EPOCH)):
                 epochs = candidate
                 break
+        if epochs < MIN_EPOCHS and validation(MIN_EPOCHS) <= MIN_EPOCHS_VALIDATION_SHARE * available:
+            epochs = MIN_EPOCHS
     training = max(0.0, available - validation(epochs))
     if time_limit_minutes is not None:
         training = float(time_limit_minutes)
@@ -1257,7 +1263,8 @@ def make_plan(
         "training.epochs",
         int(split["epochs"]),
         f"round(training minutes / {MINUTES_PER_EPOCH:g}) within 1..{MAX_EPOCHS}: one validation Dice every "
-        f"~{MINUTES_PER_EPOCH:g} min of training",
+        f"~{MINUTES_PER_EPOCH:g} min of training; at least {MIN_EPOCHS} when their validation takes at most "
+        f"{MIN_EPOCHS_VALIDATION_SHARE:.0%} of the time, so the training curves show a trend",
     )
     decide(
         "training.time_limit_minutes",
