@@ -862,8 +862,9 @@ def split_budget(
     """Rule 11: the Trainer's wall time = training + per-epoch validation + export.
 
     export = 1 min; validation = epochs x val_dice_cases x windows x step_seconds / (3 x batch)
-    / 60; training = budget - export - validation; epochs = clamp(round(training / 3), 1, 20), raised to MIN_EPOCHS when their validation is cheap,
-    solved as the largest epoch count consistent with that rule (validation grows with epochs);
+    / 60; training = budget - export - validation; epochs = clamp(round(training / 3), 1, 20),
+    solved as the largest epoch count consistent with that rule (validation grows with epochs),
+    then raised to MIN_EPOCHS when their validation takes at most MIN_EPOCHS_VALIDATION_SHARE;
     train_steps = floor(training x 60 / step_seconds); time_limit_minutes = training. Overridden
     epochs / time limit / steps (the optional arguments) are used as given.
 
