@@ -341,19 +341,18 @@ def _read_file_info(path: str) -> FileInfo:
         raise CaseError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     fast = None
     if len(head) < size and head[:2] != _GZIP_MAGIC:
-        # Classic uncompressed files: the header from the file's start, the pixels read later
-        # straight into the volume (reading them here too would copy every byte once more).
-        fast = header.parse(head, size)
-        if fast is not None and (fast.needs_pydicom or fast.pixel_offset is None):
-            fast = None
-    if fast is not None:
-        data, gzipped = head, False
-    elif len(head) == size and head[:2] != _GZIP_MAGIC:
-        data, gzipped = head, False
-        fast = header.parse(data)
-    else:
-        data, gzipped = _read_bytes(path)
-        fast = None if gzipped else header.parse(data)
+        # The header from the file's start: for classic uncompressed files that is all that is
+        # read here (the pixels go straight into the volume later); a header that reaches the
+        # pixel data is the same as one parsed from the whole file.
+        candidate = header.parse(head, size)
+        if candidate is not None and candidate.reached_pixel_data:
+            fast = candidate
+    data, gzipped = head, False
+    if fast is None or fast.needs_pydicom:
+        if len(head) < size or head[:2] == _GZIP_MAGIC:
+            data, gzipped = _read_bytes(path)
+        if fast is None and not gzipped:
+            fast = header.parse(data)
     if fast is not None and not fast.needs_pydicom:
         ds = fast
         info = file_info_from_dataset(fast, path)

@@ -82,7 +82,11 @@ class Header:
     pixel_offset: byte offset of the raw pixel values in the file; pixel_dtype: numpy dtype string
     of one stored value (None when pixels are not plain native integers).
     needs_pydicom: the file has features this reader leaves to pydicom.
+    reached_pixel_data: the parse got to the PixelData element, so a header parsed from the
+    start of a file is all of it.
     """
+
+    reached_pixel_data = False
 
     def __init__(
         self, values: dict, transfer_syntax: str, pixel_offset: Optional[int], pixel_length: int, needs_pydicom: bool
@@ -209,6 +213,7 @@ def _parse(buf: bytes, file_size: int) -> Optional[Header]:
     values: dict = {}
     needs_pydicom = transfer_syntax not in (IMPLICIT_LE, EXPLICIT_LE)  # compressed pixels
     pixel_offset, pixel_length = None, 0
+    reached_pixel_data = False
     # The hot loop (hundreds of private elements per file): one unpack per element, no calls.
     head = _EXPLICIT_HEAD.unpack_from if explicit else _IMPLICIT_HEAD.unpack_from
     u32 = _U32.unpack_from
@@ -225,6 +230,7 @@ def _parse(buf: bytes, file_size: int) -> Optional[Header]:
             if tag in _NEEDS_PYDICOM:
                 needs_pydicom = True
             elif tag == _PIXEL_DATA:
+                reached_pixel_data = True
                 if length == 0xFFFFFFFF:
                     needs_pydicom = True  # encapsulated
                 else:
@@ -244,4 +250,6 @@ def _parse(buf: bytes, file_size: int) -> Optional[Header]:
     image_type = values.get("ImageType") or []
     if "MOSAIC" in [v.upper() for v in image_type]:
         needs_pydicom = True  # the CSA header is read with nibabel on a pydicom dataset
-    return Header(values, transfer_syntax, pixel_offset, pixel_length, needs_pydicom)
+    parsed = Header(values, transfer_syntax, pixel_offset, pixel_length, needs_pydicom)
+    parsed.reached_pixel_data = reached_pixel_data
+    return parsed
