@@ -81,7 +81,12 @@ bench-ct: setup
 	$(VENV)/bin/medtfx run --data $(WORKDIR)/ct_data --workdir $(WORKDIR)/ct --budget-minutes 12
 	$(VENV)/bin/python -m pipeline.tools.bench_ct --data $(WORKDIR)/ct_data --workdir $(WORKDIR)/ct
 
+# The generated JPEG 2000 CT series needs a dcm2niix built with OpenJPEG (Debian's; the PyPI wheel
+# cannot decode it): installed here when missing and apt-get may run, else that series is not compared.
 bench-dicom: setup
+	@if ! dpkg -s dcm2niix >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcm2niix >/dev/null 2>&1 || true; \
+	fi
 	mkdir -p $(WORKDIR)
 	$(VENV)/bin/medtfx bench dicom --json $(WORKDIR)/bench_dicom.json
 	MEDTFX_BENCH=1 $(PY) -m pytest -q tests/test_dicom_real.py -k bench
