@@ -288,6 +288,28 @@ def read_bytes(path: str, start: int = 0, length: Optional[int] = None) -> bytes
     return _call(path, "read", lambda: _store(scheme(path)).read(bucket, key, start, length))
 
 
+def read_into(path: str, start: int, buffer: memoryview) -> int:
+    """Fills `buffer` with the file's bytes from offset `start`; returns how many were read
+    (fewer at the end of the file). Local files are read straight into the buffer (no copy).
+
+    Raises:
+      FileNotFoundError / OSError: as open() and read() would, naming the path.
+    """
+    if is_remote(path):
+        data = read_bytes(path, start, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+    got = 0
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(start)
+        while got < len(buffer):
+            n = fh.readinto(buffer[got:])
+            if not n:
+                break
+            got += n
+    return got
+
+
 def tree_fingerprint(top: str) -> str:
     """A one-line fingerprint of every file below `top`: count, total bytes and a SHA-256 over
     (relative path, size, version key). Changes when any file is added, removed or rewritten.

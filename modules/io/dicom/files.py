@@ -335,8 +335,7 @@ def read_file_info(path: str) -> FileInfo:
 def _read_file_info(path: str) -> FileInfo:
     size = limits.check_regular_file(path)
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(_PREFIX_BYTES)
+        head = storage.read_bytes(path, 0, _PREFIX_BYTES)
     except OSError as exc:
         raise CaseError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     fast = None

@@ -394,15 +394,8 @@ class _RawReader:
         if self._buffer.size < needed:
             self._buffer = np.empty(needed, np.uint8)
         view = self._buffer.data[:needed]
-        got = 0
         try:
-            with open(info.path, "rb", buffering=0) as fh:
-                fh.seek(info.pixel_offset)
-                while got < needed:
-                    n = fh.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
+            got = storage.read_into(info.path, info.pixel_offset, view)
         except OSError as exc:
             raise CaseError(f"{info.path}: cannot be read ({exc.strerror or exc})") from None
         if got < needed:
