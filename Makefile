@@ -14,7 +14,7 @@ TOOLS_STAMP := $(TOOLS)/.installed
 WORKDIR ?= workdir
 PYTEST_ARGS ?=
 
-.PHONY: setup tools demo test test-kubeflow lint bench-hippocampus bench-ct bench-dicom bench-resample bench-io compile clean fuzz
+.PHONY: setup tools demo test test-kubeflow test-distributed lint bench-hippocampus bench-ct bench-dicom bench-resample bench-io compile clean fuzz
 
 setup: $(STAMP)
 
@@ -68,6 +68,11 @@ compile: setup
 # The compiled KFP package run task by task through the KFP launcher test double (a few minutes).
 test-kubeflow: setup
 	MEDTFX_KUBEFLOW=1 $(PY) -m pytest -q tests/test_kubeflow_launcher.py
+
+# The pipeline through Beam's portable runner (several SDK worker processes) against the
+# DirectRunner, and ingestion + planning from an s3:// dataset on moto (tens of minutes on 2 cores).
+test-distributed: setup
+	MEDTFX_DISTRIBUTED=1 $(PY) -m pytest -q -m distributed tests/test_beam_portable.py tests/test_object_store_data.py
 
 # Decathlon hippocampus with no settings: the plan, the default 30-minute training budget.
 bench-hippocampus: setup

@@ -28,11 +28,24 @@ def shared_path(*parts):
     return path
 
 
+# marker -> (environment variable that runs it, why it is skipped otherwise)
+OPT_IN_MARKERS = {
+    "bench": ("MEDTFX_BENCH", "long benchmark: set MEDTFX_BENCH=1 (make bench-*)"),
+    "distributed": (
+        "MEDTFX_DISTRIBUTED",
+        "pipeline through Beam's portable runner or from an object store (tens of minutes on two "
+        "cores): set MEDTFX_DISTRIBUTED=1 (make test-distributed)",
+    ),
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """`bench` tests (long real-data runs) only run with MEDTFX_BENCH=1 (make bench-*)."""
-    if os.environ.get("MEDTFX_BENCH") == "1":
-        return
-    skip = pytest.mark.skip(reason="long benchmark: set MEDTFX_BENCH=1 (make bench-*)")
-    for item in items:
-        if "bench" in item.keywords:
-            item.add_marker(skip)
+    """`bench` tests (long real-data runs) only run with MEDTFX_BENCH=1 (make bench-*),
+    `distributed` ones with MEDTFX_DISTRIBUTED=1 (make test-distributed)."""
+    for marker, (variable, reason) in OPT_IN_MARKERS.items():
+        if os.environ.get(variable) == "1":
+            continue
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)

@@ -138,7 +138,7 @@ def runs(tmp_path_factory):
     return direct, portable
 
 
-@pytest.mark.slow
+@pytest.mark.distributed
 def test_portable_runner_matches_the_direct_runner(runs):
     direct, portable = runs
     assert _inventory(portable["Examples"].uri) == _inventory(direct["Examples"].uri)
@@ -150,7 +150,7 @@ def test_portable_runner_matches_the_direct_runner(runs):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.distributed
 def test_portable_runner_ran_statistics_transform_and_evaluator(runs):
     from pipeline.runners.local import read_dice
 

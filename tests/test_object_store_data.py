@@ -193,7 +193,7 @@ def test_inventory_of_a_missing_prefix_says_so_in_one_line(store, tmp_path, caps
     assert len(err) == 1 and "does not exist" in err[0] and "no/such/dataset" in err[0], err
 
 
-@pytest.mark.slow
+@pytest.mark.distributed
 def test_pipeline_ingests_and_plans_an_s3_dataset(phantom_dir, tmp_path):
     """`medtfx plan` (ImageExampleGen, fingerprint, plan; DirectRunner) on s3://: the same
     examples, inventory and fingerprint as from the local folder."""
