@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import tensorflow as tf
@@ -270,15 +272,23 @@ def run_fn(fn_args) -> None:
     model, _, cfg = training.train_from_records(
         cfg, fn_args.train_files, fn_args.eval_files, tf_transform_output.transformed_feature_spec(), model_run_dir
     )
+    chief = training.is_chief(training.strategy_for(cfg.distribution))
+    # Under MultiWorkerMirroredStrategy every worker takes part in saving (its variables are
+    # read collectively), but only the chief's copy is the model; the others save to a scratch
+    # folder and drop it, as TensorFlow's multi-worker guide does.
+    export_dir = fn_args.serving_model_dir if chief else tempfile.mkdtemp(prefix="medtfx-worker-export-")
     export(
         model,
         tf_transform_output,
-        fn_args.serving_model_dir,
+        export_dir,
         cfg.tta_mirror_axes,
         cfg.sliding_window_overlap,
         inputs["modalities"],
         plan,
     )
+    if not chief:
+        shutil.rmtree(export_dir, ignore_errors=True)
+        return
     history = os.path.join(model_run_dir, training.HISTORY_FILE)
     if tf.io.gfile.exists(history):  # beside the model: the Evaluator draws the training curves from it
         extra = os.path.join(fn_args.serving_model_dir, "assets.extra", training.HISTORY_FILE)
