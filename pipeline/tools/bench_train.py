@@ -378,10 +378,13 @@ def bench_plan(
             got = trainers[p].steps(n)
             if r:
                 times.setdefault(f"medtfx_{p}", []).append(got)
+            line = f"  {name} round {r or 'warm-up'} {p}: medtfx {statistics.median(got):.3f} s/step"
             if monai is not None:
                 got = monai.ask("train", precision=p, steps=n)["seconds"]
                 if r:
                     times.setdefault(f"monai_{p}", []).append(got)
+                line += f", MONAI {statistics.median(got):.3f} s/step"
+            print(line, flush=True)
     variants = {}
     for key, rs in times.items():
         seconds = _best(rs)

@@ -11,7 +11,8 @@ pipeline/tools/bench_train.py `MonaiSide`, drives it so both sides run interleav
   {"op": "train", "precision": P, "steps": n}        -> {"seconds": [n per-step wall times]}
   {"op": "infer_setup", "net": NET, "shape": [X, Y, Z], "patch": [...], "overlap": float,
    "mirror_axes": [...], "precision": P}             -> {"params": int}
-  {"op": "infer", "key": str}                        -> {"seconds": float, "peak_rss_mb": float, "mask_sha": str}
+  {"op": "infer", "key": str[, "warmup_shape": [X, Y, Z]]}
+                                                     -> {"seconds": float, "peak_rss_mb": float, "mask_sha": str}
   {"op": "matmul", "n": int, "dtype": "float32" | "bfloat16"} -> {"gflops": float}
   {"op": "quit"}
 
@@ -93,6 +94,18 @@ def peak_rss_reset() -> None:
         pass
 
 
+def current_rss_mb() -> float:
+    """VmRSS of this process in MB (nan when /proc is unavailable)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
 def peak_rss_mb() -> float:
     """VmHWM of this process in MB (ru_maxrss when /proc is unavailable)."""
     try:
@@ -156,6 +169,8 @@ class Side:
 
     def infer_run(self, req: dict) -> dict:
         model, volume, setup = self.infer[req["key"]]
+        if req.get("warmup_shape"):  # a small volume of the same network and windows
+            volume = torch.zeros((1, 1, *[int(s) for s in req["warmup_shape"]]))
         precision = setup["precision"]
         flips = [[]]
         for axis in sorted(int(a) for a in setup.get("mirror_axes", [])):
@@ -172,6 +187,7 @@ class Side:
                 total = probs if total is None else total + probs
             return total / len(flips)
 
+        rss_before = current_rss_mb()
         peak_rss_reset()
         start = time.perf_counter()
         with torch.inference_mode():
@@ -187,7 +203,7 @@ class Side:
             mask = torch.argmax(probs, dim=1).to(torch.uint8)
         seconds = time.perf_counter() - start
         digest = hashlib.sha1(mask.numpy().tobytes()).hexdigest()[:12]
-        return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "mask_sha": digest}
+        return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss_before, "mask_sha": digest}
 
     def matmul(self, req: dict) -> dict:
         n = int(req["n"])
