@@ -11,10 +11,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
+# MONAI + torch (CPU wheel) for bench-train / bench-infer only: Python 3.11, never installed by `make test`.
+PYTHON_311 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.11*/bin/python3.11 /usr/bin/python3.11 /usr/local/bin/python3.11) python3.11)
+MONAI_VENV := .venv-monai
+MONAI_STAMP := $(MONAI_VENV)/.installed
 WORKDIR ?= workdir
 PYTEST_ARGS ?=
 
-.PHONY: setup tools demo test test-kubeflow test-distributed lint bench-hippocampus bench-ct bench-dicom bench-resample bench-io compile clean fuzz
+.PHONY: setup tools demo test test-kubeflow test-distributed lint bench-hippocampus bench-ct bench-dicom bench-resample bench-io bench-train bench-infer compile clean fuzz
 
 setup: $(STAMP)
 
@@ -105,6 +109,25 @@ bench-resample: setup
 bench-io: setup
 	mkdir -p $(WORKDIR)
 	$(VENV)/bin/medtfx bench io --json $(WORKDIR)/bench_io.json
+
+# The MONAI side's venv (pipeline/tools/monai-requirements.txt pins torch's "+cpu" wheel and MONAI).
+$(MONAI_STAMP): pipeline/tools/monai-requirements.txt
+	@test -x $(MONAI_VENV)/bin/python || $(PYTHON_311) -m venv $(MONAI_VENV)
+	$(MONAI_VENV)/bin/pip install --quiet -r pipeline/tools/monai-requirements.txt 2>&1 | { $(PIP_FILTER); }
+	@touch $(MONAI_STAMP)
+
+# The Trainer's training step vs MONAI's DynUNet on the same planned U-Nets (hippocampus and the
+# anisotropic CT), float32 and bfloat16, interleaved, best of 3 rounds; ~10 minutes. Not niced: it
+# is a timing. Prints the table; figures in $(WORKDIR)/bench_train.json.
+bench-train: setup $(MONAI_STAMP)
+	mkdir -p $(WORKDIR)
+	$(VENV)/bin/medtfx bench train --json $(WORKDIR)/bench_train.json
+
+# Sliding-window inference of the planned network on a CT-sized volume (512x512x200 at
+# 0.8x0.8x2.5 mm on the plan's grid) vs MONAI's sliding_window_inference, mirroring off and on.
+bench-infer: setup $(MONAI_STAMP)
+	mkdir -p $(WORKDIR)
+	$(VENV)/bin/medtfx bench infer --json $(WORKDIR)/bench_infer.json
 
 clean:
 	rm -rf $(WORKDIR) .pytest_cache

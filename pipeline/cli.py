@@ -560,6 +560,22 @@ def cmd_bench_io(args) -> int:
     return bench_io.main(args)
 
 
+def cmd_bench_train(args) -> int:
+    check_output_file(args.json, "--json")
+    _quiet_tensorflow()
+    from pipeline.tools import bench_train
+
+    return bench_train.main(args)
+
+
+def cmd_bench_infer(args) -> int:
+    check_output_file(args.json, "--json")
+    _quiet_tensorflow()
+    from pipeline.tools import bench_infer
+
+    return bench_infer.main(args)
+
+
 # Phantoms are small and easy: a few minutes of training reach Dice > 0.9.
 DEMO_BUDGET_MINUTES = 2.0
 
@@ -821,6 +837,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="", help="where the records go (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the written records")
     p.set_defaults(func=cmd_bench_io)
+    p = bench_sub.add_parser(
+        "train",
+        help="the Trainer's training step vs MONAI's DynUNet (same plan, float32 and bfloat16; needs .venv-monai)",
+    )
+    p.add_argument("--json", required=True, metavar="FILE", help="where to write the timings")
+    p.add_argument("--plans", nargs="+", default=["hippocampus", "ct"], choices=["hippocampus", "ct"])
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds per variant (best is kept)")
+    p.add_argument("--steps", type=int, default=0, help="timed steps per round (default: 5 hippocampus, 2 CT)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant before the first round")
+    p.add_argument("--no-monai", action="store_true", help="time the medtfx side only")
+    p.set_defaults(func=cmd_bench_train)
+    p = bench_sub.add_parser(
+        "infer",
+        help="sliding-window inference on a CT-sized volume vs MONAI's sliding_window_inference (needs .venv-monai)",
+    )
+    p.add_argument("--json", required=True, metavar="FILE", help="where to write the timings")
+    p.add_argument("--rounds", type=int, default=1, help="timed runs with mirroring off (best is kept)")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        default=None,
+        metavar=("X", "Y", "Z"),
+        help="volume on the network grid (default: the plan's grid for a 512x512x200 CT at 0.8x0.8x2.5 mm)",
+    )
+    p.add_argument("--mirror-axes", type=int, nargs="+", default=[0], help="axes mirrored in the 'on' run")
+    p.add_argument(
+        "--windows-per-batch",
+        type=int,
+        default=4,
+        help="windows per network call, both sides (torch convolves a batch of one small window with "
+        "its slow direct kernel, not oneDNN)",
+    )
+    p.add_argument("--no-monai", action="store_true", help="time the medtfx side only")
+    p.set_defaults(func=cmd_bench_infer)
     # `--debug` also after the subcommand; SUPPRESS keeps a subcommand from resetting it to False.
     for command in [*sub.choices.values(), *bench_sub.choices.values()]:
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

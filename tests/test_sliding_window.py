@@ -111,3 +111,33 @@ def test_mirrored_averages_the_network_over_every_flip_and_flips_back():
     assert sliding_window.mirrored(net, ()) is net
     with pytest.raises(ValueError, match="spatial axes"):
         sliding_window.mirrored(net, (3,))
+
+
+@pytest.mark.parametrize("batch_voxels", [1, 5 * 4 * 6, 2 * 5 * 4 * 6, 2**20])
+def test_mirrored_flips_stacked_in_one_call_give_the_per_flip_mean(batch_voxels):
+    """Flips stacked along the batch (1, 2 or all 4 per network call) give the one-call-per-flip
+    result; the network is called ceil(4 / flips per call) times."""
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(2, 5, 4, 6, 1)).astype(np.float32))
+    calls = []
+
+    def net(v):
+        calls.append(int(v.shape[0]))
+        return tf.concat([tf.cumsum(v, axis=1), tf.cumsum(v, axis=3)], axis=-1)
+
+    expected = sliding_window.mirrored(net, (0, 2), batch_voxels=1)(x).numpy()
+    calls.clear()
+    out = sliding_window.mirrored(net, (0, 2), batch_voxels=batch_voxels)(x).numpy()
+    per_call = min(4, max(1, batch_voxels // (5 * 4 * 6)))
+    assert calls == [2 * per_call] * (4 // per_call)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk_voxels", [1, 8 * 8 * 4 * 3, 2**22])
+def test_chunked_scatter_matches_numpy_reference(monkeypatch, chunk_voxels):
+    """Window outputs are added to the accumulator in chunks of network calls (one call per chunk
+    up to all of them in one): every chunking gives the hand-written reference."""
+    monkeypatch.setattr(sliding_window, "SCATTER_CHUNK_VOXELS", chunk_voxels)
+    volume = np.random.default_rng(5).normal(size=(1, 21, 13, 9)).astype(np.float32)
+    out = sliding_window.predict(_toy_tf, volume[..., None], PATCH, 2, windows_per_batch=2).numpy()
+    np.testing.assert_allclose(out[0], _reference(volume[0]), rtol=1e-5, atol=1e-5)
