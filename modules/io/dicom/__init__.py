@@ -19,7 +19,8 @@ gantry tilt, missing slices / non-uniform spacing, incomplete 4D series, colour 
 images, non-image objects, DICOMDIR, non-DICOM files. Messages never contain patient identifiers.
 
 Speed: classic uncompressed files (the bulk of any archive) are parsed by :mod:`.header` (a small
-top-level tag reader, checked against pydicom in the tests) from their first 64 KB, and their
+top-level tag reader, checked against pydicom in the tests) from their first 64 KB, uncompressed
+enhanced multi-frame files by the same reader (with the functional groups frames need), and their
 pixels read straight from the file into the volume; everything else goes through pydicom, with
 pylibjpeg / pyjpegls decoders and tensorflow-io (DCMTK) as the last resort for pixel data
 pydicom cannot decode. Every voxel is written once, already rescaled, in its final dtype and in

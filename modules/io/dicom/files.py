@@ -1,7 +1,7 @@
 """Reading one DICOM file: bytes (gzip allowed), header, what it is, and where its pixels are.
 
-Classic uncompressed files (the bulk of any archive) are parsed by :mod:`.header`, a small
-top-level tag reader; everything else (enhanced, mosaic, compressed, big endian, gzip, files
+Classic and enhanced uncompressed files (the bulk of any archive) are parsed by :mod:`.header`,
+a small tag reader; everything else (mosaic, compressed, big endian, gzip, odd functional groups, files
 without the DICM preamble) by pydicom. Non-DICOM files, DICOMDIR and DICOM objects that are not
 image volumes (SR, RTSTRUCT, spectroscopy, ...) are refused with CaseError naming the reason.
 Parsed headers are cached per path and file stamp, so listing a tree and then reading a stack
@@ -315,8 +315,8 @@ def _cache_get(path: str) -> Optional[FileInfo]:
 def read_file_info(path: str) -> FileInfo:
     """Frames and pixel location of one file; CaseError for non-DICOM and non-image files.
 
-    Classic uncompressed files are parsed by the fast reader; anything it does not handle
-    (enhanced, mosaic, compressed, big endian, gzip, odd layouts) by pydicom.
+    Classic and enhanced uncompressed files are parsed by the fast reader; anything it does not
+    handle (mosaic, compressed, big endian, gzip, odd layouts) by pydicom.
     """
     stamp = _stat_key(path)
     with _cache_lock:  # Beam's direct runner reads cases from several threads

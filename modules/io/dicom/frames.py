@@ -245,18 +245,23 @@ def _mosaic_frames(ds, base: Frame) -> List[Frame]:
 def _item(groups, name: str):
     """First item of functional group `name` from a per-frame item, else the shared one."""
     for group in groups:
-        if group is not None and name in group:
-            seq = group[name].value
-            if seq:
-                return seq[0]
+        # .get: a pydicom Dataset and header.parse's items (dicts by keyword) alike.
+        seq = group.get(name) if group is not None else None
+        if seq:
+            return seq[0]
     return None
 
 
 def _enhanced_frames(ds, path: str) -> List[Frame]:
-    """Frames of an enhanced multi-frame image from its Shared/PerFrame functional groups."""
+    """Frames of an enhanced multi-frame image from its Shared/PerFrame functional groups.
+
+    `ds` is a pydicom Dataset or a header.Header (whose functional group items are dicts holding
+    only what is read here); both give the same frames.
+    """
     problem = _common_problem(ds)
-    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
-    per_frame = ds.PerFrameFunctionalGroupsSequence
+    shared_items = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_items[0] if shared_items else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     n_frames = _int(ds.get("NumberOfFrames", len(per_frame)), len(per_frame))
     if problem is None and len(per_frame) != n_frames:
         problem = f"enhanced image has {len(per_frame)} per-frame items for {n_frames} frames"
@@ -292,7 +297,7 @@ def _enhanced_frames(ds, path: str) -> List[Frame]:
         source = transform if transform is not None else ds
         echo_label = ""
         if echo is not None and "EffectiveEchoTime" in echo:
-            echo_label = f"TE={_num(echo.EffectiveEchoTime, 0.0):g}"
+            echo_label = f"TE={_num(echo.get('EffectiveEchoTime'), 0.0):g}"
         frame_type = ftype.get("FrameType") if ftype is not None else ds.get("ImageType")
         component = str(ftype.get("ComplexImageComponent", "") or "") if ftype is not None else ""
         image_type = _image_type(frame_type)

@@ -3,10 +3,14 @@
 Why it exists: pydicom builds a Python object for every element (GE and Siemens files carry
 hundreds of private ones), which costs ~4 ms per file here, 3x dcm2niix on a 150-file series.
 This reader walks the elements of a Part-10 file with little-endian syntax and keeps only the
-tags in :data:`TAGS`, skipping the rest by length. It is deliberately narrow: anything outside the
-common case (no DICM preamble, big endian, deflate, enhanced multi-frame, Siemens mosaic,
-non-ASCII patient names, undefined-length UN elements, malformed lengths) returns None or sets
-``needs_pydicom`` so the caller uses pydicom. tests/test_dicom_real.py checks it against pydicom
+tags in :data:`TAGS`, skipping the rest by length. Of an enhanced multi-frame file it also keeps
+the few per-frame functional groups that frames.py reads (:data:`GROUP_SEQUENCES`,
+:data:`GROUP_VALUES`): pydicom builds a Dataset for each of the thousands of items there, ~50 ms
+for a 64-frame Philips file, 1.7x dcm2niix's whole conversion. It is deliberately narrow:
+anything outside the common case (no DICM preamble, big endian, deflate, Siemens mosaic,
+non-ASCII patient names, undefined-length UN elements, malformed lengths, a functional group
+with an unexpected VR or value length) returns None or sets ``needs_pydicom`` so the caller uses
+pydicom. tests/test_dicom_real.py checks it against pydicom
 on every bundled and real DICOM file.
 """
 
@@ -56,12 +60,43 @@ TAGS: Dict[int, tuple] = {
 _MULTI = {"ImageType", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"}
 # Elements whose presence means the file needs pydicom's full parser.
 _NEEDS_PYDICOM = {
-    0x52009230: "enhanced multi-frame",
     0x7FE00008: "float pixels",
     0x7FE00009: "double pixels",
     0x00041220: "DICOMDIR",
 }
-_INTERESTING = set(TAGS) | set(_NEEDS_PYDICOM) | {0x7FE00010}
+# Enhanced multi-frame: top-level sequences kept as lists of items (dicts by keyword) ...
+FUNCTIONAL_GROUPS: Dict[int, str] = {
+    0x52009229: "SharedFunctionalGroupsSequence",
+    0x52009230: "PerFrameFunctionalGroupsSequence",
+}
+# ... the functional group sequences kept in each of their items (others are skipped) ...
+GROUP_SEQUENCES: Dict[int, str] = {
+    0x00209113: "PlanePositionSequence",
+    0x00209116: "PlaneOrientationSequence",
+    0x00289110: "PixelMeasuresSequence",
+    0x00289145: "PixelValueTransformationSequence",
+    0x00209111: "FrameContentSequence",
+    0x00189114: "MREchoSequence",
+    0x00189226: "MRImageFrameTypeSequence",
+    0x00189329: "CTImageFrameTypeSequence",
+    0x00189751: "PETFrameTypeSequence",
+}
+# ... and the values kept in the items of those: tag -> (keyword, VR), as pydicom gives them.
+GROUP_VALUES: Dict[int, tuple] = {
+    0x00200032: ("ImagePositionPatient", "DS"),
+    0x00200037: ("ImageOrientationPatient", "DS"),
+    0x00280030: ("PixelSpacing", "DS"),
+    0x00281052: ("RescaleIntercept", "DS"),
+    0x00281053: ("RescaleSlope", "DS"),
+    0x00209128: ("TemporalPositionIndex", "UL"),
+    0x00209156: ("FrameAcquisitionNumber", "US"),
+    0x00189082: ("EffectiveEchoTime", "FD"),
+    0x00089007: ("FrameType", "CS"),
+    0x00089208: ("ComplexImageComponent", "CS"),
+}
+# Binary value representations of GROUP_VALUES: exactly one value each (VM 1), else pydicom.
+_BINARY = {"US": struct.Struct("<H"), "UL": struct.Struct("<I"), "FD": struct.Struct("<d")}
+_INTERESTING = set(TAGS) | set(_NEEDS_PYDICOM) | set(FUNCTIONAL_GROUPS) | {0x7FE00010}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _PIXEL_DATA = 0x7FE00010
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -172,6 +207,80 @@ def _skip_item(buf: bytes, pos: int, explicit: bool, depth: int) -> int:
     raise _Malformed("unterminated item")
 
 
+def _sequence(buf: bytes, pos: int, length: int, explicit: bool, keep: dict) -> tuple:
+    """(items, position after the sequence) of the sequence whose value starts at `pos` (defined
+    or undefined `length`); each item a dict, by keyword, of its elements in `keep`: a
+    FUNCTIONAL_GROUPS sequence keeps the GROUP_SEQUENCES, whose items keep the GROUP_VALUES.
+
+    Raises:
+      _Malformed: lengths that do not nest, missing delimiters, a kept element with another VR
+        or value length than the standard's (the caller then leaves the file to pydicom).
+    """
+    undefined = length == 0xFFFFFFFF
+    end = len(buf) if undefined else pos + length
+    if end > len(buf):
+        raise _Malformed("sequence beyond end of file")
+    items: list = []
+    while pos + 8 <= end:
+        group, elem = _TAG.unpack_from(buf, pos)
+        tag = (group << 16) | elem
+        item_length = _U32.unpack_from(buf, pos + 4)[0]
+        pos += 8
+        if tag == _SEQ_END and undefined:
+            return items, pos
+        if tag != _ITEM:
+            raise _Malformed("item expected")
+        item_end = end if item_length == 0xFFFFFFFF else pos + item_length
+        if item_end > end:
+            raise _Malformed("item beyond its sequence")
+        item, pos = _group_item(buf, pos, item_end, item_length == 0xFFFFFFFF, explicit, keep)
+        items.append(item)
+    if undefined or pos != end:
+        raise _Malformed("unterminated sequence")
+    return items, pos
+
+
+def _group_item(buf: bytes, pos: int, end: int, undefined: bool, explicit: bool, keep: dict) -> tuple:
+    """(dict of the kept elements, position after the item) of the item starting at `pos`."""
+    values: dict = {}
+    while pos + 8 <= end:
+        group, elem = _TAG.unpack_from(buf, pos)
+        tag = (group << 16) | elem
+        if tag == _ITEM_END and undefined:
+            return values, pos + 8
+        pos, length, vr, value_pos = _element_header(buf, pos, explicit)
+        if tag in keep:
+            if keep is GROUP_VALUES:
+                name, want_vr = GROUP_VALUES[tag]
+            else:
+                name, want_vr = keep[tag], "SQ"
+            if explicit and vr != want_vr.encode():
+                raise _Malformed(f"{name} with VR {vr!r}")
+            if want_vr == "SQ":
+                values[name], pos = _sequence(buf, value_pos, length, explicit, GROUP_VALUES)
+                continue
+            pos = value_pos + length
+            if length == 0xFFFFFFFF or pos > end:
+                raise _Malformed(f"{name} beyond its item")
+            raw = buf[value_pos:pos]
+            if want_vr in _BINARY:
+                if len(raw) != _BINARY[want_vr].size:
+                    raise _Malformed(f"{name} of {len(raw)} bytes")
+                values[name] = _BINARY[want_vr].unpack(raw)[0]
+            else:
+                values[name] = _decode(raw, want_vr, name)
+            continue
+        if length == 0xFFFFFFFF:
+            if vr == b"UN":
+                raise _Malformed("undefined-length UN")
+            pos = _skip_undefined(buf, value_pos, explicit)
+        else:
+            pos = value_pos + length
+    if undefined or pos != end:
+        raise _Malformed("unterminated item")
+    return values, pos
+
+
 def _element_header(buf: bytes, pos: int, explicit: bool):
     """(pos, length, vr, value_pos) of the element at `pos`."""
     if explicit:
@@ -229,6 +338,11 @@ def _parse(buf: bytes, file_size: int) -> Optional[Header]:
         if tag in interesting:
             if tag in _NEEDS_PYDICOM:
                 needs_pydicom = True
+            elif tag in FUNCTIONAL_GROUPS:
+                if explicit and vr != b"SQ":
+                    raise _Malformed("functional groups that are not a sequence")
+                values[FUNCTIONAL_GROUPS[tag]], pos = _sequence(buf, value_pos, length, explicit, GROUP_SEQUENCES)
+                continue
             elif tag == _PIXEL_DATA:
                 reached_pixel_data = True
                 if length == 0xFFFFFFFF:
