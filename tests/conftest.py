@@ -8,6 +8,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
 
 
+# The smallest pipeline run that still plans, trains, evaluates and pushes: one timed calibration
+# step, 60 training steps whatever the 1-minute budget would allow (it allows none after export).
+TINY_RUN_SETTINGS = [
+    "train_steps=60",
+    "epochs=1",
+    "eval_steps=2",
+    "planning.budget_minutes=1",
+    "planning.calibration_steps=1",
+    "val_dice_cases=2",
+]
+
+
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory):
     """4 phantoms (CT and MR, three orientations) as Decathlon NIfTI and DICOM series."""

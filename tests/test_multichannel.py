@@ -180,15 +180,10 @@ def test_two_channel_dataset_trains_and_predicts_end_to_end(tmp_path):
 
     _require_data()
     data = build(str(tmp_path / "data"), "nnunet2", CASES, test_cases=1)
+    from tests.conftest import TINY_RUN_SETTINGS
+
     cfg = make_config(
-        [
-            "train_steps=60",
-            "epochs=1",
-            "eval_steps=2",
-            "planning.budget_minutes=1",
-            "planning.calibration_steps=1",
-            "val_dice_cases=2",
-        ],
+        TINY_RUN_SETTINGS,
         data_root=data,
         workdir=str(tmp_path / "work"),
     )

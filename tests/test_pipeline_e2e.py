@@ -21,16 +21,10 @@ def pipeline_run(tmp_path_factory):
 
     work = str(tmp_path_factory.mktemp("e2e"))
     data = synthesize(os.path.join(work, "phantoms"), n_cases=8, seed=3)
-    # A tiny budget; the step counts are set so the run is short whatever the plan says.
+    from tests.conftest import TINY_RUN_SETTINGS
+
     cfg = make_config(
-        [
-            "train_steps=60",
-            "epochs=1",
-            "eval_steps=2",
-            "planning.budget_minutes=1",
-            "planning.calibration_steps=1",
-            "val_dice_cases=2",
-        ],
+        TINY_RUN_SETTINGS,
         data_root=data["dicom"],
         workdir=work,
     )
