@@ -31,7 +31,16 @@ from components.image_example_gen import inventory
 from modules import features as example_schema
 from modules.io import dicom, limits, storage
 from modules.io.nifti_reader import read_nifti
-from modules.io.volume import CaseError, Volume, affines_match, compact_dtype, label_values_ok, salted_hash
+from modules.io.volume import (
+    CaseError,
+    Volume,
+    affines_match,
+    compact_dtype,
+    label_values_ok,
+    salted_hash,
+    split_channel_suffix,
+    stack_channels,
+)
 
 LABEL_NAMES = ("label.nii.gz", "mask.nii.gz", "label.nii", "mask.nii")
 # Image and label grids agree when every corner maps within this distance (mm).
@@ -94,11 +103,8 @@ def normalise_modality(name: str) -> str:
 
 
 def _nifti_stem(filename: str) -> str:
-    stem = filename[:-7] if filename.endswith(".nii.gz") else filename[:-4]
-    # nnU-Net names channels <case>_0000; the case is the part before.
-    if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():
-        stem = stem[:-5]
-    return stem
+    """The case a NIfTI file belongs to: its name without extension or channel suffix."""
+    return split_channel_suffix(filename[:-7] if filename.endswith(".nii.gz") else filename[:-4])[0]
 
 
 def _is_nifti(name: str) -> bool:
@@ -185,10 +191,7 @@ def _listdir(path: str) -> List[str]:
 
 def _channel_index(filename: str) -> Optional[int]:
     """nnU-Net's channel number of an image file name (<case>_0001.nii.gz -> 1), None without one."""
-    stem = filename[:-7] if filename.endswith(".nii.gz") else filename[:-4]
-    if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():
-        return int(stem[-4:])
-    return None
+    return split_channel_suffix(filename[:-7] if filename.endswith(".nii.gz") else filename[:-4])[1]
 
 
 def _case_channels_problem(stem: str, paths: List[str], channels: int) -> Optional[str]:
@@ -536,24 +539,9 @@ def read_volume(spec: CaseSpec) -> Volume:
 def _stack_channels(paths: List[str]) -> Volume:
     """One (X, Y, Z, C) volume from one 3D NIfTI per channel, in `paths` order. Raises CaseError
     when a channel is not 3D or does not share channel 0's grid (shape and affine)."""
-    first = read_nifti(paths[0])
-    arrays = [first.array]
-    for path in paths[1:]:
-        channel = read_nifti(path)
-        if channel.array.shape != first.array.shape:
-            raise CaseError(
-                f"{path}: shape {channel.array.shape} differs from {storage.basename(paths[0])}'s "
-                f"{first.array.shape}: a case's channels must share one grid"
-            )
-        if not affines_match(channel.affine, first.affine, AFFINE_TOLERANCE_MM, first.array.shape):
-            raise CaseError(
-                f"{path}: geometry (affine) differs from {storage.basename(paths[0])}'s by more than "
-                f"{AFFINE_TOLERANCE_MM} mm: a case's channels must share one grid"
-            )
-        arrays.append(channel.array)
-    dtype = np.result_type(*[a.dtype for a in arrays])
-    stacked = np.stack([a.astype(dtype, copy=False) for a in arrays], axis=-1)
-    return Volume(array=stacked, affine=first.affine, source=",".join(paths))
+    channels = [read_nifti(path) for path in paths]
+    stacked = stack_channels(channels, paths, AFFINE_TOLERANCE_MM)
+    return Volume(array=stacked, affine=channels[0].affine, source=",".join(paths))
 
 
 def read_label(path: str, image: Volume, label_set: Optional[set]) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -131,6 +131,38 @@ def _orientation(affine: np.ndarray) -> np.ndarray:
     axis, +1/-1)."""
     world_axis, sign = axis_codes(affine)
     return np.stack([world_axis, sign], axis=1).astype(np.float64)
+
+
+def split_channel_suffix(stem: str) -> Tuple[str, Optional[int]]:
+    """nnU-Net's channel naming of image files: '<case>_0001' -> ('<case>', 1); a stem without a
+    '_' + 4-digit suffix -> (stem, None)."""
+    if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():
+        return stem[:-5], int(stem[-4:])
+    return stem, None
+
+
+def stack_channels(channels: Sequence[Volume], names: Sequence[str], tolerance_mm: float) -> np.ndarray:
+    """(X, Y, Z, C) voxels of one case from its C single-channel volumes, in order (one common
+    dtype). names: what to call each channel in a message (its file).
+
+    Raises:
+      CaseError naming the channel: its shape differs from channel 0's, or its affine maps a
+        corner more than `tolerance_mm` away: a case's channels must share one grid.
+    """
+    first = channels[0]
+    for name, channel in zip(names[1:], channels[1:]):
+        if channel.array.shape != first.array.shape:
+            raise CaseError(
+                f"{name}: shape {channel.array.shape} differs from {names[0]}'s {first.array.shape}: "
+                "a case's channels must share one grid"
+            )
+        if not affines_match(channel.affine, first.affine, tolerance_mm, first.array.shape):
+            raise CaseError(
+                f"{name}: geometry (affine) differs from {names[0]}'s by more than {tolerance_mm:g} mm: "
+                "a case's channels must share one grid"
+            )
+    dtype = np.result_type(*[c.array.dtype for c in channels])
+    return np.stack([c.array.astype(dtype, copy=False) for c in channels], axis=-1)
 
 
 def salted_hash(value: str, salt: str, length: int = 16) -> str:

@@ -31,7 +31,16 @@ import numpy as np
 from modules import progress
 from modules.io import dicom
 from modules.io.nifti_reader import read_nifti, write_nifti
-from modules.io.volume import CaseError, Volume, affines_match, compact_dtype, from_canonical, to_canonical
+from modules.io.volume import (
+    CaseError,
+    Volume,
+    affines_match,
+    compact_dtype,
+    from_canonical,
+    split_channel_suffix,
+    stack_channels,
+    to_canonical,
+)
 
 SIGNATURE = "serving_default"
 DEFAULT_MAX_VOXELS = 512 * 512 * 512  # int16: 256 MiB on the wire
@@ -140,10 +149,10 @@ def channel_groups(inputs: Sequence[str], channels: int) -> List[List[str]]:
     groups: Dict[str, List[Tuple[int, str]]] = {}
     order: List[str] = []
     for path in inputs:
-        stem, index = input_name(path), None
-        if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit() and not os.path.isdir(path):
-            stem, index = os.path.join(os.path.dirname(path), stem[:-5]), int(stem[-4:])
-        key = stem if index is not None else path
+        stem, index = split_channel_suffix(input_name(path))
+        if os.path.isdir(path):  # a DICOM folder's name is not a channel file's
+            index = None
+        key = os.path.join(os.path.dirname(path), stem) if index is not None else path
         if key not in groups:
             order.append(key)
         groups.setdefault(key, []).append((index if index is not None else 0, path))
@@ -153,17 +162,12 @@ def channel_groups(inputs: Sequence[str], channels: int) -> List[List[str]]:
 def read_case_input(paths: Sequence[str], channels: int, modality: str = "", series: Optional[int] = None):
     """read_input for a case of `channels` channels: one input holding them all (a 4D NIfTI), or
     one 3D input per channel on one grid (stacked channels last). Raises PredictError naming the
-    files when the channel count is not the model's or the channels' grids differ."""
+    files when the channel count is not the model's, CaseError when the channels' grids differ."""
     items = [read_input(p, "", series) for p in paths]
     first = items[0]
     if len(items) > 1:
-        for path, item in zip(paths[1:], items[1:]):
-            if item.volume.array.shape != first.volume.array.shape or not affines_match(
-                item.volume.affine, first.volume.affine, 1e-3, first.volume.array.shape[:3]
-            ):
-                raise PredictError(f"{path}: not on the grid of {paths[0]}: a case's channels must share one grid")
-        first.volume.array = np.stack([item.volume.array for item in items], axis=-1)
-        first.name = input_name(paths[0])[:-5]
+        first.volume.array = stack_channels([item.volume for item in items], paths, 1e-3)
+        first.name = split_channel_suffix(input_name(paths[0]))[0]
     found = first.volume.array.shape[3] if first.volume.array.ndim == 4 else 1
     if found != channels:
         names = ", ".join(paths)
@@ -682,7 +686,7 @@ def predict_inputs(
     for group in progress.track(channel_groups(inputs, channels), "predict", unit="input"):
         path = group[0] if len(group) == 1 else ", ".join(group)
         stem = input_name(group[0])
-        name = _unique_name(stem[:-5] if len(group) > 1 else stem, taken)
+        name = _unique_name(split_channel_suffix(stem)[0] if len(group) > 1 else stem, taken)
         try:
             record = predict_one(
                 model, group[0], output_dir, name, modality, max_voxels, num_classes, series, group, channels
